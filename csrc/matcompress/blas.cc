@@ -1,0 +1,45 @@
+#include "blas.h"
+
+#include <algorithm>
+
+namespace matcompress {
+
+template <typename T>
+void FortranGemm<T>::operator()(bool trans_a, bool trans_b, index_t m, index_t n, index_t k,
+                                T alpha, const T* a, index_t lda, const T* b, index_t ldb,
+                                T beta, T* c, index_t ldc) const {
+  MC_CHECK(m >= 0 && n >= 0 && k >= 0, "gemm: negative size");
+  if (m == 0 || n == 0) return;
+  MC_CHECK(lda <= INT_MAX && ldb <= INT_MAX && ldc <= INT_MAX,
+           "gemm: leading dimension exceeds the 32-bit BLAS interface");
+  // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
+  const char ta = trans_a ? 'T' : 'N';
+  const char tb = trans_b ? 'T' : 'N';
+  const int ilda = static_cast<int>(std::max<index_t>(lda, 1));
+  const int ildb = static_cast<int>(std::max<index_t>(ldb, 1));
+  const int ildc = static_cast<int>(std::max<index_t>(ldc, 1));
+  for (index_t i0 = 0; i0 < m; i0 += max_dim_) {
+    const int mb = static_cast<int>(std::min(max_dim_, m - i0));
+    for (index_t j0 = 0; j0 < n; j0 += max_dim_) {
+      const int nb = static_cast<int>(std::min(max_dim_, n - j0));
+      T* cblk = c + i0 * ldc + j0;
+      if (k == 0) {  // BLAS would only scale C; keep that meaning
+        const int zero = 0;
+        fn_(&tb, &ta, &nb, &mb, &zero, &alpha, b, &ildb, a, &ilda, &beta, cblk, &ildc);
+        continue;
+      }
+      for (index_t p0 = 0; p0 < k; p0 += max_dim_) {
+        const int kb = static_cast<int>(std::min(max_dim_, k - p0));
+        const T* ablk = trans_a ? a + p0 * lda + i0 : a + i0 * lda + p0;
+        const T* bblk = trans_b ? b + j0 * ldb + p0 : b + p0 * ldb + j0;
+        const T beta_blk = p0 == 0 ? beta : T(1);
+        fn_(&tb, &ta, &nb, &mb, &kb, &alpha, bblk, &ildb, ablk, &ilda, &beta_blk, cblk, &ildc);
+      }
+    }
+  }
+}
+
+template class FortranGemm<float>;
+template class FortranGemm<double>;
+
+}  // namespace matcompress

@@ -1,0 +1,50 @@
+// The BLAS entry points the core uses, injected by each face (numpy: SciPy's BLAS; TF: Eigen).
+#pragma once
+
+#include <climits>
+
+#include "common.h"
+
+namespace matcompress {
+
+/// Row-major GEMM: C = alpha * op(A) * op(B) + beta * C, with op(A) m x k, op(B) k x n.
+/// @param a  size m * lda (op(A) = A) or k * lda (op(A) = A^T), row-major
+/// @param b  size k * ldb (op(B) = B) or n * ldb (op(B) = B^T), row-major
+/// @param c  size m * ldc, row-major
+template <typename T>
+class Gemm {
+ public:
+  virtual ~Gemm() = default;
+  virtual void operator()(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha,
+                          const T* a, index_t lda, const T* b, index_t ldb, T beta, T* c,
+                          index_t ldc) const = 0;
+};
+
+/// Adapter from a Fortran-convention (column-major, LP64) xGEMM function pointer, such as the
+/// ones SciPy exports in scipy.linalg.cython_blas. Sizes beyond `max_dim` (INT_MAX by default)
+/// are split into several calls.
+template <typename T>
+class FortranGemm final : public Gemm<T> {
+ public:
+  using Fn = void (*)(const char* transa, const char* transb, const int* m, const int* n,
+                      const int* k, const T* alpha, const T* a, const int* lda, const T* b,
+                      const int* ldb, const T* beta, T* c, const int* ldc);
+
+  explicit FortranGemm(Fn fn, index_t max_dim = INT_MAX) : fn_(fn), max_dim_(max_dim) {
+    MC_CHECK(fn_ != nullptr, "FortranGemm: null BLAS function");
+    MC_CHECK(max_dim_ >= 1 && max_dim_ <= INT_MAX, "FortranGemm: max_dim out of range");
+  }
+
+  void operator()(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha,
+                  const T* a, index_t lda, const T* b, index_t ldb, T beta, T* c,
+                  index_t ldc) const override;
+
+ private:
+  Fn fn_;
+  index_t max_dim_;
+};
+
+extern template class FortranGemm<float>;
+extern template class FortranGemm<double>;
+
+}  // namespace matcompress

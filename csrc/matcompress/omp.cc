@@ -1,0 +1,154 @@
+#include "omp.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "cpu.h"
+#include "omp_signal.h"
+
+namespace matcompress {
+namespace {
+
+index_t round_up(index_t v, index_t m) { return (v + m - 1) / m * m; }
+
+// Chunk of signals: the correlation buffer stays near 8 MiB and one chunk near 2e8 multiply-adds,
+// so memory is bounded and an interrupt is seen within a fraction of a second.
+index_t auto_chunk(index_t n_samples, index_t n_features, index_t kpad, index_t max_atoms,
+                   index_t elem_size) {
+  const double mem = (8.0 * 1024 * 1024) / double(kpad * elem_size);
+  const double per_signal = double(kpad) * double(n_features + max_atoms * (max_atoms + 3) / 2);
+  const double work = 2e8 / std::max(per_signal, 1.0);
+  index_t c = static_cast<index_t>(std::min(mem, work));
+  c = std::max<index_t>(c, 64);
+  return std::min(c, n_samples);
+}
+
+}  // namespace
+
+template <typename T>
+OmpStats sparse_encode_omp(const Gemm<T>& gemm, const OmpProblem<T>& p, const OmpOptions& o,
+                           const OmpCodes<T>& out, const std::function<bool()>& interrupted) {
+  const index_t n = p.n_samples, m = p.n_features, k = p.n_components;
+  MC_CHECK(n >= 0 && m >= 1 && k >= 1, "sparse_encode_omp: bad sizes n_samples=" << n
+                                           << " n_features=" << m << " n_components=" << k);
+  MC_CHECK(k <= INT32_MAX, "sparse_encode_omp: n_components must be < 2^31");
+  MC_CHECK(o.max_atoms >= 1 && o.max_atoms <= k,
+           "sparse_encode_omp: max_atoms=" << o.max_atoms << " must be in [1, " << k << "]");
+  MC_CHECK(!o.use_tol || o.tol >= 0, "sparse_encode_omp: tol must be >= 0, got " << o.tol);
+  MC_CHECK(p.X != nullptr || (!o.use_tol && p.cov != nullptr),
+           "sparse_encode_omp: X is needed unless cov is given and tol is not used");
+  MC_CHECK(p.dictionary != nullptr || (p.gram != nullptr && p.cov != nullptr),
+           "sparse_encode_omp: the dictionary is needed unless gram and cov are given");
+  OmpStats stats;
+  if (n == 0) return stats;
+
+  const index_t kpad = round_up(k, kOmpPad);
+  const index_t smax = o.max_atoms;
+  const OmpSignalFn<T> kernel = omp_signal_kernel<T>(active_isa());
+
+  // Gram matrix with padded rows (padding columns stay zero).
+  std::vector<T> gram(static_cast<size_t>(k * kpad), T(0));
+  if (p.gram != nullptr) {
+    for (index_t r = 0; r < k; ++r) std::copy(p.gram + r * k, p.gram + (r + 1) * k, &gram[r * kpad]);
+  } else {
+    gemm(false, true, k, k, m, T(1), p.dictionary, m, p.dictionary, m, T(0), gram.data(), kpad);
+  }
+  for (index_t r = 0; r < k; ++r)
+    MC_CHECK(gram[r * kpad + r] > T(0), "sparse_encode_omp: atom " << r
+                                            << " has zero norm (Gram diagonal "
+                                            << gram[r * kpad + r] << ")");
+
+  const index_t chunk = o.chunk_size > 0 ? std::min(o.chunk_size, n)
+                                         : auto_chunk(n, m, kpad, smax, sizeof(T));
+  const int nt = resolve_threads(o.n_threads, chunk);
+  std::vector<T> corr(static_cast<size_t>(chunk * kpad), T(0));
+
+  // Per-thread workspace.
+  const index_t ws_len = smax * kpad + smax * smax + smax;
+  std::vector<T> ws(static_cast<size_t>(nt * ws_len));
+  std::vector<int32_t> ws_sel(static_cast<size_t>(nt * smax));
+  std::vector<unsigned char> premature(static_cast<size_t>(chunk));
+
+  OmpSignalArgs<T> args{gram.data(), kpad, smax, o.use_tol, static_cast<T>(o.tol)};
+
+  for (index_t c0 = 0; c0 < n; c0 += chunk) {
+    if (interrupted && interrupted()) throw Interrupted();
+    const index_t cb = std::min(chunk, n - c0);
+    if (p.cov != nullptr) {
+      // cov is (k, n_samples): gather this chunk's columns into per-signal rows.
+      parallel_for(0, cb, nt, 64, [&](index_t b, int) {
+        T* dst = &corr[b * kpad];
+        for (index_t r = 0; r < k; ++r) dst[r] = p.cov[r * n + c0 + b];
+      });
+    } else {
+      // corr (cb x k, stride kpad) = X_chunk D^T, with BLAS's own threads (no OpenMP region open).
+      gemm(false, true, cb, k, m, T(1), p.X + c0 * m, m, p.dictionary, m, T(0), corr.data(), kpad);
+    }
+    parallel_for(0, cb, nt, 4, [&](index_t b, int tid) {
+      T* w = &ws[tid * ws_len];
+      OmpSignalWork<T> work{w, w + smax * kpad, w + smax * kpad + smax * smax, &ws_sel[tid * smax]};
+      T norm2 = T(0);
+      if (o.use_tol) {
+        const T* x = p.X + (c0 + b) * m;
+        for (index_t f = 0; f < m; ++f) norm2 += x[f] * x[f];
+      }
+      const index_t i = c0 + b;
+      bool early = false;
+      out.nnz[i] = kernel(args, &corr[b * kpad], norm2, work, out.indices + i * smax,
+                          out.values + i * smax, &early);
+      premature[b] = early;
+    });
+    for (index_t b = 0; b < cb; ++b) stats.n_premature += premature[b];
+  }
+  return stats;
+}
+
+template <typename T>
+void omp_codes_to_dense(index_t n_samples, index_t n_components, index_t max_atoms,
+                        const OmpCodes<T>& codes, T* dense, int n_threads) {
+  const int nt = resolve_threads(n_threads, n_samples / 256 + 1);
+  parallel_for(0, n_samples, nt, 256, [&](index_t i, int) {
+    T* row = dense + i * n_components;
+    for (index_t t = 0; t < codes.nnz[i]; ++t)
+      row[codes.indices[i * max_atoms + t]] = codes.values[i * max_atoms + t];
+  });
+}
+
+template <typename T>
+void omp_codes_to_csr(index_t n_samples, index_t max_atoms, const OmpCodes<T>& codes,
+                      const int64_t* indptr, int32_t* csr_indices, T* csr_values,
+                      int n_threads) {
+  const int nt = resolve_threads(n_threads, n_samples / 256 + 1);
+  parallel_for(0, n_samples, nt, 256, [&](index_t i, int) {
+    const int32_t* idx = codes.indices + i * max_atoms;
+    const T* val = codes.values + i * max_atoms;
+    const index_t cnt = codes.nnz[i];
+    int32_t* oi = csr_indices + indptr[i];
+    T* ov = csr_values + indptr[i];
+    // Insertion sort by column: rows hold few atoms.
+    for (index_t t = 0; t < cnt; ++t) {
+      index_t s = t;
+      while (s > 0 && oi[s - 1] > idx[t]) {
+        oi[s] = oi[s - 1];
+        ov[s] = ov[s - 1];
+        --s;
+      }
+      oi[s] = idx[t];
+      ov[s] = val[t];
+    }
+  });
+}
+
+#define MC_INSTANTIATE(T)                                                                    \
+  template OmpStats sparse_encode_omp<T>(const Gemm<T>&, const OmpProblem<T>&,              \
+                                         const OmpOptions&, const OmpCodes<T>&,             \
+                                         const std::function<bool()>&);                     \
+  template void omp_codes_to_dense<T>(index_t, index_t, index_t, const OmpCodes<T>&, T*, int); \
+  template void omp_codes_to_csr<T>(index_t, index_t, const OmpCodes<T>&, const int64_t*,    \
+                                    int32_t*, T*, int);
+MC_INSTANTIATE(float)
+MC_INSTANTIATE(double)
+#undef MC_INSTANTIATE
+
+}  // namespace matcompress

@@ -1,0 +1,222 @@
+// pybind11 bindings of the matcompress core: convert, check shapes, allocate outputs, release the
+// GIL, call the core. Validation of user input happens in python/matcompress/_validation.py.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "matcompress/blas.h"
+#include "matcompress/cpu.h"
+#include "matcompress/omp.h"
+
+namespace py = pybind11;
+namespace mc = matcompress;
+
+namespace {
+
+template <typename T>
+using carray = py::array_t<T, py::array::c_style | py::array::forcecast>;
+
+// SciPy's BLAS (scipy.linalg.cython_blas): the library scikit-learn uses, governed by
+// threadpoolctl. Looked up once, when the module is imported.
+template <typename T>
+typename mc::FortranGemm<T>::Fn scipy_blas(const char* name) {
+  py::dict capi = py::module_::import("scipy.linalg.cython_blas").attr("__pyx_capi__");
+  py::object cap = capi[name];
+  void* ptr = PyCapsule_GetPointer(cap.ptr(), PyCapsule_GetName(cap.ptr()));
+  if (ptr == nullptr) throw py::error_already_set();
+  return reinterpret_cast<typename mc::FortranGemm<T>::Fn>(ptr);
+}
+
+template <typename T>
+typename mc::FortranGemm<T>::Fn scipy_gemm_fn() {
+  static const auto fn = scipy_blas<T>(sizeof(T) == 4 ? "sgemm" : "dgemm");
+  return fn;
+}
+
+template <typename T>
+const mc::Gemm<T>& scipy_gemm() {
+  static const mc::FortranGemm<T> g(scipy_gemm_fn<T>());
+  return g;
+}
+
+void require(bool ok, const std::string& msg) {
+  if (!ok) throw py::value_error(msg);
+}
+
+// Polled by the core between chunks, with the GIL released.
+bool python_interrupted() {
+  py::gil_scoped_acquire gil;
+  return PyErr_CheckSignals() != 0;
+}
+
+template <typename T>
+py::tuple sparse_encode_omp(const carray<T>& X, const std::optional<carray<T>>& dictionary,
+                            const std::optional<carray<T>>& gram,
+                            const std::optional<carray<T>>& cov, mc::index_t max_atoms,
+                            bool use_tol, double tol, int n_threads, mc::index_t chunk_size) {
+  require(X.ndim() == 2, "X must be 2-D");
+  mc::OmpProblem<T> p;
+  p.X = X.data();
+  p.n_samples = X.shape(0);
+  p.n_features = X.shape(1);
+  if (dictionary) {
+    require(dictionary->ndim() == 2 && dictionary->shape(1) == p.n_features,
+            "dictionary must have shape (n_components, n_features)");
+    p.dictionary = dictionary->data();
+    p.n_components = dictionary->shape(0);
+  } else {
+    require(gram.has_value(), "gram is required without a dictionary");
+    p.n_components = gram->shape(0);
+  }
+  if (gram) {
+    require(gram->ndim() == 2 && gram->shape(0) == p.n_components &&
+                gram->shape(1) == p.n_components,
+            "gram must have shape (n_components, n_components)");
+    p.gram = gram->data();
+  }
+  if (cov) {
+    require(cov->ndim() == 2 && cov->shape(0) == p.n_components && cov->shape(1) == p.n_samples,
+            "cov must have shape (n_components, n_samples)");
+    p.cov = cov->data();
+  }
+  mc::OmpOptions o;
+  o.max_atoms = max_atoms;
+  o.use_tol = use_tol;
+  o.tol = tol;
+  o.n_threads = n_threads;
+  o.chunk_size = chunk_size;
+  require(max_atoms >= 1, "max_atoms must be >= 1");
+
+  py::array_t<int32_t> indices({p.n_samples, max_atoms});
+  py::array_t<T> values({p.n_samples, max_atoms});
+  py::array_t<mc::index_t> nnz(p.n_samples);
+  mc::OmpCodes<T> out{indices.mutable_data(), values.mutable_data(), nnz.mutable_data()};
+  mc::OmpStats stats;
+  bool interrupted = false;
+  {
+    py::gil_scoped_release nogil;
+    try {
+      stats = mc::sparse_encode_omp<T>(scipy_gemm<T>(), p, o, out, &python_interrupted);
+    } catch (const mc::Interrupted&) {
+      interrupted = true;
+    }
+  }
+  if (interrupted) throw py::error_already_set();  // the KeyboardInterrupt PyErr_CheckSignals set
+  return py::make_tuple(indices, values, nnz, stats.n_premature);
+}
+
+template <typename T>
+mc::OmpCodes<T> codes_view(const carray<int32_t>& indices, const carray<T>& values,
+                           const carray<mc::index_t>& nnz) {
+  require(indices.ndim() == 2 && values.ndim() == 2 && nnz.ndim() == 1 &&
+              indices.shape(0) == values.shape(0) && indices.shape(1) == values.shape(1) &&
+              nnz.shape(0) == indices.shape(0),
+          "inconsistent compact codes");
+  const mc::index_t smax = indices.shape(1);
+  for (mc::index_t i = 0; i < nnz.shape(0); ++i)
+    require(nnz.data()[i] >= 0 && nnz.data()[i] <= smax, "inconsistent compact codes");
+  return {const_cast<int32_t*>(indices.data()), const_cast<T*>(values.data()),
+          const_cast<mc::index_t*>(nnz.data())};
+}
+
+template <typename T>
+py::array_t<T> codes_to_dense(const carray<int32_t>& indices, const carray<T>& values,
+                              const carray<mc::index_t>& nnz, mc::index_t n_components,
+                              int n_threads) {
+  mc::OmpCodes<T> codes = codes_view<T>(indices, values, nnz);
+  const mc::index_t n = indices.shape(0), smax = indices.shape(1);
+  for (mc::index_t i = 0; i < n; ++i)
+    for (mc::index_t t = 0; t < codes.nnz[i]; ++t)
+      require(codes.indices[i * smax + t] >= 0 && codes.indices[i * smax + t] < n_components,
+              "code index out of range");
+  py::array_t<T> dense({n, n_components});
+  T* d = dense.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    std::fill(d, d + n * n_components, T(0));
+    mc::omp_codes_to_dense<T>(n, n_components, smax, codes, d, n_threads);
+  }
+  return dense;
+}
+
+template <typename T>
+py::tuple codes_to_csr(const carray<int32_t>& indices, const carray<T>& values,
+                       const carray<mc::index_t>& nnz, const carray<int64_t>& indptr,
+                       int n_threads) {
+  mc::OmpCodes<T> codes = codes_view<T>(indices, values, nnz);
+  const mc::index_t n = indices.shape(0), smax = indices.shape(1);
+  require(indptr.ndim() == 1 && indptr.shape(0) == n + 1, "indptr must have n_samples + 1 entries");
+  const mc::index_t total = indptr.data()[n];
+  py::array_t<int32_t> csr_indices(total);
+  py::array_t<T> csr_values(total);
+  int32_t* ci = csr_indices.mutable_data();
+  T* cv = csr_values.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    mc::omp_codes_to_csr<T>(n, smax, codes, indptr.data(), ci, cv, n_threads);
+  }
+  return py::make_tuple(csr_indices, csr_values);
+}
+
+// Test hook: row-major GEMM through the injected BLAS with a chosen split size, so the
+// splitting of sizes past the 32-bit BLAS interface is exercised on small matrices.
+template <typename T>
+py::array_t<T> gemm(const carray<T>& a, const carray<T>& b, bool trans_a, bool trans_b,
+                    mc::index_t max_dim) {
+  require(a.ndim() == 2 && b.ndim() == 2, "a and b must be 2-D");
+  const mc::index_t m = trans_a ? a.shape(1) : a.shape(0);
+  const mc::index_t k = trans_a ? a.shape(0) : a.shape(1);
+  const mc::index_t kb = trans_b ? b.shape(1) : b.shape(0);
+  const mc::index_t n = trans_b ? b.shape(0) : b.shape(1);
+  require(k == kb, "inner dimensions differ");
+  py::array_t<T> c({m, n});
+  T* cp = c.mutable_data();
+  std::fill(cp, cp + m * n, T(0));
+  {
+    py::gil_scoped_release nogil;
+    mc::FortranGemm<T> split(scipy_gemm_fn<T>(), max_dim);
+    split(trans_a, trans_b, m, n, k, T(1), a.data(), a.shape(1), b.data(), b.shape(1), T(0), cp,
+          n);
+  }
+  return c;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "matcompress native kernels (private: use the functions of the matcompress package)";
+  // Resolve the BLAS capsules now, while the GIL is held (the kernels run without it).
+  scipy_gemm<float>();
+  scipy_gemm<double>();
+
+  m.def("sparse_encode_omp_f32", &sparse_encode_omp<float>, py::arg("X"), py::arg("dictionary"),
+        py::arg("gram"), py::arg("cov"), py::arg("max_atoms"), py::arg("use_tol"), py::arg("tol"),
+        py::arg("n_threads"), py::arg("chunk_size") = 0);
+  m.def("sparse_encode_omp_f64", &sparse_encode_omp<double>, py::arg("X"), py::arg("dictionary"),
+        py::arg("gram"), py::arg("cov"), py::arg("max_atoms"), py::arg("use_tol"), py::arg("tol"),
+        py::arg("n_threads"), py::arg("chunk_size") = 0);
+  m.def("codes_to_dense_f32", &codes_to_dense<float>);
+  m.def("codes_to_dense_f64", &codes_to_dense<double>);
+  m.def("codes_to_csr_f32", &codes_to_csr<float>);
+  m.def("codes_to_csr_f64", &codes_to_csr<double>);
+  m.def("gemm_f32", &gemm<float>);
+  m.def("gemm_f64", &gemm<double>);
+
+  m.def("active_isa", [] { return std::string(mc::isa_name(mc::active_isa())); },
+        "Instruction set the vectorized kernels use now.");
+  m.def("detected_isa", [] { return std::string(mc::isa_name(mc::detected_isa())); },
+        "Best instruction set this CPU and build support.");
+  m.def("set_isa", [](const std::string& name) { mc::set_active_isa(mc::parse_isa(name)); },
+        "Force the instruction set of the vectorized kernels (generic, avx2, avx512).");
+  m.def("default_threads", &mc::default_threads,
+        "OpenMP threads a kernel uses when n_threads is None (omp_get_max_threads).");
+#ifdef _OPENMP
+  m.attr("openmp") = true;
+#else
+  m.attr("openmp") = false;
+#endif
+}

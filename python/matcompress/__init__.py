@@ -1,0 +1,24 @@
+"""matcompress: fast matrix compression for machine-learning models.
+
+``import matcompress`` loads the numpy API only; the TensorFlow API lives in
+``matcompress.tf`` and is imported on demand.
+"""
+
+from ._version import __version__
+from .omp import sparse_encode
+
+__all__ = ["__version__", "sparse_encode", "show_config"]
+
+
+def show_config():
+    """Return the native build's run-time facts: instruction set in use, OpenMP threads, BLAS."""
+    from . import _core
+
+    return {
+        "version": __version__,
+        "isa": _core.active_isa(),
+        "isa_detected": _core.detected_isa(),
+        "openmp": bool(_core.openmp),
+        "default_threads": _core.default_threads(),
+        "blas": "scipy.linalg.cython_blas",
+    }
