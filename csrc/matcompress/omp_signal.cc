@@ -12,6 +12,7 @@
 // no triangular solves inside the loop), and gamma = L^-T z once at the end.
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "omp_signal.h"
 
@@ -23,28 +24,46 @@ namespace matcompress {
 namespace MC_ISA_NS {
 namespace {
 
-template <typename T>
-constexpr index_t block() {
-  return 128 / static_cast<index_t>(sizeof(T));  // 32 floats / 16 doubles: two zmm registers
-}
+// Independent accumulator chains in the update loop, as many as the registers allow:
+// 32 zmm (AVX-512), 16 ymm (AVX2), 16 xmm (SSE2).
+#if defined(__AVX512F__)
+constexpr int kChains = 4;
+#elif defined(__AVX2__)
+constexpr int kChains = 2;
+#else
+constexpr int kChains = 1;
+#endif
 
-/// First index of the largest |a[i]|, i < n (n a multiple of block<T>()); *best gets the value.
+/// Per-lane running maximum of |a| and where it was first seen; strict ">" keeps the earliest
+/// index of each lane, so resolve() returns the first index of the overall maximum.
 template <typename T>
-index_t argmax_abs(const T* __restrict a, index_t n, T* best) {
-  constexpr index_t B = block<T>();
-  T lane[B] = {};
-  for (index_t c = 0; c < n; c += B)
+struct LaneArgmax {
+  using I = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;  // same width as T
+  static constexpr index_t B = omp_block<T>();
+  T val[B];
+  I idx[B];
+
+  LaneArgmax() {
     for (index_t e = 0; e < B; ++e) {
-      const T v = std::abs(a[c + e]);
-      lane[e] = v > lane[e] ? v : lane[e];
+      val[e] = T(-1);
+      idx[e] = 0;
     }
-  T m = lane[0];
-  for (index_t e = 1; e < B; ++e) m = lane[e] > m ? lane[e] : m;
-  *best = m;
-  for (index_t i = 0; i < n; ++i)
-    if (std::abs(a[i]) == m) return i;
-  return 0;
-}
+  }
+  void update(const T* a, index_t c) {
+    for (index_t e = 0; e < B; ++e) {
+      const T ab = std::abs(a[e]);
+      const bool gt = ab > val[e];
+      val[e] = gt ? ab : val[e];
+      idx[e] = gt ? static_cast<I>(c + e) : idx[e];
+    }
+  }
+  index_t resolve() const {
+    index_t best = 0;
+    for (index_t e = 1; e < B; ++e)
+      if (val[e] > val[best] || (val[e] == val[best] && idx[e] < idx[best])) best = e;
+    return idx[best];
+  }
+};
 
 }  // namespace
 
@@ -52,7 +71,7 @@ template <typename T>
 index_t omp_signal(const OmpSignalArgs<T>& args, T* __restrict alpha, T norm2,
                    const OmpSignalWork<T>& work, int32_t* out_idx, T* out_val,
                    bool* premature) {
-  constexpr index_t B = block<T>();
+  constexpr index_t B = omp_block<T>();
   const index_t kpad = args.kpad;
   const index_t smax = args.max_atoms;
   const T eps = std::numeric_limits<T>::epsilon();  // scikit-learn's min_float
@@ -63,8 +82,12 @@ index_t omp_signal(const OmpSignalArgs<T>& args, T* __restrict alpha, T norm2,
 
   *premature = false;
   T err = norm2;
-  T best;
-  index_t j = argmax_abs(alpha, kpad, &best);
+  index_t j;
+  {
+    LaneArgmax<T> am;
+    for (index_t c = 0; c < kpad; c += B) am.update(alpha + c, c);
+    j = am.resolve();
+  }
   index_t t = 0;
   while (true) {
     const T aj = alpha[j];
@@ -81,7 +104,7 @@ index_t omp_signal(const OmpSignalArgs<T>& args, T* __restrict alpha, T norm2,
     T* Lt = L + t * smax;
     T d = args.gram[j * kpad + j];
     for (index_t i = 0; i < t; ++i) {
-      const T w = V[i * kpad + j];
+      const T w = V[(j / B) * smax * B + i * B + j % B];
       Lt[i] = w;
       d -= w * w;
     }
@@ -98,33 +121,46 @@ index_t omp_signal(const OmpSignalArgs<T>& args, T* __restrict alpha, T norm2,
     err -= zt * zt;
 
     const T* __restrict gj = args.gram + j * kpad;
-    T* __restrict vt = V + t * kpad;
-    T lane[B] = {};
+    LaneArgmax<T> am;
     for (index_t c = 0; c < kpad; c += B) {
-      T acc[B];
-      for (index_t e = 0; e < B; ++e) acc[e] = gj[c + e];
-      for (index_t i = 0; i < t; ++i) {
+      T* __restrict panel = V + c * smax;  // (c / B) * smax * B
+      T* __restrict vt = panel + t * B;
+      // kChains independent partial sums: a single chain per block would wait on FMA latency.
+      T acc[kChains][B];
+      index_t i = 0;
+      if (t >= kChains) {
+        for (int q = 0; q < kChains; ++q) {
+          const T w = Lt[q];
+          const T* __restrict vq = panel + q * B;
+          for (index_t e = 0; e < B; ++e) acc[q][e] = (q == 0 ? gj[c + e] : T(0)) - w * vq[e];
+        }
+        for (i = kChains; i + kChains <= t; i += kChains)
+          for (int q = 0; q < kChains; ++q) {
+            const T w = Lt[i + q];
+            const T* __restrict vq = panel + (i + q) * B;
+            for (index_t e = 0; e < B; ++e) acc[q][e] -= w * vq[e];
+          }
+        for (int q = 1; q < kChains; ++q)
+          for (index_t e = 0; e < B; ++e) acc[0][e] += acc[q][e];
+      } else {
+        for (index_t e = 0; e < B; ++e) acc[0][e] = gj[c + e];
+      }
+      for (; i < t; ++i) {
         const T w = Lt[i];
-        const T* __restrict vi = V + i * kpad + c;
-        for (index_t e = 0; e < B; ++e) acc[e] -= w * vi[e];
+        const T* __restrict vi = panel + i * B;
+        for (index_t e = 0; e < B; ++e) acc[0][e] -= w * vi[e];
       }
       for (index_t e = 0; e < B; ++e) {
-        const T v = acc[e] * inv;
-        vt[c + e] = v;
-        const T a = alpha[c + e] - zt * v;
-        alpha[c + e] = a;
-        const T ab = std::abs(a);
-        lane[e] = ab > lane[e] ? ab : lane[e];
+        const T v = acc[0][e] * inv;
+        vt[e] = v;
+        alpha[c + e] -= zt * v;
       }
+      am.update(alpha + c, c);
     }
     ++t;
     if (args.use_tol && std::abs(err) <= args.tol) break;
     if (t == smax) break;
-    best = lane[0];
-    for (index_t e = 1; e < B; ++e) best = lane[e] > best ? lane[e] : best;
-    for (j = 0; j < kpad; ++j)
-      if (std::abs(alpha[j]) == best) break;
-    if (j == kpad) j = 0;
+    j = am.resolve();
   }
 
   // gamma = L^-T z (back substitution), written straight into the output.

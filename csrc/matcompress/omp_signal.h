@@ -12,6 +12,12 @@ namespace matcompress {
 /// Padding of the Gram rows and correlation vectors: a multiple of the widest vector block.
 constexpr index_t kOmpPad = 32;
 
+/// Columns per vector block of the per-signal kernel: 128 bytes, two zmm registers.
+template <typename T>
+constexpr index_t omp_block() {
+  return 128 / static_cast<index_t>(sizeof(T));
+}
+
 template <typename T>
 struct OmpSignalArgs {
   const T* gram;      ///< Gram matrix, size k * kpad (row j = <d_j, d_i>, padding columns zero)
@@ -23,7 +29,9 @@ struct OmpSignalArgs {
 
 template <typename T>
 struct OmpSignalWork {
-  T* V;          ///< max_atoms * kpad: D u_t for the orthonormalised selected atoms u_t
+  T* V;          ///< kpad * max_atoms: D u_t for the orthonormalised selected atoms u_t, in
+                 ///< panels: for each block of omp_block<T>() columns, the max_atoms rows' segments
+                 ///< contiguous, so one step streams through memory sequentially
   T* L;          ///< max_atoms * max_atoms: Cholesky factor of the selected atoms' Gram matrix
   T* z;          ///< max_atoms: <x, u_t>
   int32_t* sel;  ///< max_atoms: selected atom indices, in selection order

@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "matcompress/blas.h"
 #include "matcompress/cpu.h"
@@ -185,6 +186,22 @@ py::array_t<T> gemm(const carray<T>& a, const carray<T>& b, bool trans_a, bool t
   return c;
 }
 
+// Test hook: a parallel loop whose item `fail_at` throws, to check that an exception thrown on an
+// OpenMP worker thread reaches Python (as ValueError) and the loop still ends.
+mc::index_t parallel_raise(mc::index_t n, mc::index_t fail_at, int n_threads) {
+  std::vector<unsigned char> seen(static_cast<size_t>(n > 0 ? n : 0));
+  {
+    py::gil_scoped_release nogil;
+    mc::parallel_for(0, n, mc::resolve_threads(n_threads, n), 1, [&](mc::index_t i, int) {
+      MC_CHECK(i != fail_at, "item " << i << " failed on an OpenMP worker thread");
+      seen[i] = 1;
+    });
+  }
+  mc::index_t count = 0;
+  for (unsigned char v : seen) count += v;
+  return count;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -205,6 +222,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("codes_to_csr_f64", &codes_to_csr<double>);
   m.def("gemm_f32", &gemm<float>);
   m.def("gemm_f64", &gemm<double>);
+  m.def("parallel_raise", &parallel_raise, py::arg("n"), py::arg("fail_at"), py::arg("n_threads"));
 
   m.def("active_isa", [] { return std::string(mc::isa_name(mc::active_isa())); },
         "Instruction set the vectorized kernels use now.");
