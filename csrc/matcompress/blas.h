@@ -18,6 +18,12 @@ class Gemm {
   virtual void operator()(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha,
                           const T* a, index_t lda, const T* b, index_t ldb, T beta, T* c,
                           index_t ldc) const = 0;
+
+  /// True when every call runs on the calling thread only (e.g. the BLAS is limited to one
+  /// thread for the duration), so kernels may call it from inside their OpenMP regions, one
+  /// call per thread. When false, kernels call it only outside OpenMP regions and let it use
+  /// its own threads: the two pools never run at full width at once.
+  virtual bool runs_on_caller_thread() const { return false; }
 };
 
 /// Adapter from a Fortran-convention (column-major, LP64) xGEMM function pointer, such as the
@@ -30,7 +36,9 @@ class FortranGemm final : public Gemm<T> {
                       const int* k, const T* alpha, const T* a, const int* lda, const T* b,
                       const int* ldb, const T* beta, T* c, const int* ldc);
 
-  explicit FortranGemm(Fn fn, index_t max_dim = INT_MAX) : fn_(fn), max_dim_(max_dim) {
+  /// `caller_thread`: the caller guarantees the BLAS runs each call on the calling thread.
+  explicit FortranGemm(Fn fn, index_t max_dim = INT_MAX, bool caller_thread = false)
+      : fn_(fn), max_dim_(max_dim), caller_thread_(caller_thread) {
     MC_CHECK(fn_ != nullptr, "FortranGemm: null BLAS function");
     MC_CHECK(max_dim_ >= 1 && max_dim_ <= INT_MAX, "FortranGemm: max_dim out of range");
   }
@@ -38,10 +46,12 @@ class FortranGemm final : public Gemm<T> {
   void operator()(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha,
                   const T* a, index_t lda, const T* b, index_t ldb, T beta, T* c,
                   index_t ldc) const override;
+  bool runs_on_caller_thread() const override { return caller_thread_; }
 
  private:
   Fn fn_;
   index_t max_dim_;
+  bool caller_thread_;
 };
 
 extern template class FortranGemm<float>;

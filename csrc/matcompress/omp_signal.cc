@@ -25,7 +25,7 @@ namespace MC_ISA_NS {
 namespace {
 
 // Independent accumulator chains in the update loop, as many as the registers allow:
-// 32 zmm (AVX-512), 16 ymm (AVX2), 16 xmm (SSE2).
+// 32 zmm (AVX-512), 16 ymm (AVX2), 16 xmm (SSE2). One chain would wait on FMA latency.
 #if defined(__AVX512F__)
 constexpr int kChains = 4;
 #elif defined(__AVX2__)
@@ -34,34 +34,64 @@ constexpr int kChains = 2;
 constexpr int kChains = 1;
 #endif
 
-/// Per-lane running maximum of |a| and where it was first seen; strict ">" keeps the earliest
-/// index of each lane, so resolve() returns the first index of the overall maximum.
+// 64-byte vectors (GCC vector extensions): one zmm, two ymm or four xmm registers depending on
+// the target this file is compiled for. A block of the kernel is two of them.
+template <typename T>
+struct Simd {
+  typedef T vec __attribute__((vector_size(64)));
+  typedef T uvec __attribute__((vector_size(64), aligned(alignof(T)), may_alias));
+  using I = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;  // same lane width as T
+  typedef I ivec __attribute__((vector_size(64)));
+  static constexpr index_t W = 64 / static_cast<index_t>(sizeof(T));
+
+  static vec load(const T* p) { return *reinterpret_cast<const uvec*>(p); }
+  static void store(T* p, vec v) { *reinterpret_cast<uvec*>(p) = v; }
+  static vec splat(T x) { return vec{} + x; }
+  static vec abs(vec v) { return reinterpret_cast<vec>(reinterpret_cast<ivec>(v) & ~sign_mask()); }
+  static ivec sign_mask() { return ivec{} + (I(1) << (8 * sizeof(I) - 1)); }
+  static ivec iota() {
+    ivec r{};
+    for (index_t e = 0; e < W; ++e) r[e] = static_cast<I>(e);
+    return r;
+  }
+};
+
+/// Running maximum of |a| per lane and the index where it was first seen (strict ">" keeps the
+/// earliest index of each lane), so resolve() gives the first index of the overall maximum —
+/// numpy's argmax rule, which scikit-learn's OMP uses.
 template <typename T>
 struct LaneArgmax {
-  using I = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;  // same width as T
-  static constexpr index_t B = omp_block<T>();
-  T val[B];
-  I idx[B];
+  using S = Simd<T>;
+  typename S::vec max_lo = S::splat(T(-1)), max_hi = S::splat(T(-1));
+  typename S::ivec idx_lo{}, idx_hi{};
+  typename S::ivec pos_lo = S::iota(), pos_hi = S::iota() + static_cast<typename S::I>(S::W);
 
-  LaneArgmax() {
-    for (index_t e = 0; e < B; ++e) {
-      val[e] = T(-1);
-      idx[e] = 0;
-    }
-  }
-  void update(const T* a, index_t c) {
-    for (index_t e = 0; e < B; ++e) {
-      const T ab = std::abs(a[e]);
-      const bool gt = ab > val[e];
-      val[e] = gt ? ab : val[e];
-      idx[e] = gt ? static_cast<I>(c + e) : idx[e];
-    }
+  // a_lo, a_hi: the block's two vectors; pos advances by one block per call.
+  void update(typename S::vec a_lo, typename S::vec a_hi) {
+    const typename S::vec ab_lo = S::abs(a_lo), ab_hi = S::abs(a_hi);
+    const auto gt_lo = ab_lo > max_lo;
+    const auto gt_hi = ab_hi > max_hi;
+    max_lo = gt_lo ? ab_lo : max_lo;
+    max_hi = gt_hi ? ab_hi : max_hi;
+    idx_lo = gt_lo ? pos_lo : idx_lo;
+    idx_hi = gt_hi ? pos_hi : idx_hi;
+    pos_lo += static_cast<typename S::I>(2 * S::W);
+    pos_hi += static_cast<typename S::I>(2 * S::W);
   }
   index_t resolve() const {
-    index_t best = 0;
-    for (index_t e = 1; e < B; ++e)
-      if (val[e] > val[best] || (val[e] == val[best] && idx[e] < idx[best])) best = e;
-    return idx[best];
+    T best = T(-1);
+    index_t at = 0;
+    for (index_t e = 0; e < S::W; ++e) {
+      for (int h = 0; h < 2; ++h) {
+        const T v = h ? max_hi[e] : max_lo[e];
+        const index_t i = h ? idx_hi[e] : idx_lo[e];
+        if (v > best || (v == best && i < at)) {
+          best = v;
+          at = i;
+        }
+      }
+    }
+    return at;
   }
 };
 
@@ -71,7 +101,10 @@ template <typename T>
 index_t omp_signal(const OmpSignalArgs<T>& args, T* __restrict alpha, T norm2,
                    const OmpSignalWork<T>& work, int32_t* out_idx, T* out_val,
                    bool* premature) {
+  using S = Simd<T>;
+  using vec = typename S::vec;
   constexpr index_t B = omp_block<T>();
+  static_assert(B == 2 * S::W, "a block is two vectors");
   const index_t kpad = args.kpad;
   const index_t smax = args.max_atoms;
   const T eps = std::numeric_limits<T>::epsilon();  // scikit-learn's min_float
@@ -85,7 +118,7 @@ index_t omp_signal(const OmpSignalArgs<T>& args, T* __restrict alpha, T norm2,
   index_t j;
   {
     LaneArgmax<T> am;
-    for (index_t c = 0; c < kpad; c += B) am.update(alpha + c, c);
+    for (index_t c = 0; c < kpad; c += B) am.update(S::load(alpha + c), S::load(alpha + c + S::W));
     j = am.resolve();
   }
   index_t t = 0;
@@ -103,10 +136,13 @@ index_t omp_signal(const OmpSignalArgs<T>& args, T* __restrict alpha, T norm2,
     }
     T* Lt = L + t * smax;
     T d = args.gram[j * kpad + j];
-    for (index_t i = 0; i < t; ++i) {
-      const T w = V[(j / B) * smax * B + i * B + j % B];
-      Lt[i] = w;
-      d -= w * w;
+    {
+      const T* panel_j = V + (j / B) * smax * B + j % B;
+      for (index_t i = 0; i < t; ++i) {
+        const T w = panel_j[i * B];
+        Lt[i] = w;
+        d -= w * w;
+      }
     }
     if (t > 0 && d <= eps) {  // atom j is (numerically) in the span of the selected ones
       *premature = true;
@@ -120,42 +156,61 @@ index_t omp_signal(const OmpSignalArgs<T>& args, T* __restrict alpha, T norm2,
     sel[t] = static_cast<int32_t>(j);
     err -= zt * zt;
 
+    // One fused pass over the k correlations: v_t, alpha -= z_t v_t, and the next arg-max.
     const T* __restrict gj = args.gram + j * kpad;
+    const vec vinv = S::splat(inv), vz = S::splat(zt);
     LaneArgmax<T> am;
     for (index_t c = 0; c < kpad; c += B) {
-      T* __restrict panel = V + c * smax;  // (c / B) * smax * B
-      T* __restrict vt = panel + t * B;
-      // kChains independent partial sums: a single chain per block would wait on FMA latency.
-      T acc[kChains][B];
+      T* __restrict panel = V + c * smax;  // block c / B of V: smax rows of B values
+      vec lo0 = S::load(gj + c), hi0 = S::load(gj + c + S::W);
+      vec lo1{}, hi1{}, lo2{}, hi2{}, lo3{}, hi3{};
       index_t i = 0;
-      if (t >= kChains) {
-        for (int q = 0; q < kChains; ++q) {
-          const T w = Lt[q];
-          const T* __restrict vq = panel + q * B;
-          for (index_t e = 0; e < B; ++e) acc[q][e] = (q == 0 ? gj[c + e] : T(0)) - w * vq[e];
+      if constexpr (kChains == 4) {
+        for (; i + 4 <= t; i += 4) {
+          const T* p = panel + i * B;
+          const vec w0 = S::splat(Lt[i]), w1 = S::splat(Lt[i + 1]);
+          const vec w2 = S::splat(Lt[i + 2]), w3 = S::splat(Lt[i + 3]);
+          lo0 -= w0 * S::load(p);
+          hi0 -= w0 * S::load(p + S::W);
+          lo1 -= w1 * S::load(p + B);
+          hi1 -= w1 * S::load(p + B + S::W);
+          lo2 -= w2 * S::load(p + 2 * B);
+          hi2 -= w2 * S::load(p + 2 * B + S::W);
+          lo3 -= w3 * S::load(p + 3 * B);
+          hi3 -= w3 * S::load(p + 3 * B + S::W);
         }
-        for (i = kChains; i + kChains <= t; i += kChains)
-          for (int q = 0; q < kChains; ++q) {
-            const T w = Lt[i + q];
-            const T* __restrict vq = panel + (i + q) * B;
-            for (index_t e = 0; e < B; ++e) acc[q][e] -= w * vq[e];
-          }
-        for (int q = 1; q < kChains; ++q)
-          for (index_t e = 0; e < B; ++e) acc[0][e] += acc[q][e];
-      } else {
-        for (index_t e = 0; e < B; ++e) acc[0][e] = gj[c + e];
+        lo2 += lo3;
+        hi2 += hi3;
+      }
+      if constexpr (kChains >= 2) {
+        for (; i + 2 <= t; i += 2) {
+          const T* p = panel + i * B;
+          const vec w0 = S::splat(Lt[i]), w1 = S::splat(Lt[i + 1]);
+          lo0 -= w0 * S::load(p);
+          hi0 -= w0 * S::load(p + S::W);
+          lo1 -= w1 * S::load(p + B);
+          hi1 -= w1 * S::load(p + B + S::W);
+        }
+        lo0 += lo2;
+        hi0 += hi2;
+        lo0 += lo1;
+        hi0 += hi1;
       }
       for (; i < t; ++i) {
-        const T w = Lt[i];
-        const T* __restrict vi = panel + i * B;
-        for (index_t e = 0; e < B; ++e) acc[0][e] -= w * vi[e];
+        const T* p = panel + i * B;
+        const vec w0 = S::splat(Lt[i]);
+        lo0 -= w0 * S::load(p);
+        hi0 -= w0 * S::load(p + S::W);
       }
-      for (index_t e = 0; e < B; ++e) {
-        const T v = acc[0][e] * inv;
-        vt[e] = v;
-        alpha[c + e] -= zt * v;
-      }
-      am.update(alpha + c, c);
+      lo0 *= vinv;
+      hi0 *= vinv;
+      S::store(panel + t * B, lo0);
+      S::store(panel + t * B + S::W, hi0);
+      const vec a_lo = S::load(alpha + c) - vz * lo0;
+      const vec a_hi = S::load(alpha + c + S::W) - vz * hi0;
+      S::store(alpha + c, a_lo);
+      S::store(alpha + c + S::W, a_hi);
+      am.update(a_lo, a_hi);
     }
     ++t;
     if (args.use_tol && std::abs(err) <= args.tol) break;

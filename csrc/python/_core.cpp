@@ -4,7 +4,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <dlfcn.h>
+
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -43,6 +46,77 @@ const mc::Gemm<T>& scipy_gemm() {
   static const mc::FortranGemm<T> g(scipy_gemm_fn<T>());
   return g;
 }
+
+// The thread controls of the BLAS library SciPy's wrappers call into. dlsym on a handle also
+// searches that object's dependencies, so this finds e.g. scipy_openblas_set_num_threads in the
+// library behind scipy.linalg.cython_blas.
+struct BlasThreadFns {
+  int (*get)() = nullptr;
+  void (*set)(int) = nullptr;
+};
+
+BlasThreadFns find_blas_thread_fns() {
+  BlasThreadFns f;
+  Dl_info info;
+  if (dladdr(reinterpret_cast<void*>(scipy_gemm_fn<float>()), &info) == 0 || !info.dli_fname)
+    return f;
+  void* h = dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD);
+  if (h == nullptr) return f;
+  static const char* const names[][2] = {
+      {"scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"},
+      {"openblas_get_num_threads", "openblas_set_num_threads"},
+      {"scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"},
+      {"openblas_get_num_threads64_", "openblas_set_num_threads64_"},
+      {"bli_thread_get_num_threads", "bli_thread_set_num_threads"},
+      {"MKL_Get_Max_Threads", "MKL_Set_Num_Threads"},
+  };
+  for (const auto& nm : names) {
+    void* g = dlsym(h, nm[0]);
+    void* s = dlsym(h, nm[1]);
+    if (g != nullptr && s != nullptr) {
+      f.get = reinterpret_cast<int (*)()>(g);
+      f.set = reinterpret_cast<void (*)(int)>(s);
+      break;
+    }
+  }
+  return f;  // the handle stays open: the library is in use for the life of the process
+}
+
+const BlasThreadFns& blas_thread_fns() {
+  static const BlasThreadFns f = find_blas_thread_fns();
+  return f;
+}
+
+// Limits SciPy's BLAS to one thread while kernels run (restored by the last of any concurrent
+// calls), so the core can call it from inside its OpenMP regions. Inactive when the BLAS has no
+// known thread control; the core then calls GEMM only outside its OpenMP regions.
+class BlasOneThread {
+ public:
+  BlasOneThread() {
+    const BlasThreadFns& f = blas_thread_fns();
+    if (f.set == nullptr) return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (depth_++ == 0) {
+      saved_ = f.get();
+      if (saved_ != 1) f.set(1);
+    }
+    active_ = true;
+  }
+  ~BlasOneThread() {
+    if (!active_) return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (--depth_ == 0 && saved_ != 1) blas_thread_fns().set(saved_);
+  }
+  BlasOneThread(const BlasOneThread&) = delete;
+  BlasOneThread& operator=(const BlasOneThread&) = delete;
+  bool active() const { return active_; }
+
+ private:
+  bool active_ = false;
+  static inline std::mutex mutex_;
+  static inline int depth_ = 0;
+  static inline int saved_ = 1;
+};
 
 void require(bool ok, const std::string& msg) {
   if (!ok) throw py::value_error(msg);
@@ -101,7 +175,9 @@ py::tuple sparse_encode_omp(const carray<T>& X, const std::optional<carray<T>>& 
   {
     py::gil_scoped_release nogil;
     try {
-      stats = mc::sparse_encode_omp<T>(scipy_gemm<T>(), p, o, out, &python_interrupted);
+      BlasOneThread one_blas_thread;
+      const mc::FortranGemm<T> gemm(scipy_gemm_fn<T>(), INT_MAX, one_blas_thread.active());
+      stats = mc::sparse_encode_omp<T>(gemm, p, o, out, &python_interrupted);
     } catch (const mc::Interrupted&) {
       interrupted = true;
     }
@@ -209,6 +285,7 @@ PYBIND11_MODULE(_core, m) {
   // Resolve the BLAS capsules now, while the GIL is held (the kernels run without it).
   scipy_gemm<float>();
   scipy_gemm<double>();
+  blas_thread_fns();
 
   m.def("sparse_encode_omp_f32", &sparse_encode_omp<float>, py::arg("X"), py::arg("dictionary"),
         py::arg("gram"), py::arg("cov"), py::arg("max_atoms"), py::arg("use_tol"), py::arg("tol"),
@@ -230,6 +307,8 @@ PYBIND11_MODULE(_core, m) {
         "Best instruction set this CPU and build support.");
   m.def("set_isa", [](const std::string& name) { mc::set_active_isa(mc::parse_isa(name)); },
         "Force the instruction set of the vectorized kernels (generic, avx2, avx512).");
+  m.def("blas_thread_control", [] { return blas_thread_fns().set != nullptr; },
+        "Whether the kernels can limit SciPy's BLAS to one thread and call it per OpenMP thread.");
   m.def("default_threads", &mc::default_threads,
         "OpenMP threads a kernel uses when n_threads is None (omp_get_max_threads).");
 #ifdef _OPENMP

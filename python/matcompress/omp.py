@@ -7,7 +7,6 @@ import warnings
 import numpy as np
 
 from . import _core
-from ._threads import blas_threads_at_most
 from ._validation import check_array, check_bool, check_float, check_int, check_n_threads
 
 __all__ = ["sparse_encode"]
@@ -54,8 +53,9 @@ def sparse_encode(
         ``sklearn.linear_model.orthogonal_mp_gram(..., tol=tol)``.
     n_threads : int, default=None
         Threads for the computation. ``None`` or ``-1``: every core the process may use, as
-        limited by ``OMP_NUM_THREADS`` and threadpoolctl. A positive value caps both the OpenMP
-        threads and (with threadpoolctl installed) the BLAS threads of the GEMM steps.
+        limited by ``OMP_NUM_THREADS`` and threadpoolctl. The GEMM steps run on these same
+        threads, with SciPy's BLAS held to one thread during the call, so the BLAS and OpenMP
+        thread pools never compete.
     return_sparse : bool, default=False
         Return a ``scipy.sparse.csr_array`` (sorted indices) built straight from the compact
         codes, without ever materialising the dense array.
@@ -158,10 +158,9 @@ def sparse_encode(
         max_atoms = n_nonzero_coefs
 
     encode = _core.sparse_encode_omp_f32 if dtype == np.float32 else _core.sparse_encode_omp_f64
-    with blas_threads_at_most(n_threads):
-        indices, values, nnz, n_premature = encode(
-            X, dictionary, gram, cov, max_atoms, use_tol, tol, n_threads
-        )
+    indices, values, nnz, n_premature = encode(
+        X, dictionary, gram, cov, max_atoms, use_tol, tol, n_threads
+    )
     if n_premature:
         warnings.warn(
             f"{n_premature} of {n_samples} signals stopped early: the residual became orthogonal "
