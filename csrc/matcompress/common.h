@@ -50,6 +50,15 @@ inline int resolve_threads(int n_threads, index_t n_items) {
   return t < 1 ? 1 : static_cast<int>(t);
 }
 
+/// Threads worth using for `work` units (multiply-adds or element operations): each thread gets
+/// at least `min_per_thread` (default ~1 ms of work), because a parallel region costs a wake-up
+/// and a barrier — and on a loaded machine the barrier waits for the worker's next timeslice.
+inline int resolve_threads_for_work(int n_threads, double work, double min_per_thread = 1e7) {
+  const double useful = work / min_per_thread;
+  const index_t cap = useful < 1.0 ? 1 : static_cast<index_t>(useful);
+  return resolve_threads(n_threads, cap);
+}
+
 /// Keeps the first exception thrown by any thread of a parallel loop, to re-throw after it.
 class ExceptionSlot {
  public:

@@ -50,17 +50,20 @@ OmpStats sparse_encode_omp(const Gemm<T>& gemm, const OmpProblem<T>& p, const Om
   // each thread projects its own block of signals and codes them while the block is in cache,
   // and no BLAS thread pool spins on the cores the OpenMP threads need (measured 1.7x).
   const bool inner_gemm = gemm.runs_on_caller_thread();
-  const int nt = resolve_threads(o.n_threads, n);
+  const double signal_work = double(kpad) * double(m + smax * (smax + 3) / 2);
+  const int nt = resolve_threads_for_work(o.n_threads, double(n) * signal_work);
+  const int nt_gram = resolve_threads_for_work(o.n_threads, double(k) * double(k) * double(m));
 
   // Gram matrix with padded rows (padding columns stay zero).
   std::vector<T> gram(static_cast<size_t>(k * kpad), T(0));
   constexpr index_t kRows = 64;
   if (p.gram != nullptr) {
-    parallel_for(0, k, nt, kRows, [&](index_t r, int) {
+    parallel_for(0, k, resolve_threads_for_work(o.n_threads, double(k) * double(k)), kRows,
+                 [&](index_t r, int) {
       std::copy(p.gram + r * k, p.gram + (r + 1) * k, &gram[r * kpad]);
     });
   } else if (inner_gemm) {
-    parallel_for(0, (k + kRows - 1) / kRows, nt, 1, [&](index_t blk, int) {
+    parallel_for(0, (k + kRows - 1) / kRows, nt_gram, 1, [&](index_t blk, int) {
       const index_t r0 = blk * kRows, rows = std::min(kRows, k - r0);
       gemm(false, true, rows, k, m, T(1), p.dictionary + r0 * m, m, p.dictionary, m, T(0),
            &gram[r0 * kpad], kpad);
@@ -133,9 +136,10 @@ OmpStats sparse_encode_omp(const Gemm<T>& gemm, const OmpProblem<T>& p, const Om
 template <typename T>
 void omp_codes_to_dense(index_t n_samples, index_t n_components, index_t max_atoms,
                         const OmpCodes<T>& codes, T* dense, int n_threads) {
-  const int nt = resolve_threads(n_threads, n_samples / 256 + 1);
+  const int nt = resolve_threads_for_work(n_threads, double(n_samples) * double(n_components), 1e6);
   parallel_for(0, n_samples, nt, 256, [&](index_t i, int) {
     T* row = dense + i * n_components;
+    std::fill(row, row + n_components, T(0));
     for (index_t t = 0; t < codes.nnz[i]; ++t)
       row[codes.indices[i * max_atoms + t]] = codes.values[i * max_atoms + t];
   });
@@ -145,7 +149,7 @@ template <typename T>
 void omp_codes_to_csr(index_t n_samples, index_t max_atoms, const OmpCodes<T>& codes,
                       const int64_t* indptr, int32_t* csr_indices, T* csr_values,
                       int n_threads) {
-  const int nt = resolve_threads(n_threads, n_samples / 256 + 1);
+  const int nt = resolve_threads_for_work(n_threads, double(n_samples) * double(max_atoms), 1e6);
   parallel_for(0, n_samples, nt, 256, [&](index_t i, int) {
     const int32_t* idx = codes.indices + i * max_atoms;
     const T* val = codes.values + i * max_atoms;

@@ -54,8 +54,8 @@ OmpStats sparse_encode_omp(const Gemm<T>& gemm, const OmpProblem<T>& problem,
                            const OmpOptions& options, const OmpCodes<T>& out,
                            const std::function<bool()>& interrupted = {});
 
-/// Scatters compact codes into a dense row-major array of size n_samples * n_components
-/// (zero-filled by the caller).
+/// Writes compact codes as a dense row-major array of size n_samples * n_components (every
+/// element is written: the caller need not zero it).
 template <typename T>
 void omp_codes_to_dense(index_t n_samples, index_t n_components, index_t max_atoms,
                         const OmpCodes<T>& codes, T* dense, int n_threads);

@@ -78,20 +78,29 @@ struct LaneArgmax {
     pos_lo += static_cast<typename S::I>(2 * S::W);
     pos_hi += static_cast<typename S::I>(2 * S::W);
   }
+  // Branch-free: horizontal max of the values, then the smallest index among the lanes that
+  // hold it, both by log2(W) shuffle steps.
   index_t resolve() const {
-    T best = T(-1);
-    index_t at = 0;
-    for (index_t e = 0; e < S::W; ++e) {
-      for (int h = 0; h < 2; ++h) {
-        const T v = h ? max_hi[e] : max_lo[e];
-        const index_t i = h ? idx_hi[e] : idx_lo[e];
-        if (v > best || (v == best && i < at)) {
-          best = v;
-          at = i;
-        }
-      }
+    typename S::vec m = max_lo > max_hi ? max_lo : max_hi;
+    for (index_t h = S::W / 2; h >= 1; h /= 2) {
+      const typename S::vec r = __builtin_shuffle(m, rotate(h));
+      m = m > r ? m : r;
     }
-    return at;
+    constexpr typename S::I kNone = std::numeric_limits<typename S::I>::max();
+    const typename S::ivec none = typename S::ivec{} + kNone;
+    const typename S::ivec c_lo = max_lo == m ? idx_lo : none;
+    const typename S::ivec c_hi = max_hi == m ? idx_hi : none;
+    typename S::ivec c = c_lo < c_hi ? c_lo : c_hi;
+    for (index_t h = S::W / 2; h >= 1; h /= 2) {
+      const typename S::ivec r = __builtin_shuffle(c, rotate(h));
+      c = c < r ? c : r;
+    }
+    return c[0];
+  }
+
+ private:
+  static typename S::ivec rotate(index_t h) {  // lane e takes lane (e + h) mod W
+    return (S::iota() + static_cast<typename S::I>(h)) & static_cast<typename S::I>(S::W - 1);
   }
 };
 

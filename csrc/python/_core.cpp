@@ -132,7 +132,8 @@ template <typename T>
 py::tuple sparse_encode_omp(const carray<T>& X, const std::optional<carray<T>>& dictionary,
                             const std::optional<carray<T>>& gram,
                             const std::optional<carray<T>>& cov, mc::index_t max_atoms,
-                            bool use_tol, double tol, int n_threads, mc::index_t chunk_size) {
+                            bool use_tol, double tol, int n_threads, mc::index_t chunk_size,
+                            bool inner_gemm) {
   require(X.ndim() == 2, "X must be 2-D");
   mc::OmpProblem<T> p;
   p.X = X.data();
@@ -175,8 +176,10 @@ py::tuple sparse_encode_omp(const carray<T>& X, const std::optional<carray<T>>& 
   {
     py::gil_scoped_release nogil;
     try {
-      BlasOneThread one_blas_thread;
-      const mc::FortranGemm<T> gemm(scipy_gemm_fn<T>(), INT_MAX, one_blas_thread.active());
+      std::optional<BlasOneThread> one_blas_thread;
+      if (inner_gemm) one_blas_thread.emplace();
+      const mc::FortranGemm<T> gemm(scipy_gemm_fn<T>(), INT_MAX,
+                                    one_blas_thread && one_blas_thread->active());
       stats = mc::sparse_encode_omp<T>(gemm, p, o, out, &python_interrupted);
     } catch (const mc::Interrupted&) {
       interrupted = true;
@@ -214,7 +217,6 @@ py::array_t<T> codes_to_dense(const carray<int32_t>& indices, const carray<T>& v
   T* d = dense.mutable_data();
   {
     py::gil_scoped_release nogil;
-    std::fill(d, d + n * n_components, T(0));
     mc::omp_codes_to_dense<T>(n, n_components, smax, codes, d, n_threads);
   }
   return dense;
@@ -289,10 +291,10 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("sparse_encode_omp_f32", &sparse_encode_omp<float>, py::arg("X"), py::arg("dictionary"),
         py::arg("gram"), py::arg("cov"), py::arg("max_atoms"), py::arg("use_tol"), py::arg("tol"),
-        py::arg("n_threads"), py::arg("chunk_size") = 0);
+        py::arg("n_threads"), py::arg("chunk_size") = 0, py::arg("inner_gemm") = true);
   m.def("sparse_encode_omp_f64", &sparse_encode_omp<double>, py::arg("X"), py::arg("dictionary"),
         py::arg("gram"), py::arg("cov"), py::arg("max_atoms"), py::arg("use_tol"), py::arg("tol"),
-        py::arg("n_threads"), py::arg("chunk_size") = 0);
+        py::arg("n_threads"), py::arg("chunk_size") = 0, py::arg("inner_gemm") = true);
   m.def("codes_to_dense_f32", &codes_to_dense<float>);
   m.def("codes_to_dense_f64", &codes_to_dense<double>);
   m.def("codes_to_csr_f32", &codes_to_csr<float>);

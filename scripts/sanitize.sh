@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Builds the extension with AddressSanitizer + UndefinedBehaviorSanitizer (CMake option
+# MATCOMPRESS_SANITIZE) into a private directory and runs the test suite against it.
+# Usage: scripts/sanitize.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dest=${MC_SANITIZE_DIR:-build/sanitize-site}
+rm -rf "$dest"
+python3 -m pip install --no-deps --no-build-isolation --target "$dest" \
+  -Ccmake.define.MATCOMPRESS_SANITIZE=ON -Ccmake.build-type=RelWithDebInfo \
+  -Cbuild-dir=build/sanitize .
+# The interpreter is not instrumented: preload the ASan runtime. Leak checking is off because
+# CPython keeps many allocations alive until exit; UBSan findings abort the run.
+asan=$(g++ -print-file-name=libasan.so)
+export LD_PRELOAD="$asan"
+export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:detect_odr_violation=0
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+export PYTHONPATH="$PWD/$dest${PYTHONPATH:+:$PYTHONPATH}"
+python3 -c "import matcompress, sys; print('sanitized build:', matcompress.__file__)"
+python3 -m pytest -p no:cacheprovider "$@"
