@@ -1,0 +1,222 @@
+"""The ``matcompress`` command line.
+
+Commands
+--------
+``matcompress demo [--quick] [--patches N] [--atoms K] [--sparsity S] [--threads T] [--seed SEED]
+[--dtype {float32,float64}]``
+    Sparse-code 8x8 patches of natural images with :func:`matcompress.sparse_encode` and with
+    scikit-learn, and print time, error, speed-up and storage (see :mod:`matcompress.demo`).
+``matcompress info``
+    Print the native build's configuration (:func:`matcompress.show_config`) and the versions of
+    Python and of the packages matcompress uses.
+
+Run it as ``matcompress ...`` (installed entry point) or ``python -m matcompress.cli ...``.
+Exit codes: 0 success, 1 a runtime problem (e.g. a missing optional dependency), 2 a bad
+command-line argument, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+
+__all__ = ["main"]
+
+PROG = "matcompress"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line: ``prog: error: message (see --help)``."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _int_at_least(low):
+    """An argparse ``type`` accepting integers >= ``low`` (``_`` separators allowed, 50_000)."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _atoms(text):
+    """argparse ``type`` for ``--atoms``: a square m*m with 8 <= m <= 64."""
+    from .demo import DemoUsageError, check_n_atoms
+
+    value = _int_at_least(1)(text)
+    try:
+        return check_n_atoms(value)
+    except DemoUsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _build_parser():
+    """Return the ``matcompress`` argument parser with its ``demo`` and ``info`` subcommands."""
+    from . import __version__
+    from .demo import DEFAULT_COMPARE, DEFAULT_PATCHES, QUICK_COMPARE, QUICK_PATCHES
+
+    parser = _Parser(
+        prog=PROG,
+        description="Fast matrix compression for machine-learning models.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo",
+        help="sparse-code 8x8 image patches with matcompress and scikit-learn; compare them",
+        description=(
+            "Sparse-code 8x8 patches of scikit-learn's sample images over the overcomplete 2-D "
+            "DCT dictionary with matcompress.sparse_encode (all patches) and with scikit-learn's "
+            "sparse_encode(algorithm='omp') (a subset), then print time, signals/s, error, "
+            "PSNR, speed-up, support agreement and storage. Needs scikit-learn and pillow: "
+            'pip install "matcompress[demo]".'
+        ),
+    )
+    demo.add_argument(
+        "--quick", action="store_true",
+        help=f"smaller run: {QUICK_PATCHES:,} patches, {QUICK_COMPARE:,} for scikit-learn "
+             f"(default {DEFAULT_PATCHES:,} and {DEFAULT_COMPARE:,})",
+    )
+    demo.add_argument("--patches", type=_int_at_least(1), metavar="N",
+                      help="patches coded by matcompress (overrides --quick's count)")
+    demo.add_argument("--atoms", type=_atoms, default=256, metavar="K",
+                      help="dictionary atoms, a square m*m with 8 <= m <= 64 (default 256)")
+    demo.add_argument("--sparsity", type=_int_at_least(1), default=8, metavar="S",
+                      help="nonzero coefficients per patch, at most 64 (default 8)")
+    demo.add_argument("--threads", type=_int_at_least(1), metavar="T",
+                      help="threads for matcompress and the BLAS (default: all available cores)")
+    demo.add_argument("--seed", type=_int_at_least(0), default=0, metavar="SEED",
+                      help="seed for the patch positions and the comparison subset (default 0)")
+    demo.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                      help="dtype of patches and dictionary for both libraries (default float32)")
+    demo.set_defaults(handler=_run_demo, command_parser=demo)
+
+    info = commands.add_parser(
+        "info",
+        help="print the native build's configuration and package versions",
+        description="Print matcompress.show_config() and the versions of Python and of the "
+                    "packages matcompress uses.",
+    )
+    info.set_defaults(handler=_run_info, command_parser=info)
+    return parser
+
+
+def _run_demo(args):
+    """Check the demo's arguments (exit 2 on a bad one), run it, and return exit status 0."""
+    from .demo import (
+        DEFAULT_COMPARE, DEFAULT_PATCHES, PATCH_SIZE, QUICK_COMPARE, QUICK_PATCHES,
+        DemoUsageError, check_demo_dependencies, n_available_patches, run_demo,
+    )
+
+    error = args.command_parser.error
+    if args.sparsity > PATCH_SIZE * PATCH_SIZE:
+        error(f"argument --sparsity: must be at most {PATCH_SIZE * PATCH_SIZE} "
+              f"(the pixels of a {PATCH_SIZE}x{PATCH_SIZE} patch), got {args.sparsity}")
+    if args.seed >= 2**32:
+        error(f"argument --seed: must be below 2**32, got {args.seed}")
+    check_demo_dependencies()
+    n_patches = args.patches or (QUICK_PATCHES if args.quick else DEFAULT_PATCHES)
+    n_available = n_available_patches()
+    if n_patches > n_available:
+        error(f"argument --patches: must be at most {n_available:,} (all the "
+              f"{PATCH_SIZE}x{PATCH_SIZE} patches of the sample images), got {n_patches:,}")
+    try:
+        run_demo(
+            n_patches=n_patches,
+            n_atoms=args.atoms,
+            n_nonzero_coefs=args.sparsity,
+            n_threads=args.threads,
+            seed=args.seed,
+            n_compare=QUICK_COMPARE if args.quick else DEFAULT_COMPARE,
+            dtype=args.dtype,
+        )
+    except DemoUsageError as exc:  # not reached with the checks above; kept as a safety net
+        error(str(exc))
+    return 0
+
+
+def _distribution_version(name):
+    """Installed version of distribution ``name``, or "not installed" (without importing it)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _run_info(args):
+    """Print show_config(), the versions in use and the loaded BLAS libraries; return 0."""
+    import matcompress
+
+    config = matcompress.show_config()
+    width = max(len(key) for key in config) + 2
+    print("matcompress configuration (matcompress.show_config())")
+    for key, value in config.items():
+        print(f"  {key:<{width}}{value}")
+    print("versions")
+    print(f"  {'python':<{width}}{platform.python_version()} "
+          f"({platform.python_implementation()}, {platform.system()} {platform.machine()})")
+    for dist, role in (("numpy", ""), ("scipy", ""), ("scikit-learn", "optional: demo, tests"),
+                       ("pillow", "optional: demo"), ("threadpoolctl", "optional: BLAS threads")):
+        version = _distribution_version(dist)
+        print(f"  {dist:<{width}}{version}" + (f"  ({role})" if role else ""))
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return 0
+    import scipy.linalg  # noqa: F401  (load SciPy's BLAS so threadpoolctl sees it)
+
+    blas = [lib for lib in threadpool_info() if lib.get("user_api") == "blas"]
+    if blas:
+        print("BLAS libraries loaded (threadpoolctl)")
+        for lib in blas:
+            print(f"  {lib.get('internal_api')} {lib.get('version')}, {lib.get('num_threads')} "
+                  f"threads, {lib.get('filepath')}")
+    return 0
+
+
+def main(argv=None):
+    """Run the ``matcompress`` command line.
+
+    Parameters
+    ----------
+    argv : list of str, default=None
+        Arguments without the program name; ``sys.argv[1:]`` when None.
+
+    Returns
+    -------
+    status : int
+        The exit code: 0 on success, 1 on a runtime problem such as a missing optional
+        dependency, 2 on a bad argument, 130 when interrupted.
+    """
+    from .demo import MissingDependencyError
+
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.error("choose a command: demo, info")
+        return args.handler(args)
+    except SystemExit as exc:  # argparse's --help, --version and errors
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except MissingDependencyError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
