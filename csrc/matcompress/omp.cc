@@ -76,15 +76,16 @@ OmpStats sparse_encode_omp(const Gemm<T>& gemm, const OmpProblem<T>& p, const Om
                                             << " has zero norm (Gram diagonal "
                                             << gram[r * kpad + r] << ")");
 
-  // Tasks of up to 256 signals (at most 4 MiB of projections; at least 4 tasks a thread when
-  // there is enough work): GEMM blocks thinner than ~128 rows lose up to 2x in OpenBLAS.
-  // Chunks of tasks between two interrupt polls.
+  // Tasks of up to 256 signals (at most 4 MiB of projections; GEMM blocks thinner than ~128 rows
+  // lose up to 2x in OpenBLAS), at least 16 tasks when n allows; chunks of tasks between two
+  // interrupt polls. Both depend on n only, never on the thread count, so every GEMM has the
+  // same shape — and the codes the same bits — whatever n_threads is.
   const index_t sub_cap =
       std::clamp<index_t>((4 * 1024 * 1024) / (kpad * index_t(sizeof(T))), 16, 256);
-  const index_t sub = std::clamp<index_t>((n + 4 * nt - 1) / (4 * nt), 1, sub_cap);
-  index_t chunk = o.chunk_size > 0 ? std::min(o.chunk_size, n)
-                                   : auto_chunk(n, m, kpad, smax, sizeof(T));
-  chunk = std::min(n, std::max(chunk, 4 * nt * sub));  // several tasks per thread per chunk
+  const index_t sub = std::clamp<index_t>((n + 15) / 16, 1, sub_cap);
+  index_t chunk = o.chunk_size > 0 ? o.chunk_size : auto_chunk(n, m, kpad, smax, sizeof(T));
+  if (o.chunk_size <= 0) chunk = std::max(chunk, 16 * sub);  // several tasks per thread
+  chunk = std::min(n, round_up(chunk, sub));
 
   // Correlation buffers: one block per thread (inner GEMM) or the whole chunk.
   std::vector<T> corr(static_cast<size_t>((inner_gemm ? nt * sub : chunk) * kpad), T(0));

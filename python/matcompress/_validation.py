@@ -49,22 +49,37 @@ def check_array(a, name, *, dtype=None, ndim=2, allow_empty=False):
         raise ValueError(f"{name} is empty (shape {arr.shape}); at least one element is needed")
     if dtype is None:
         dtype = arr.dtype if arr.dtype in _FLOAT_DTYPES else np.dtype(np.float64)
-    arr = np.ascontiguousarray(arr, dtype=dtype)
-    check_finite(arr, name)
-    return arr
+    dtype = np.dtype(dtype)
+    if kind == "f":
+        check_finite(arr, name)
+    if arr.dtype == dtype:
+        return np.ascontiguousarray(arr)
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = np.ascontiguousarray(arr, dtype=dtype)
+    if kind == "f" and arr.dtype.itemsize > dtype.itemsize and not _all_finite(converted):
+        raise ValueError(
+            f"{name} has values too large for {dtype} (the dtype of the computation): "
+            f"the largest magnitude is {np.max(np.abs(arr)):.3g}"
+        )
+    return converted
+
+
+def _all_finite(arr):
+    # One reduction first (no temporary array); the element-wise test only when it overflows or
+    # meets a NaN/inf. numpy's floating-point warnings are silenced: they are not the user's.
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.sum(arr, dtype=np.float64)):
+            return True
+    return bool(np.isfinite(arr).all())
 
 
 def check_finite(arr, name):
     """Raise ValueError if ``arr`` holds NaN or infinity."""
-    if arr.size == 0:
-        return
-    # One reduction in float64 first (cheap, no temporary); the element-wise test only on failure.
-    if np.isfinite(np.sum(arr, dtype=np.float64)):
+    if arr.size == 0 or _all_finite(arr):
         return
     if np.isnan(arr).any():
         raise ValueError(f"{name} contains NaN")
-    if np.isinf(arr).any():
-        raise ValueError(f"{name} contains infinity")
+    raise ValueError(f"{name} contains infinity")
 
 
 def check_int(value, name, *, min_value=None, max_value=None, max_reason=""):

@@ -1,0 +1,460 @@
+"""Every error path of sparse_encode (and the core's own checks): the right exception type, and a
+message naming the offending argument."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse
+
+import matcompress as mc
+from conftest import make_dictionary, make_gaussian_signals
+from matcompress import _core
+
+K, M, N = 12, 6, 5  # n_components, n_features, n_samples of the valid baseline problem
+
+
+@pytest.fixture
+def problem():
+    rng = np.random.default_rng(0)
+    D = make_dictionary(rng, K, M)
+    X = make_gaussian_signals(rng, N, M)
+    return X, D
+
+
+def _with(array, index, value):
+    out = np.array(array, dtype=np.float64, copy=True)
+    out[index] = value
+    return out
+
+
+def test_baseline_problem_is_valid(problem):
+    X, D = problem
+    code = mc.sparse_encode(X, D, gram=D @ D.T, cov=D @ X.T, n_nonzero_coefs=2)
+    assert code.shape == (N, K)
+
+
+# ---------------------------------------------------------------------------------------------
+# Non-finite values
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("bad", "what"), [(np.nan, "NaN"), (np.inf, "infinity"), (-np.inf, "infinity")])
+@pytest.mark.parametrize("name", ["X", "dictionary", "gram", "cov"])
+def test_non_finite_values(problem, name, bad, what, dtype):
+    X, D = problem
+    args = dict(X=X, dictionary=D, gram=D @ D.T, cov=D @ X.T)
+    args[name] = _with(args[name], (1, 2), bad).astype(dtype)
+    if name == "X":
+        args["X"] = args["X"].astype(dtype)
+    X_, D_ = args.pop("X"), args.pop("dictionary")
+    with pytest.raises(ValueError, match=rf"^{name} contains {what}"):
+        mc.sparse_encode(X_, D_, n_nonzero_coefs=2, **args)
+
+
+def test_nan_and_inf_together(problem):
+    X, D = problem
+    X = _with(X, (0, 0), np.inf)
+    X[1, 1] = -np.inf  # inf + -inf = nan in the quick sum: the element-wise test must decide
+    with warnings.catch_warnings():  # numpy's "invalid value": see test_no_numpy_warnings_leak
+        warnings.filterwarnings("ignore", "invalid value", RuntimeWarning)
+        with pytest.raises(ValueError, match="X contains infinity"):
+            mc.sparse_encode(X, D, n_nonzero_coefs=2)
+    X[2, 2] = np.nan
+    with pytest.raises(ValueError, match="X contains NaN"):
+        mc.sparse_encode(X, D, n_nonzero_coefs=2)
+
+
+def test_nan_in_dictionary_cast_to_float32(problem):
+    X, D = problem
+    with pytest.raises(ValueError, match="dictionary contains NaN"):
+        mc.sparse_encode(X.astype(np.float32), _with(D, (0, 0), np.nan), n_nonzero_coefs=2)
+
+
+def test_float64_overflowing_to_inf_in_float32_cast(problem):
+    # A finite float64 dictionary entry of 1e300 becomes inf when cast to X's float32.
+    X, D = problem
+    # A finite float64 value that float32 (X's dtype, the computation's) cannot hold.
+    with pytest.raises(ValueError, match="dictionary has values too large for float32"):
+        mc.sparse_encode(X.astype(np.float32), _with(D, (0, 0), 1e300), n_nonzero_coefs=2)
+
+
+def _leak_inf_minus_inf(X, D):
+    X = _with(X, (0, 0), np.inf)
+    X[1, 1] = -np.inf
+    with pytest.raises(ValueError, match="X contains infinity"):
+        mc.sparse_encode(X, D, n_nonzero_coefs=2)
+
+
+def _leak_cast_overflow(X, D):
+    with pytest.raises(ValueError, match="dictionary has values too large for float32"):
+        mc.sparse_encode(X.astype(np.float32), _with(D, (0, 0), 1e300), n_nonzero_coefs=2)
+
+
+def _leak_sum_overflow(X, D):
+    mc.sparse_encode(np.abs(X) * 1e307 + 1e307, D, n_nonzero_coefs=2)  # finite: must succeed
+
+
+@pytest.mark.parametrize("case", [_leak_inf_minus_inf, _leak_cast_overflow, _leak_sum_overflow],
+                         ids=["inf-minus-inf", "cast-overflow", "sum-overflow"])
+def test_no_numpy_warnings_leak(problem, case):
+    # pytest runs with filterwarnings=error: any warning on the way fails the call.
+    case(*problem)
+
+
+def test_huge_finite_float64_values_do_not_raise(problem):
+    X, D = problem
+    code = mc.sparse_encode(X * 1e300, D, n_nonzero_coefs=2)
+    assert np.all(np.isfinite(code))
+
+
+# ---------------------------------------------------------------------------------------------
+# Types, dtypes, shapes
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["X", "dictionary", "gram", "cov"])
+def test_complex_is_refused(problem, name):
+    X, D = problem
+    args = dict(X=X, dictionary=D, gram=D @ D.T, cov=D @ X.T)
+    args[name] = args[name] + 0j
+    with pytest.raises(TypeError, match=rf"^{name} must be real"):
+        mc.sparse_encode(args.pop("X"), args.pop("dictionary"), n_nonzero_coefs=2, **args)
+
+
+@pytest.mark.parametrize("name", ["X", "dictionary", "gram", "cov"])
+@pytest.mark.parametrize("kind", ["object", "str", "bytes", "datetime"])
+def test_non_numeric_dtypes_are_refused(problem, name, kind):
+    X, D = problem
+    args = dict(X=X, dictionary=D, gram=D @ D.T, cov=D @ X.T)
+    a = args[name]
+    if kind == "object":
+        bad = a.astype(object)
+    elif kind == "str":
+        bad = a.astype(str)
+    elif kind == "bytes":
+        bad = a.astype("S8")
+    else:
+        bad = np.zeros(a.shape, dtype="datetime64[s]")
+    args[name] = bad
+    with pytest.raises(TypeError, match=rf"^{name} must be a numeric array"):
+        mc.sparse_encode(args.pop("X"), args.pop("dictionary"), n_nonzero_coefs=2, **args)
+
+
+def test_none_is_refused(problem):
+    X, D = problem
+    with pytest.raises(TypeError, match="^X must be an array, got None"):
+        mc.sparse_encode(None, D)
+    with pytest.raises(TypeError, match="^dictionary must be an array, got None"):
+        mc.sparse_encode(X, None)
+
+
+@pytest.mark.parametrize("fmt", ["csr_matrix", "csr_array", "coo_matrix", "csc_array"])
+@pytest.mark.parametrize("name", ["X", "dictionary", "gram", "cov"])
+def test_scipy_sparse_input_is_refused(problem, name, fmt):
+    X, D = problem
+    args = dict(X=X, dictionary=D, gram=D @ D.T, cov=D @ X.T)
+    args[name] = getattr(scipy.sparse, fmt)(args[name])
+    with pytest.raises(TypeError, match=rf"^{name} must be a dense array"):
+        mc.sparse_encode(args.pop("X"), args.pop("dictionary"), n_nonzero_coefs=2, **args)
+
+
+def test_ragged_input_is_refused(problem):
+    _, D = problem
+    with pytest.raises(ValueError, match="^X could not be converted"):
+        mc.sparse_encode([[1.0, 2.0], [3.0]], D)
+
+
+@pytest.mark.parametrize("name", ["X", "dictionary", "gram", "cov"])
+@pytest.mark.parametrize("ndim", [0, 1, 3])
+def test_wrong_ndim(problem, name, ndim):
+    X, D = problem
+    args = dict(X=X, dictionary=D, gram=D @ D.T, cov=D @ X.T)
+    a = args[name]
+    args[name] = {0: a[0, 0], 1: a[0], 3: a[None]}[ndim]
+    with pytest.raises(ValueError, match=rf"^{name} must be 2-D; got an array of shape"):
+        mc.sparse_encode(args.pop("X"), args.pop("dictionary"), n_nonzero_coefs=2, **args)
+
+
+def test_mismatched_feature_counts(problem):
+    X, D = problem
+    with pytest.raises(ValueError, match="dictionary and X have different numbers of features"):
+        mc.sparse_encode(X, D[:, :-1])
+    with pytest.raises(ValueError, match="dictionary and X have different numbers of features"):
+        mc.sparse_encode(X[:, :-1], D)
+    with pytest.raises(ValueError, match="dictionary and X"):
+        mc.sparse_encode(X, D.T)  # transposed by mistake
+
+
+@pytest.mark.parametrize("shape", [(0, M), (0, 0), (N, 0)])
+def test_empty_X(problem, shape):
+    _, D = problem
+    with pytest.raises(ValueError, match=r"^X is empty"):
+        mc.sparse_encode(np.zeros(shape), D)
+
+
+@pytest.mark.parametrize("shape", [(0, M), (K, 0), (0, 0)])
+def test_empty_dictionary(problem, shape):
+    X, _ = problem
+    with pytest.raises(ValueError, match=r"^dictionary is empty"):
+        mc.sparse_encode(X, np.zeros(shape))
+
+
+@pytest.mark.parametrize(
+    ("shape", "name"),
+    [((K, K + 1), "gram"), ((K + 1, K), "gram"), ((K - 1, K - 1), "gram"),
+     ((K, N + 1), "cov"), ((N, K), "cov"), ((K + 1, N), "cov")],
+)
+def test_gram_and_cov_of_the_wrong_shape(problem, shape, name):
+    X, D = problem
+    kwargs = {name: np.ones(shape)}
+    expected = "(n_components, n_components)" if name == "gram" else "(n_components, n_samples)"
+    with pytest.raises(ValueError, match=rf"^{name} must have shape " + expected.replace("(", r"\(").replace(")", r"\)")):
+        mc.sparse_encode(X, D, n_nonzero_coefs=2, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Zero-norm atoms
+# ---------------------------------------------------------------------------------------------
+
+
+def test_zero_norm_atoms_are_listed(problem):
+    X, D = problem
+    D = D.copy()
+    D[[3, 7]] = 0
+    with pytest.raises(ValueError, match=r"^dictionary has zero-norm atoms \[3, 7\]: every atom"):
+        mc.sparse_encode(X, D, n_nonzero_coefs=2)
+
+
+def test_many_zero_norm_atoms_are_summarised():
+    rng = np.random.default_rng(1)
+    D = make_dictionary(rng, 30, 6)
+    D[5:17] = 0  # 12 zero atoms: the first 10 are listed
+    with pytest.raises(ValueError, match=r"zero-norm atoms \[5, 6, 7, 8, 9, 10, 11, 12, 13, 14\] and 2 more"):
+        mc.sparse_encode(make_gaussian_signals(rng, 3, 6), D, n_nonzero_coefs=2)
+
+
+def test_zero_norm_atom_in_float32(problem):
+    X, D = problem
+    D = D.astype(np.float32)
+    D[0] = 0
+    with pytest.raises(ValueError, match=r"zero-norm atoms \[0\]"):
+        mc.sparse_encode(X.astype(np.float32), D, n_nonzero_coefs=2)
+
+
+def test_atom_underflowing_to_zero_norm_in_float32(problem):
+    # 1e-30^2 = 1e-60 underflows to 0 in float32: that atom has no usable norm.
+    X, D = problem
+    D = D.astype(np.float32)
+    D[4] = 1e-30
+    with pytest.raises(ValueError, match=r"zero-norm atoms \[4\]"):
+        mc.sparse_encode(X.astype(np.float32), D, n_nonzero_coefs=2)
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0, -1e-300])
+def test_gram_with_non_positive_diagonal(problem, value):
+    X, D = problem
+    gram = D @ D.T
+    gram[2, 2] = value
+    gram[9, 9] = value
+    with pytest.raises(ValueError, match=r"^gram has a non-positive diagonal at zero-norm atoms \[2, 9\]"):
+        mc.sparse_encode(X, D, gram=gram, n_nonzero_coefs=2)
+    with pytest.raises(ValueError, match=r"^gram has a non-positive diagonal"):
+        mc.sparse_encode(X, D, gram=gram, tol=0.1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scalar arguments
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [0, -1, -100, np.int64(0)])
+def test_n_nonzero_coefs_too_small(problem, value):
+    X, D = problem
+    with pytest.raises(ValueError, match=r"^n_nonzero_coefs must be >= 1; got"):
+        mc.sparse_encode(X, D, n_nonzero_coefs=value)
+
+
+def test_n_nonzero_coefs_too_large(problem):
+    X, D = problem  # K = 12 atoms, M = 6 features
+    with pytest.raises(ValueError, match=r"^n_nonzero_coefs must be <= 6 \(n_components=12, n_features=6\); got 7"):
+        mc.sparse_encode(X, D, n_nonzero_coefs=M + 1)
+    with pytest.raises(ValueError, match=r"n_nonzero_coefs must be <= 6 .*; got 13"):
+        mc.sparse_encode(X, D, n_nonzero_coefs=K + 1)
+    # n_components the binding limit: 4 atoms, 6 features.
+    with pytest.raises(ValueError, match=r"^n_nonzero_coefs must be <= 4 \(n_components=4, n_features=6\); got 5"):
+        mc.sparse_encode(X, D[:4], n_nonzero_coefs=5)
+    # The limits themselves are fine.
+    assert mc.sparse_encode(X, D, n_nonzero_coefs=M).shape == (N, K)
+    assert mc.sparse_encode(X, D[:4], n_nonzero_coefs=4).shape == (N, 4)
+
+
+@pytest.mark.parametrize("value", [2.5, 2.0, "2", True, False, np.bool_(True), [2], np.float64(3.0)])
+def test_n_nonzero_coefs_not_an_integer(problem, value):
+    X, D = problem
+    with pytest.raises(TypeError, match=r"^n_nonzero_coefs must be an integer"):
+        mc.sparse_encode(X, D, n_nonzero_coefs=value)
+
+
+def test_numpy_integers_are_accepted(problem):
+    X, D = problem
+    a = mc.sparse_encode(X, D, n_nonzero_coefs=np.int32(3), n_threads=np.int64(2))
+    b = mc.sparse_encode(X, D, n_nonzero_coefs=3, n_threads=2)
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("value", [-1e-12, -1.0, -np.inf])
+def test_negative_tol(problem, value):
+    X, D = problem
+    with pytest.raises(ValueError, match=r"^tol must be"):
+        mc.sparse_encode(X, D, tol=value)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, float("nan")])
+def test_non_finite_tol(problem, value):
+    X, D = problem
+    with pytest.raises(ValueError, match=r"^tol must be finite"):
+        mc.sparse_encode(X, D, tol=value)
+
+
+@pytest.mark.parametrize("value", ["0.1", b"1", True, [0.1], 1j])
+def test_tol_not_a_real_number(problem, value):
+    X, D = problem
+    with pytest.raises(TypeError, match=r"^tol must be a real number"):
+        mc.sparse_encode(X, D, tol=value)
+
+
+def test_tol_accepts_ints_and_numpy_floats(problem):
+    X, D = problem
+    a = mc.sparse_encode(X, D, tol=1)
+    b = mc.sparse_encode(X, D, tol=np.float32(1.0))
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("value", [0, -2, -100])
+def test_n_threads_out_of_range(problem, value):
+    X, D = problem
+    with pytest.raises(ValueError, match=r"^n_threads must be None, -1 or a positive integer"):
+        mc.sparse_encode(X, D, n_threads=value)
+
+
+@pytest.mark.parametrize("value", [1.5, 2.0, "2", True, np.bool_(False)])
+def test_n_threads_not_an_integer(problem, value):
+    X, D = problem
+    with pytest.raises(TypeError, match=r"^n_threads must be an integer"):
+        mc.sparse_encode(X, D, n_threads=value)
+
+
+@pytest.mark.parametrize("name", ["return_sparse", "copy_cov"])
+@pytest.mark.parametrize("value", [1, 0, "yes", None, 1.0])
+def test_boolean_flags_must_be_bool(problem, name, value):
+    X, D = problem
+    with pytest.raises(TypeError, match=rf"^{name} must be True or False"):
+        mc.sparse_encode(X, D, **{name: value})
+
+
+def test_numpy_bool_flags_are_accepted(problem):
+    X, D = problem
+    sp = mc.sparse_encode(X, D, return_sparse=np.bool_(True), copy_cov=np.bool_(False))
+    assert isinstance(sp, scipy.sparse.csr_array)
+
+
+def test_keyword_only(problem):
+    X, D = problem
+    with pytest.raises(TypeError):
+        mc.sparse_encode(X, D, None, None, 2)  # gram, cov, ... are keyword-only
+
+
+# ---------------------------------------------------------------------------------------------
+# Instruction sets
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["bogus", "", "AVX2", "sse2", "avx-512"])
+def test_set_isa_unknown_name(name):
+    before = _core.active_isa()
+    with pytest.raises(ValueError, match="unknown instruction set"):
+        _core.set_isa(name)
+    assert _core.active_isa() == before
+
+
+def test_set_isa_unsupported_by_cpu():
+    order = ["generic", "avx2", "avx512"]
+    unsupported = order[order.index(_core.detected_isa()) + 1 :]
+    if not unsupported:
+        pytest.skip(f"this CPU supports every instruction set ({_core.detected_isa()})")
+    before = _core.active_isa()
+    for name in unsupported:
+        with pytest.raises(ValueError, match="not supported"):
+            _core.set_isa(name)
+    assert _core.active_isa() == before
+
+
+# ---------------------------------------------------------------------------------------------
+# The core's own checks (MC_CHECK / require -> std::invalid_argument -> ValueError)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("max_atoms", [K + 1, 1000])
+def test_core_max_atoms_above_n_components(problem, max_atoms):
+    X, D = problem
+    with pytest.raises(ValueError, match=rf"max_atoms={max_atoms} must be in \[1, {K}\]"):
+        _core.sparse_encode_omp_f64(X, D, None, None, max_atoms, False, 0.0, 1)
+
+
+@pytest.mark.parametrize("max_atoms", [0, -3])
+def test_core_max_atoms_below_one(problem, max_atoms):
+    X, D = problem
+    with pytest.raises(ValueError, match="max_atoms"):
+        _core.sparse_encode_omp_f64(X, D, None, None, max_atoms, False, 0.0, 1)
+    with pytest.raises(ValueError, match="max_atoms"):
+        _core.sparse_encode_omp_f32(X.astype(np.float32), D.astype(np.float32), None, None,
+                                    max_atoms, False, 0.0, 1)
+
+
+def test_core_gram_with_zero_diagonal(problem):
+    X, D = problem
+    gram = D @ D.T
+    gram[5, 5] = 0.0
+    with pytest.raises(ValueError, match=r"atom 5 has zero norm"):
+        _core.sparse_encode_omp_f64(X, D, gram, None, 2, False, 0.0, 1)
+    with pytest.raises(ValueError, match=r"atom 5 has zero norm"):
+        _core.sparse_encode_omp_f32(X.astype(np.float32), D.astype(np.float32),
+                                    gram.astype(np.float32), None, 2, False, 0.0, 2)
+
+
+def test_core_zero_atom_without_gram(problem):
+    X, D = problem
+    D = D.copy()
+    D[11] = 0
+    with pytest.raises(ValueError, match=r"atom 11 has zero norm"):
+        _core.sparse_encode_omp_f64(X, D, None, None, 2, False, 0.0, 1)
+
+
+def test_core_negative_tol(problem):
+    X, D = problem
+    with pytest.raises(ValueError, match="tol must be >= 0"):
+        _core.sparse_encode_omp_f64(X, D, None, None, 2, True, -1.0, 1)
+
+
+def test_core_shape_checks(problem):
+    X, D = problem
+    with pytest.raises(ValueError, match="X must be 2-D"):
+        _core.sparse_encode_omp_f64(X[0], D, None, None, 2, False, 0.0, 1)
+    with pytest.raises(ValueError, match="dictionary must have shape"):
+        _core.sparse_encode_omp_f64(X, D[:, :-1], None, None, 2, False, 0.0, 1)
+    with pytest.raises(ValueError, match="gram must have shape"):
+        _core.sparse_encode_omp_f64(X, D, np.ones((K, K - 1)), None, 2, False, 0.0, 1)
+    with pytest.raises(ValueError, match="cov must have shape"):
+        _core.sparse_encode_omp_f64(X, D, None, np.ones((N, K)), 2, False, 0.0, 1)
+
+
+def test_core_errors_leave_the_module_usable(problem):
+    X, D = problem
+    for _ in range(3):
+        with pytest.raises(ValueError):
+            _core.sparse_encode_omp_f64(X, D, None, None, K + 1, False, 0.0, 2)
+    assert mc.sparse_encode(X, D, n_nonzero_coefs=2).shape == (N, K)
