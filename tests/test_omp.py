@@ -860,3 +860,23 @@ def test_property_tol_mode(problem, tol_fraction):
     if dtype == np.float64:
         ref = _sk_tol(X, D, tol)
         assert_allclose(res2, residual_norms(X, ref, D) ** 2, rtol=1e-9, atol=1e-9 * (1 + norms2.max()))
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_fallback_path_without_blas_thread_control(dtype, n_threads):
+    # inner_gemm=False is the path taken when SciPy's BLAS exposes no thread control: GEMMs run
+    # outside the OpenMP regions on the BLAS's own threads. Same supports, same values to rounding.
+    from matcompress import _core
+
+    rng = np.random.default_rng(11)
+    D = make_dictionary(rng, 300, 48, dtype)
+    X = make_gaussian_signals(rng, 5000, 48, dtype)
+    encode = _core.sparse_encode_omp_f32 if dtype == np.float32 else _core.sparse_encode_omp_f64
+    inner = encode(X, D, None, None, 7, False, 0.0, n_threads, 0, True)
+    outer = encode(X, D, None, None, 7, False, 0.0, n_threads, 700, False)
+    assert_array_equal(inner[0], outer[0])
+    assert_array_equal(inner[2], outer[2])
+    assert_allclose(inner[1], outer[1], **COEF_TOL[dtype])
+    assert_allclose(mc.sparse_encode(X, D, n_nonzero_coefs=7, n_threads=n_threads),
+                    _core.codes_to_dense_f32(*outer[:3], 300, 1) if dtype == np.float32
+                    else _core.codes_to_dense_f64(*outer[:3], 300, 1), **COEF_TOL[dtype])
