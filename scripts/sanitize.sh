@@ -9,10 +9,10 @@ rm -rf "$dest"
 python3 -m pip install --no-deps --no-build-isolation --target "$dest" \
   -Ccmake.define.MATCOMPRESS_SANITIZE=ON -Ccmake.build-type=RelWithDebInfo \
   -Cbuild-dir=build/sanitize .
-# The interpreter is not instrumented: preload the ASan runtime. Leak checking is off because
-# CPython keeps many allocations alive until exit; UBSan findings abort the run.
-asan=$(g++ -print-file-name=libasan.so)
-export LD_PRELOAD="$asan"
+# The interpreter is not instrumented: preload the ASan runtime, and libstdc++ with it (python does
+# not link it, and ASan's __cxa_throw interceptor must find the real one when it starts). Leak
+# checking is off because CPython keeps many allocations alive until exit; UBSan findings abort.
+export LD_PRELOAD="$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=libstdc++.so)"
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:detect_odr_violation=0
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export PYTHONPATH="$PWD/$dest${PYTHONPATH:+:$PYTHONPATH}"

@@ -1,0 +1,15 @@
+"""The examples in the public docstrings run and print what they say."""
+
+import doctest
+
+import pytest
+
+import matcompress.demo
+import matcompress.omp
+
+
+@pytest.mark.parametrize("module", [matcompress.omp, matcompress.demo], ids=lambda m: m.__name__)
+def test_docstring_examples(module):
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0, f"{module.__name__} has no examples"
+    assert result.failed == 0
