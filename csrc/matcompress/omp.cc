@@ -87,8 +87,10 @@ OmpStats sparse_encode_omp(const Gemm<T>& gemm, const OmpProblem<T>& p, const Om
   if (o.chunk_size <= 0) chunk = std::max(chunk, 16 * sub);  // several tasks per thread
   chunk = std::min(n, round_up(chunk, sub));
 
-  // Correlation buffers: one block per thread (inner GEMM) or the whole chunk.
-  std::vector<T> corr(static_cast<size_t>((inner_gemm ? nt * sub : chunk) * kpad), T(0));
+  // Each task fills its own block of correlations when that needs no BLAS threads (a gather
+  // from cov, or a GEMM on the caller's thread); otherwise one GEMM per chunk fills them first.
+  const bool per_task = inner_gemm || p.cov != nullptr;
+  std::vector<T> corr(static_cast<size_t>((per_task ? nt * sub : chunk) * kpad), T(0));
   const index_t ws_len = smax * kpad + smax * smax + smax;
   std::vector<T> ws(static_cast<size_t>(nt * ws_len));
   std::vector<int32_t> ws_sel(static_cast<size_t>(nt * smax));
@@ -97,9 +99,11 @@ OmpStats sparse_encode_omp(const Gemm<T>& gemm, const OmpProblem<T>& p, const Om
 
   // corr rows b < nb (stride kpad) = D x_{i0 + b}, from cov or by GEMM.
   auto project = [&](index_t i0, index_t nb, T* dst) {
-    if (p.cov != nullptr) {
-      for (index_t b = 0; b < nb; ++b)
-        for (index_t r = 0; r < k; ++r) dst[b * kpad + r] = p.cov[r * n + i0 + b];
+    if (p.cov != nullptr) {  // cov is (k, n_samples): read its rows contiguously
+      for (index_t r = 0; r < k; ++r) {
+        const T* src = p.cov + r * n + i0;
+        for (index_t b = 0; b < nb; ++b) dst[b * kpad + r] = src[b];
+      }
     } else {
       gemm(false, true, nb, k, m, T(1), p.X + i0 * m, m, p.dictionary, m, T(0), dst, kpad);
     }
@@ -108,11 +112,11 @@ OmpStats sparse_encode_omp(const Gemm<T>& gemm, const OmpProblem<T>& p, const Om
   for (index_t c0 = 0; c0 < n; c0 += chunk) {
     if (interrupted && interrupted()) throw Interrupted();
     const index_t cb = std::min(chunk, n - c0);
-    if (!inner_gemm) project(c0, cb, corr.data());  // BLAS's own threads, no OpenMP region open
+    if (!per_task) project(c0, cb, corr.data());  // BLAS's own threads, no OpenMP region open
     parallel_for(0, (cb + sub - 1) / sub, nt, 1, [&](index_t task, int tid) {
       const index_t b0 = task * sub, nb = std::min(sub, cb - b0);
-      T* block = inner_gemm ? &corr[tid * sub * kpad] : &corr[b0 * kpad];
-      if (inner_gemm) project(c0 + b0, nb, block);
+      T* block = per_task ? &corr[tid * sub * kpad] : &corr[b0 * kpad];
+      if (per_task) project(c0 + b0, nb, block);
       T* w = &ws[tid * ws_len];
       const OmpSignalWork<T> work{w, w + smax * kpad, w + smax * kpad + smax * smax,
                                   &ws_sel[tid * smax]};
