@@ -63,10 +63,23 @@ OmpStats sparse_encode_omp(const Gemm<T>& gemm, const OmpProblem<T>& p, const Om
       std::copy(p.gram + r * k, p.gram + (r + 1) * k, &gram[r * kpad]);
     });
   } else if (inner_gemm) {
-    parallel_for(0, (k + kRows - 1) / kRows, nt_gram, 1, [&](index_t blk, int) {
-      const index_t r0 = blk * kRows, rows = std::min(kRows, k - r0);
-      gemm(false, true, rows, k, m, T(1), p.dictionary + r0 * m, m, p.dictionary, m, T(0),
-           &gram[r0 * kpad], kpad);
+    // G is symmetric: each row block computes only its columns up to the diagonal (half the
+    // multiply-adds), then the upper triangle is mirrored. Blocks are taken largest first.
+    const index_t n_blocks = (k + kRows - 1) / kRows;
+    parallel_for(0, n_blocks, nt_gram, 1, [&](index_t task, int) {
+      const index_t r0 = (n_blocks - 1 - task) * kRows, rows = std::min(kRows, k - r0);
+      gemm(false, true, rows, r0 + rows, m, T(1), p.dictionary + r0 * m, m, p.dictionary, m,
+           T(0), &gram[r0 * kpad], kpad);
+    });
+    constexpr index_t kTile = 32;  // mirror tile by tile: both sides stay in cache
+    parallel_for(0, (k + kTile - 1) / kTile, resolve_threads_for_work(o.n_threads, double(k) * k),
+                 1, [&](index_t tr, int) {
+      const index_t r0 = tr * kTile, r1 = std::min(k, r0 + kTile);
+      for (index_t c0 = r0; c0 < k; c0 += kTile) {
+        const index_t c1 = std::min(k, c0 + kTile);
+        for (index_t r = r0; r < r1; ++r)
+          for (index_t c = std::max(c0, r + 1); c < c1; ++c) gram[r * kpad + c] = gram[c * kpad + r];
+      }
     });
   } else {
     gemm(false, true, k, k, m, T(1), p.dictionary, m, p.dictionary, m, T(0), gram.data(), kpad);
