@@ -877,6 +877,9 @@ def test_fallback_path_without_blas_thread_control(dtype, n_threads):
     assert_array_equal(inner[0], outer[0])
     assert_array_equal(inner[2], outer[2])
     assert_allclose(inner[1], outer[1], **COEF_TOL[dtype])
-    assert_allclose(mc.sparse_encode(X, D, n_nonzero_coefs=7, n_threads=n_threads),
-                    _core.codes_to_dense_f32(*outer[:3], 300, 1) if dtype == np.float32
-                    else _core.codes_to_dense_f64(*outer[:3], 300, 1), **COEF_TOL[dtype])
+    # Dense codes written by the coding tasks, on the fallback path too.
+    dense_outer, nnz_outer, _ = encode(X, D, None, None, 7, False, 0.0, n_threads, 700, False,
+                                       dense=True)
+    assert_array_equal(nnz_outer, outer[2])
+    assert_allclose(mc.sparse_encode(X, D, n_nonzero_coefs=7, n_threads=n_threads), dense_outer,
+                    **COEF_TOL[dtype])

@@ -40,6 +40,9 @@ OmpStats sparse_encode_omp(const Gemm<T>& gemm, const OmpProblem<T>& p, const Om
            "sparse_encode_omp: X is needed unless cov is given and tol is not used");
   MC_CHECK(p.dictionary != nullptr || (p.gram != nullptr && p.cov != nullptr),
            "sparse_encode_omp: the dictionary is needed unless gram and cov are given");
+  MC_CHECK(out.nnz != nullptr && (out.dense != nullptr ||
+                                  (out.indices != nullptr && out.values != nullptr)),
+           "sparse_encode_omp: no output for the codes");
   OmpStats stats;
   if (n == 0) return stats;
 
@@ -107,6 +110,10 @@ OmpStats sparse_encode_omp(const Gemm<T>& gemm, const OmpProblem<T>& p, const Om
   const index_t ws_len = smax * kpad + smax * smax + smax;
   std::vector<T> ws(static_cast<size_t>(nt * ws_len));
   std::vector<int32_t> ws_sel(static_cast<size_t>(nt * smax));
+  // Per-thread slots for one signal's codes when only the dense form is wanted.
+  const bool compact = out.indices != nullptr && out.values != nullptr;
+  std::vector<int32_t> slot_idx(compact ? 0 : static_cast<size_t>(nt * smax));
+  std::vector<T> slot_val(compact ? 0 : static_cast<size_t>(nt * smax));
   std::vector<unsigned char> premature(static_cast<size_t>(n > 0 ? chunk : 0));
   const OmpSignalArgs<T> args{gram.data(), kpad, smax, o.use_tol, static_cast<T>(o.tol)};
 
@@ -141,26 +148,21 @@ OmpStats sparse_encode_omp(const Gemm<T>& gemm, const OmpProblem<T>& p, const Om
           for (index_t f = 0; f < m; ++f) norm2 += x[f] * x[f];
         }
         bool early = false;
-        out.nnz[i] = kernel(args, block + b * kpad, norm2, work, out.indices + i * smax,
-                            out.values + i * smax, &early);
+        int32_t* idx = compact ? out.indices + i * smax : &slot_idx[tid * smax];
+        T* val = compact ? out.values + i * smax : &slot_val[tid * smax];
+        const index_t cnt = kernel(args, block + b * kpad, norm2, work, idx, val, &early);
+        out.nnz[i] = cnt;
         premature[b0 + b] = early;
+        if (out.dense != nullptr) {  // written here, while hot, on every thread
+          T* row = out.dense + i * k;
+          std::fill(row, row + k, T(0));
+          for (index_t t = 0; t < cnt; ++t) row[idx[t]] = val[t];
+        }
       }
     });
     for (index_t b = 0; b < cb; ++b) stats.n_premature += premature[b];
   }
   return stats;
-}
-
-template <typename T>
-void omp_codes_to_dense(index_t n_samples, index_t n_components, index_t max_atoms,
-                        const OmpCodes<T>& codes, T* dense, int n_threads) {
-  const int nt = resolve_threads_for_work(n_threads, double(n_samples) * double(n_components), 1e6);
-  parallel_for(0, n_samples, nt, 256, [&](index_t i, int) {
-    T* row = dense + i * n_components;
-    std::fill(row, row + n_components, T(0));
-    for (index_t t = 0; t < codes.nnz[i]; ++t)
-      row[codes.indices[i * max_atoms + t]] = codes.values[i * max_atoms + t];
-  });
 }
 
 template <typename T>
@@ -192,7 +194,6 @@ void omp_codes_to_csr(index_t n_samples, index_t max_atoms, const OmpCodes<T>& c
   template OmpStats sparse_encode_omp<T>(const Gemm<T>&, const OmpProblem<T>&,              \
                                          const OmpOptions&, const OmpCodes<T>&,             \
                                          const std::function<bool()>&);                     \
-  template void omp_codes_to_dense<T>(index_t, index_t, index_t, const OmpCodes<T>&, T*, int); \
   template void omp_codes_to_csr<T>(index_t, index_t, const OmpCodes<T>&, const int64_t*,    \
                                     int32_t*, T*, int);
 MC_INSTANTIATE(float)

@@ -32,13 +32,15 @@ struct OmpOptions {
   index_t chunk_size = 0;  ///< signals per chunk; 0 picks one that bounds memory and time
 };
 
-/// Compact codes: signal i uses nnz[i] atoms, listed at indices[i*max_atoms ...] with values
-/// values[i*max_atoms ...] in selection order.
+/// Where the codes go. Signal i uses nnz[i] atoms, listed at indices[i*max_atoms ...] with
+/// values values[i*max_atoms ...] in selection order (compact form), and/or as row i of `dense`.
+/// Either compact array may be null when `dense` is given.
 template <typename T>
 struct OmpCodes {
-  int32_t* indices;  ///< size n_samples * max_atoms
-  T* values;         ///< size n_samples * max_atoms
-  index_t* nnz;      ///< size n_samples
+  int32_t* indices = nullptr;  ///< size n_samples * max_atoms, or null
+  T* values = nullptr;         ///< size n_samples * max_atoms, or null
+  index_t* nnz = nullptr;      ///< size n_samples (required)
+  T* dense = nullptr;          ///< size n_samples * n_components, or null; every element written
 };
 
 struct OmpStats {
@@ -53,12 +55,6 @@ template <typename T>
 OmpStats sparse_encode_omp(const Gemm<T>& gemm, const OmpProblem<T>& problem,
                            const OmpOptions& options, const OmpCodes<T>& out,
                            const std::function<bool()>& interrupted = {});
-
-/// Writes compact codes as a dense row-major array of size n_samples * n_components (every
-/// element is written: the caller need not zero it).
-template <typename T>
-void omp_codes_to_dense(index_t n_samples, index_t n_components, index_t max_atoms,
-                        const OmpCodes<T>& codes, T* dense, int n_threads);
 
 /// Compact codes to CSR with sorted column indices. `indptr` (size n_samples + 1) is the prefix
 /// sum of nnz, given by the caller; csr_indices / csr_values have size indptr[n_samples].

@@ -133,7 +133,7 @@ py::tuple sparse_encode_omp(const carray<T>& X, const std::optional<carray<T>>& 
                             const std::optional<carray<T>>& gram,
                             const std::optional<carray<T>>& cov, mc::index_t max_atoms,
                             bool use_tol, double tol, int n_threads, mc::index_t chunk_size,
-                            bool inner_gemm) {
+                            bool inner_gemm, bool dense) {
   require(X.ndim() == 2, "X must be 2-D");
   mc::OmpProblem<T> p;
   p.X = X.data();
@@ -167,10 +167,22 @@ py::tuple sparse_encode_omp(const carray<T>& X, const std::optional<carray<T>>& 
   o.chunk_size = chunk_size;
   require(max_atoms >= 1, "max_atoms must be >= 1");
 
-  py::array_t<int32_t> indices({p.n_samples, max_atoms});
-  py::array_t<T> values({p.n_samples, max_atoms});
+  // dense=True: the dense codes (n_samples, n_components) instead of the compact arrays.
+  py::array_t<int32_t> indices(dense ? std::vector<py::ssize_t>{0, max_atoms}
+                                     : std::vector<py::ssize_t>{p.n_samples, max_atoms});
+  py::array_t<T> values(dense ? std::vector<py::ssize_t>{0, max_atoms}
+                              : std::vector<py::ssize_t>{p.n_samples, max_atoms});
+  py::array_t<T> codes(dense ? std::vector<py::ssize_t>{p.n_samples, p.n_components}
+                             : std::vector<py::ssize_t>{0, p.n_components});
   py::array_t<mc::index_t> nnz(p.n_samples);
-  mc::OmpCodes<T> out{indices.mutable_data(), values.mutable_data(), nnz.mutable_data()};
+  mc::OmpCodes<T> out;
+  out.nnz = nnz.mutable_data();
+  if (dense) {
+    out.dense = codes.mutable_data();
+  } else {
+    out.indices = indices.mutable_data();
+    out.values = values.mutable_data();
+  }
   mc::OmpStats stats;
   bool interrupted = false;
   {
@@ -186,6 +198,7 @@ py::tuple sparse_encode_omp(const carray<T>& X, const std::optional<carray<T>>& 
     }
   }
   if (interrupted) throw py::error_already_set();  // the KeyboardInterrupt PyErr_CheckSignals set
+  if (dense) return py::make_tuple(codes, nnz, stats.n_premature);
   return py::make_tuple(indices, values, nnz, stats.n_premature);
 }
 
@@ -201,25 +214,6 @@ mc::OmpCodes<T> codes_view(const carray<int32_t>& indices, const carray<T>& valu
     require(nnz.data()[i] >= 0 && nnz.data()[i] <= smax, "inconsistent compact codes");
   return {const_cast<int32_t*>(indices.data()), const_cast<T*>(values.data()),
           const_cast<mc::index_t*>(nnz.data())};
-}
-
-template <typename T>
-py::array_t<T> codes_to_dense(const carray<int32_t>& indices, const carray<T>& values,
-                              const carray<mc::index_t>& nnz, mc::index_t n_components,
-                              int n_threads) {
-  mc::OmpCodes<T> codes = codes_view<T>(indices, values, nnz);
-  const mc::index_t n = indices.shape(0), smax = indices.shape(1);
-  for (mc::index_t i = 0; i < n; ++i)
-    for (mc::index_t t = 0; t < codes.nnz[i]; ++t)
-      require(codes.indices[i * smax + t] >= 0 && codes.indices[i * smax + t] < n_components,
-              "code index out of range");
-  py::array_t<T> dense({n, n_components});
-  T* d = dense.mutable_data();
-  {
-    py::gil_scoped_release nogil;
-    mc::omp_codes_to_dense<T>(n, n_components, smax, codes, d, n_threads);
-  }
-  return dense;
 }
 
 template <typename T>
@@ -291,12 +285,12 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("sparse_encode_omp_f32", &sparse_encode_omp<float>, py::arg("X"), py::arg("dictionary"),
         py::arg("gram"), py::arg("cov"), py::arg("max_atoms"), py::arg("use_tol"), py::arg("tol"),
-        py::arg("n_threads"), py::arg("chunk_size") = 0, py::arg("inner_gemm") = true);
+        py::arg("n_threads"), py::arg("chunk_size") = 0, py::arg("inner_gemm") = true,
+        py::arg("dense") = false);
   m.def("sparse_encode_omp_f64", &sparse_encode_omp<double>, py::arg("X"), py::arg("dictionary"),
         py::arg("gram"), py::arg("cov"), py::arg("max_atoms"), py::arg("use_tol"), py::arg("tol"),
-        py::arg("n_threads"), py::arg("chunk_size") = 0, py::arg("inner_gemm") = true);
-  m.def("codes_to_dense_f32", &codes_to_dense<float>);
-  m.def("codes_to_dense_f64", &codes_to_dense<double>);
+        py::arg("n_threads"), py::arg("chunk_size") = 0, py::arg("inner_gemm") = true,
+        py::arg("dense") = false);
   m.def("codes_to_csr_f32", &codes_to_csr<float>);
   m.def("codes_to_csr_f64", &codes_to_csr<double>);
   m.def("gemm_f32", &gemm<float>);

@@ -158,9 +158,14 @@ def sparse_encode(
         max_atoms = n_nonzero_coefs
 
     encode = _core.sparse_encode_omp_f32 if dtype == np.float32 else _core.sparse_encode_omp_f64
-    indices, values, nnz, n_premature = encode(
-        X, dictionary, gram, cov, max_atoms, use_tol, tol, n_threads
-    )
+    if return_sparse:
+        indices, values, nnz, n_premature = encode(
+            X, dictionary, gram, cov, max_atoms, use_tol, tol, n_threads
+        )
+    else:  # the dense rows are written by the kernel's threads as each signal is coded
+        code, _, n_premature = encode(
+            X, dictionary, gram, cov, max_atoms, use_tol, tol, n_threads, dense=True
+        )
     if n_premature:
         warnings.warn(
             f"{n_premature} of {n_samples} signals stopped early: the residual became orthogonal "
@@ -171,8 +176,7 @@ def sparse_encode(
         )
     if return_sparse:
         return _to_csr(indices, values, nnz, n_components, n_threads)
-    to_dense = _core.codes_to_dense_f32 if dtype == np.float32 else _core.codes_to_dense_f64
-    return to_dense(indices, values, nnz, n_components, n_threads)
+    return code
 
 
 def _to_csr(indices, values, nnz, n_components, n_threads):
