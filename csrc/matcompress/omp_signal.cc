@@ -24,25 +24,30 @@ namespace matcompress {
 namespace MC_ISA_NS {
 namespace {
 
-// Independent accumulator chains in the update loop, as many as the registers allow:
-// 32 zmm (AVX-512), 16 ymm (AVX2), 16 xmm (SSE2). One chain would wait on FMA latency.
+// Vectors as wide as the target's registers (GCC vector extensions): zmm, ymm or xmm. Wider
+// vectors than the registers are split for arithmetic, but GCC scalarises their compares,
+// selects and shuffles (measured: 9x slower). A block of the kernel (omp_block, 128 bytes) is
+// kNV vectors. kChains independent accumulator chains cover the FMA latency within the
+// register budget: 32 zmm (AVX-512), 16 ymm (AVX2), 16 xmm (SSE2).
 #if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
 constexpr int kChains = 4;
 #elif defined(__AVX2__)
+constexpr int kVecBytes = 32;
 constexpr int kChains = 2;
 #else
+constexpr int kVecBytes = 16;
 constexpr int kChains = 1;
 #endif
 
-// 64-byte vectors (GCC vector extensions): one zmm, two ymm or four xmm registers depending on
-// the target this file is compiled for. A block of the kernel is two of them.
 template <typename T>
 struct Simd {
-  typedef T vec __attribute__((vector_size(64)));
-  typedef T uvec __attribute__((vector_size(64), aligned(alignof(T)), may_alias));
+  typedef T vec __attribute__((vector_size(kVecBytes)));
+  typedef T uvec __attribute__((vector_size(kVecBytes), aligned(alignof(T)), may_alias));
   using I = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;  // same lane width as T
-  typedef I ivec __attribute__((vector_size(64)));
-  static constexpr index_t W = 64 / static_cast<index_t>(sizeof(T));
+  typedef I ivec __attribute__((vector_size(kVecBytes)));
+  static constexpr index_t W = kVecBytes / static_cast<index_t>(sizeof(T));
+  static constexpr int NV = static_cast<int>(omp_block<T>() / W);  // vectors per block
 
   static vec load(const T* p) { return *reinterpret_cast<const uvec*>(p); }
   static void store(T* p, vec v) { *reinterpret_cast<uvec*>(p) = v; }
@@ -54,6 +59,9 @@ struct Simd {
     for (index_t e = 0; e < W; ++e) r[e] = static_cast<I>(e);
     return r;
   }
+  static ivec rotate(index_t h) {  // shuffle mask: lane e takes lane (e + h) mod W
+    return (iota() + static_cast<I>(h)) & static_cast<I>(W - 1);
+  }
 };
 
 /// Running maximum of |a| per lane and the index where it was first seen (strict ">" keeps the
@@ -62,45 +70,56 @@ struct Simd {
 template <typename T>
 struct LaneArgmax {
   using S = Simd<T>;
-  typename S::vec max_lo = S::splat(T(-1)), max_hi = S::splat(T(-1));
-  typename S::ivec idx_lo{}, idx_hi{};
-  typename S::ivec pos_lo = S::iota(), pos_hi = S::iota() + static_cast<typename S::I>(S::W);
+  using vec = typename S::vec;
+  using ivec = typename S::ivec;
+  using I = typename S::I;
+  vec max[S::NV];
+  ivec idx[S::NV];
+  ivec pos[S::NV];
 
-  // a_lo, a_hi: the block's two vectors; pos advances by one block per call.
-  void update(typename S::vec a_lo, typename S::vec a_hi) {
-    const typename S::vec ab_lo = S::abs(a_lo), ab_hi = S::abs(a_hi);
-    const auto gt_lo = ab_lo > max_lo;
-    const auto gt_hi = ab_hi > max_hi;
-    max_lo = gt_lo ? ab_lo : max_lo;
-    max_hi = gt_hi ? ab_hi : max_hi;
-    idx_lo = gt_lo ? pos_lo : idx_lo;
-    idx_hi = gt_hi ? pos_hi : idx_hi;
-    pos_lo += static_cast<typename S::I>(2 * S::W);
-    pos_hi += static_cast<typename S::I>(2 * S::W);
+  LaneArgmax() {
+#pragma GCC unroll 8
+    for (int v = 0; v < S::NV; ++v) {
+      max[v] = S::splat(T(-1));
+      idx[v] = ivec{};
+      pos[v] = S::iota() + static_cast<I>(v * S::W);
+    }
+  }
+  // a: the block's NV vectors; the positions advance by one block per call.
+  void update(const vec* a) {
+#pragma GCC unroll 8
+    for (int v = 0; v < S::NV; ++v) {
+      const vec ab = S::abs(a[v]);
+      const auto gt = ab > max[v];
+      max[v] = gt ? ab : max[v];
+      idx[v] = gt ? pos[v] : idx[v];
+      pos[v] += static_cast<I>(omp_block<T>());
+    }
   }
   // Branch-free: horizontal max of the values, then the smallest index among the lanes that
   // hold it, both by log2(W) shuffle steps.
   index_t resolve() const {
-    typename S::vec m = max_lo > max_hi ? max_lo : max_hi;
+    vec m = max[0];
+#pragma GCC unroll 8
+    for (int v = 1; v < S::NV; ++v) m = max[v] > m ? max[v] : m;
+#pragma GCC unroll 8
     for (index_t h = S::W / 2; h >= 1; h /= 2) {
-      const typename S::vec r = __builtin_shuffle(m, rotate(h));
+      const vec r = __builtin_shuffle(m, S::rotate(h));
       m = m > r ? m : r;
     }
-    constexpr typename S::I kNone = std::numeric_limits<typename S::I>::max();
-    const typename S::ivec none = typename S::ivec{} + kNone;
-    const typename S::ivec c_lo = max_lo == m ? idx_lo : none;
-    const typename S::ivec c_hi = max_hi == m ? idx_hi : none;
-    typename S::ivec c = c_lo < c_hi ? c_lo : c_hi;
+    const ivec none = ivec{} + std::numeric_limits<I>::max();
+    ivec c = max[0] == m ? idx[0] : none;
+#pragma GCC unroll 8
+    for (int v = 1; v < S::NV; ++v) {
+      const ivec cv = max[v] == m ? idx[v] : none;
+      c = cv < c ? cv : c;
+    }
+#pragma GCC unroll 8
     for (index_t h = S::W / 2; h >= 1; h /= 2) {
-      const typename S::ivec r = __builtin_shuffle(c, rotate(h));
+      const ivec r = __builtin_shuffle(c, S::rotate(h));
       c = c < r ? c : r;
     }
     return c[0];
-  }
-
- private:
-  static typename S::ivec rotate(index_t h) {  // lane e takes lane (e + h) mod W
-    return (S::iota() + static_cast<typename S::I>(h)) & static_cast<typename S::I>(S::W - 1);
   }
 };
 
@@ -113,7 +132,8 @@ index_t omp_signal(const OmpSignalArgs<T>& args, T* __restrict alpha, T norm2,
   using S = Simd<T>;
   using vec = typename S::vec;
   constexpr index_t B = omp_block<T>();
-  static_assert(B == 2 * S::W, "a block is two vectors");
+  constexpr int NV = S::NV;
+  constexpr index_t W = S::W;
   const index_t kpad = args.kpad;
   const index_t smax = args.max_atoms;
   const T eps = std::numeric_limits<T>::epsilon();  // scikit-learn's min_float
@@ -127,7 +147,12 @@ index_t omp_signal(const OmpSignalArgs<T>& args, T* __restrict alpha, T norm2,
   index_t j;
   {
     LaneArgmax<T> am;
-    for (index_t c = 0; c < kpad; c += B) am.update(S::load(alpha + c), S::load(alpha + c + S::W));
+    for (index_t c = 0; c < kpad; c += B) {
+      vec a[NV];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) a[v] = S::load(alpha + c + v * W);
+      am.update(a);
+    }
     j = am.resolve();
   }
   index_t t = 0;
@@ -171,55 +196,42 @@ index_t omp_signal(const OmpSignalArgs<T>& args, T* __restrict alpha, T norm2,
     LaneArgmax<T> am;
     for (index_t c = 0; c < kpad; c += B) {
       T* __restrict panel = V + c * smax;  // block c / B of V: smax rows of B values
-      vec lo0 = S::load(gj + c), hi0 = S::load(gj + c + S::W);
-      vec lo1{}, hi1{}, lo2{}, hi2{}, lo3{}, hi3{};
+      vec acc[kChains][NV];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[0][v] = S::load(gj + c + v * W);
+#pragma GCC unroll 4
+      for (int q = 1; q < kChains; ++q)
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) acc[q][v] = vec{};
       index_t i = 0;
-      if constexpr (kChains == 4) {
-        for (; i + 4 <= t; i += 4) {
-          const T* p = panel + i * B;
-          const vec w0 = S::splat(Lt[i]), w1 = S::splat(Lt[i + 1]);
-          const vec w2 = S::splat(Lt[i + 2]), w3 = S::splat(Lt[i + 3]);
-          lo0 -= w0 * S::load(p);
-          hi0 -= w0 * S::load(p + S::W);
-          lo1 -= w1 * S::load(p + B);
-          hi1 -= w1 * S::load(p + B + S::W);
-          lo2 -= w2 * S::load(p + 2 * B);
-          hi2 -= w2 * S::load(p + 2 * B + S::W);
-          lo3 -= w3 * S::load(p + 3 * B);
-          hi3 -= w3 * S::load(p + 3 * B + S::W);
+      for (; i + kChains <= t; i += kChains) {
+#pragma GCC unroll 4
+        for (int q = 0; q < kChains; ++q) {
+          const T* p = panel + (i + q) * B;
+          const vec w = S::splat(Lt[i + q]);
+#pragma GCC unroll 8
+          for (int v = 0; v < NV; ++v) acc[q][v] -= w * S::load(p + v * W);
         }
-        lo2 += lo3;
-        hi2 += hi3;
-      }
-      if constexpr (kChains >= 2) {
-        for (; i + 2 <= t; i += 2) {
-          const T* p = panel + i * B;
-          const vec w0 = S::splat(Lt[i]), w1 = S::splat(Lt[i + 1]);
-          lo0 -= w0 * S::load(p);
-          hi0 -= w0 * S::load(p + S::W);
-          lo1 -= w1 * S::load(p + B);
-          hi1 -= w1 * S::load(p + B + S::W);
-        }
-        lo0 += lo2;
-        hi0 += hi2;
-        lo0 += lo1;
-        hi0 += hi1;
       }
       for (; i < t; ++i) {
         const T* p = panel + i * B;
-        const vec w0 = S::splat(Lt[i]);
-        lo0 -= w0 * S::load(p);
-        hi0 -= w0 * S::load(p + S::W);
+        const vec w = S::splat(Lt[i]);
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) acc[0][v] -= w * S::load(p + v * W);
       }
-      lo0 *= vinv;
-      hi0 *= vinv;
-      S::store(panel + t * B, lo0);
-      S::store(panel + t * B + S::W, hi0);
-      const vec a_lo = S::load(alpha + c) - vz * lo0;
-      const vec a_hi = S::load(alpha + c + S::W) - vz * hi0;
-      S::store(alpha + c, a_lo);
-      S::store(alpha + c + S::W, a_hi);
-      am.update(a_lo, a_hi);
+#pragma GCC unroll 4
+      for (int q = 1; q < kChains; ++q)
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) acc[0][v] += acc[q][v];
+      vec a[NV];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) {
+        const vec vt = acc[0][v] * vinv;
+        S::store(panel + t * B + v * W, vt);
+        a[v] = S::load(alpha + c + v * W) - vz * vt;
+        S::store(alpha + c + v * W, a[v]);
+      }
+      am.update(a);
     }
     ++t;
     if (args.use_tol && std::abs(err) <= args.tol) break;
