@@ -213,6 +213,17 @@ index_t omp_signal(const OmpSignalArgs<T>& args, T* __restrict alpha, T norm2,
           for (int v = 0; v < NV; ++v) acc[q][v] -= w * S::load(p + v * W);
         }
       }
+      if constexpr (kChains > 2) {  // a remainder of 2-3 steps still runs on two chains
+        for (; i + 2 <= t; i += 2) {
+#pragma GCC unroll 2
+          for (int q = 0; q < 2; ++q) {
+            const T* p = panel + (i + q) * B;
+            const vec w = S::splat(Lt[i + q]);
+#pragma GCC unroll 8
+            for (int v = 0; v < NV; ++v) acc[q][v] -= w * S::load(p + v * W);
+          }
+        }
+      }
       for (; i < t; ++i) {
         const T* p = panel + i * B;
         const vec w = S::splat(Lt[i]);
