@@ -41,12 +41,6 @@ typename mc::FortranGemm<T>::Fn scipy_gemm_fn() {
   return fn;
 }
 
-template <typename T>
-const mc::Gemm<T>& scipy_gemm() {
-  static const mc::FortranGemm<T> g(scipy_gemm_fn<T>());
-  return g;
-}
-
 // The thread controls of the BLAS library SciPy's wrappers call into. dlsym on a handle also
 // searches that object's dependencies, so this finds e.g. scipy_openblas_set_num_threads in the
 // library behind scipy.linalg.cython_blas.
@@ -279,8 +273,8 @@ mc::index_t parallel_raise(mc::index_t n, mc::index_t fail_at, int n_threads) {
 PYBIND11_MODULE(_core, m) {
   m.doc() = "matcompress native kernels (private: use the functions of the matcompress package)";
   // Resolve the BLAS capsules now, while the GIL is held (the kernels run without it).
-  scipy_gemm<float>();
-  scipy_gemm<double>();
+  scipy_gemm_fn<float>();
+  scipy_gemm_fn<double>();
   blas_thread_fns();
 
   m.def("sparse_encode_omp_f32", &sparse_encode_omp<float>, py::arg("X"), py::arg("dictionary"),
