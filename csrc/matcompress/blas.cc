@@ -1,6 +1,7 @@
 #include "blas.h"
 
 #include <algorithm>
+#include <vector>
 
 namespace matcompress {
 
@@ -41,5 +42,30 @@ void FortranGemm<T>::operator()(bool trans_a, bool trans_b, index_t m, index_t n
 
 template class FortranGemm<float>;
 template class FortranGemm<double>;
+
+template <typename T>
+bool FortranPosv<T>::operator()(index_t n, index_t nrhs, T* a, T* b) const {
+  MC_CHECK(n >= 0 && nrhs >= 0, "posv: negative size");
+  if (n == 0 || nrhs == 0) return true;
+  MC_CHECK(n <= INT_MAX && nrhs <= INT_MAX && n * nrhs <= INT_MAX,
+           "posv: size exceeds the 32-bit LAPACK interface");
+  // A is symmetric, so its row-major and column-major readings agree. The row-major right-hand
+  // side (n x nrhs) reads as its transpose in column-major order: transpose into LAPACK's layout.
+  std::vector<T> cm(static_cast<size_t>(n * nrhs));
+  for (index_t i = 0; i < n; ++i)
+    for (index_t j = 0; j < nrhs; ++j) cm[j * n + i] = b[i * nrhs + j];
+  const char uplo = 'L';
+  const int in = static_cast<int>(n), inrhs = static_cast<int>(nrhs);
+  int info = 0;
+  fn_(&uplo, &in, &inrhs, a, &in, cm.data(), &in, &info);
+  MC_CHECK(info >= 0, "posv: invalid argument " << -info);
+  if (info > 0) return false;
+  for (index_t i = 0; i < n; ++i)
+    for (index_t j = 0; j < nrhs; ++j) b[i * nrhs + j] = cm[j * n + i];
+  return true;
+}
+
+template class FortranPosv<float>;
+template class FortranPosv<double>;
 
 }  // namespace matcompress

@@ -57,4 +57,34 @@ class FortranGemm final : public Gemm<T> {
 extern template class FortranGemm<float>;
 extern template class FortranGemm<double>;
 
+/// Solves A X = B for a symmetric positive definite A (Cholesky), row-major.
+/// @param a  size n * n, symmetric; overwritten with its Cholesky factor
+/// @param b  size n * nrhs, row-major; overwritten with the solution X
+/// @return false when A is not (numerically) positive definite; b is then unspecified
+template <typename T>
+class PosvSolver {
+ public:
+  virtual ~PosvSolver() = default;
+  virtual bool operator()(index_t n, index_t nrhs, T* a, T* b) const = 0;
+};
+
+/// Adapter from a Fortran-convention (LP64) xPOSV function pointer, such as the ones SciPy
+/// exports in scipy.linalg.cython_lapack.
+template <typename T>
+class FortranPosv final : public PosvSolver<T> {
+ public:
+  using Fn = void (*)(const char* uplo, const int* n, const int* nrhs, T* a, const int* lda,
+                      T* b, const int* ldb, int* info);
+  explicit FortranPosv(Fn fn) : fn_(fn) {
+    MC_CHECK(fn_ != nullptr, "FortranPosv: null LAPACK function");
+  }
+  bool operator()(index_t n, index_t nrhs, T* a, T* b) const override;
+
+ private:
+  Fn fn_;
+};
+
+extern template class FortranPosv<float>;
+extern template class FortranPosv<double>;
+
 }  // namespace matcompress

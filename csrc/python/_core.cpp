@@ -14,6 +14,7 @@
 
 #include "matcompress/blas.h"
 #include "matcompress/cpu.h"
+#include "matcompress/dictionary.h"
 #include "matcompress/omp.h"
 
 namespace py = pybind11;
@@ -38,6 +39,19 @@ typename mc::FortranGemm<T>::Fn scipy_blas(const char* name) {
 template <typename T>
 typename mc::FortranGemm<T>::Fn scipy_gemm_fn() {
   static const auto fn = scipy_blas<T>(sizeof(T) == 4 ? "sgemm" : "dgemm");
+  return fn;
+}
+
+// xPOSV from SciPy's LAPACK (scipy.linalg.cython_lapack), the same library as its BLAS.
+template <typename T>
+typename mc::FortranPosv<T>::Fn scipy_posv_fn() {
+  static const auto fn = [] {
+    py::dict capi = py::module_::import("scipy.linalg.cython_lapack").attr("__pyx_capi__");
+    py::object cap = capi[sizeof(T) == 4 ? "sposv" : "dposv"];
+    void* ptr = PyCapsule_GetPointer(cap.ptr(), PyCapsule_GetName(cap.ptr()));
+    if (ptr == nullptr) throw py::error_already_set();
+    return reinterpret_cast<typename mc::FortranPosv<T>::Fn>(ptr);
+  }();
   return fn;
 }
 
@@ -229,6 +243,108 @@ py::tuple codes_to_csr(const carray<int32_t>& indices, const carray<T>& values,
   return py::make_tuple(csr_indices, csr_values);
 }
 
+// An array the core updates in place: exactly of type T, C-contiguous, writeable, of this shape.
+template <typename T>
+T* inplace(const py::array& a, const char* name, const std::vector<py::ssize_t>& shape) {
+  require(py::isinstance<py::array_t<T>>(a), std::string(name) + ": wrong dtype");
+  require((a.flags() & py::array::c_style) != 0 && a.writeable(),
+          std::string(name) + ": must be a writeable C-contiguous array");
+  bool same = a.ndim() == static_cast<py::ssize_t>(shape.size());
+  for (size_t d = 0; same && d < shape.size(); ++d) same = a.shape(d) == shape[d];
+  require(same, std::string(name) + ": wrong shape");
+  return static_cast<T*>(const_cast<void*>(a.data()));
+}
+
+template <typename T>
+mc::CompactCodes<T> compact_codes(const py::array& indices, const py::array& values,
+                                  const py::array& nnz, py::ssize_t n, const char* what) {
+  require(indices.ndim() == 2, std::string(what) + ": indices must be 2-D");
+  const py::ssize_t smax = indices.shape(1);
+  mc::CompactCodes<T> c;
+  c.indices = inplace<int32_t>(indices, what, {n, smax});
+  c.values = inplace<T>(values, what, {n, smax});
+  c.nnz = inplace<mc::index_t>(nnz, what, {n});
+  c.max_atoms = smax;
+  return c;
+}
+
+// One batch dictionary-learning step (K-SVD or MOD) after the coding step; the state arrays are
+// updated in place.
+template <typename T>
+py::dict dictionary_step(const std::string& method, const carray<T>& X, const py::array& D,
+                         const py::array& indices, const py::array& values, const py::array& nnz,
+                         const py::array& residual, const py::array& row_error,
+                         const std::optional<carray<int32_t>>& order, double previous_sq_error,
+                         double duplicate_threshold, int n_threads) {
+  require(method == "ksvd" || method == "mod", "method must be 'ksvd' or 'mod'");
+  require(X.ndim() == 2, "X must be 2-D");
+  const py::ssize_t n = X.shape(0), m = X.shape(1);
+  require(D.ndim() == 2, "dictionary must be 2-D");
+  const py::ssize_t k = D.shape(0);
+  mc::BatchDictState<T> s;
+  s.X = X.data();
+  s.n_samples = n;
+  s.n_features = m;
+  s.dictionary = inplace<T>(D, "dictionary", {k, m});
+  s.n_components = k;
+  s.codes = compact_codes<T>(indices, values, nnz, n, "codes");
+  s.residual = inplace<T>(residual, "residual", {n, m});
+  s.row_error = inplace<T>(row_error, "row_error", {n});
+  const int32_t* ord = nullptr;
+  if (order) {
+    require(order->ndim() == 1 && order->shape(0) == k, "order must have n_components entries");
+    ord = order->data();
+  }
+  mc::DictStepOptions o;
+  o.n_threads = n_threads;
+  o.previous_sq_error = previous_sq_error;
+  o.duplicate_threshold = duplicate_threshold;
+  mc::DictStepStats st;
+  {
+    py::gil_scoped_release nogil;
+    BlasOneThread one_blas_thread;  // the step's GEMMs are small: keep BLAS workers from spinning
+    const mc::FortranGemm<T> gemm(scipy_gemm_fn<T>());
+    const mc::FortranPosv<T> posv(scipy_posv_fn<T>());
+    st = mc::batch_dictionary_step<T>(method == "ksvd" ? mc::DictUpdate::ksvd : mc::DictUpdate::mod,
+                                      gemm, posv, s, ord, o);
+  }
+  py::dict out;
+  out["sq_error"] = st.sq_error;
+  out["n_unused"] = st.n_unused;
+  out["n_duplicates"] = st.n_duplicates;
+  return out;
+}
+
+// One mini-batch of online dictionary learning; D, A and B are updated in place.
+template <typename T>
+py::tuple online_step(const carray<T>& X, const py::array& indices, const py::array& values,
+                      const py::array& nnz, const py::array& D, const py::array& A,
+                      const py::array& B, double beta, double weight,
+                      double duplicate_threshold, int n_threads) {
+  require(X.ndim() == 2, "X must be 2-D");
+  const py::ssize_t n = X.shape(0), m = X.shape(1);
+  require(D.ndim() == 2, "dictionary must be 2-D");
+  const py::ssize_t k = D.shape(0);
+  mc::OnlineDictState<T> s;
+  s.dictionary = inplace<T>(D, "dictionary", {k, m});
+  s.n_components = k;
+  s.n_features = m;
+  s.A = inplace<T>(A, "A", {k, k});
+  s.B = inplace<T>(B, "B", {k, m});
+  const mc::CompactCodes<T> c = compact_codes<T>(indices, values, nnz, n, "codes");
+  mc::DictStepOptions o;
+  o.n_threads = n_threads;
+  o.duplicate_threshold = duplicate_threshold;
+  mc::OnlineStepStats st;
+  {
+    py::gil_scoped_release nogil;
+    BlasOneThread one_blas_thread;
+    const mc::FortranGemm<T> gemm(scipy_gemm_fn<T>());
+    st = mc::online_dictionary_step<T>(gemm, s, X.data(), n, c, T(beta), T(weight), o);
+  }
+  return py::make_tuple(st.sq_error, st.n_replaced);
+}
+
 // Test hook: row-major GEMM through the injected BLAS with a chosen split size, so the
 // splitting of sizes past the 32-bit BLAS interface is exercised on small matrices.
 template <typename T>
@@ -275,6 +391,8 @@ PYBIND11_MODULE(_core, m) {
   // Resolve the BLAS capsules now, while the GIL is held (the kernels run without it).
   scipy_gemm_fn<float>();
   scipy_gemm_fn<double>();
+  scipy_posv_fn<float>();
+  scipy_posv_fn<double>();
   blas_thread_fns();
 
   m.def("sparse_encode_omp_f32", &sparse_encode_omp<float>, py::arg("X"), py::arg("dictionary"),
@@ -285,6 +403,10 @@ PYBIND11_MODULE(_core, m) {
         py::arg("gram"), py::arg("cov"), py::arg("max_atoms"), py::arg("use_tol"), py::arg("tol"),
         py::arg("n_threads"), py::arg("chunk_size") = 0, py::arg("inner_gemm") = true,
         py::arg("dense") = false);
+  m.def("dictionary_step_f32", &dictionary_step<float>);
+  m.def("dictionary_step_f64", &dictionary_step<double>);
+  m.def("online_step_f32", &online_step<float>);
+  m.def("online_step_f64", &online_step<double>);
   m.def("codes_to_csr_f32", &codes_to_csr<float>);
   m.def("codes_to_csr_f64", &codes_to_csr<double>);
   m.def("gemm_f32", &gemm<float>);

@@ -5,9 +5,16 @@
 """
 
 from ._version import __version__
+from .dictionary import DictionaryLearning, dict_learning
 from .omp import sparse_encode
 
-__all__ = ["__version__", "sparse_encode", "show_config"]
+__all__ = [
+    "__version__",
+    "DictionaryLearning",
+    "dict_learning",
+    "show_config",
+    "sparse_encode",
+]
 
 
 def show_config():

@@ -127,3 +127,22 @@ def check_n_threads(n_threads):
     if n < 1:
         raise ValueError(f"n_threads must be None, -1 or a positive integer; got {n}")
     return n
+
+
+def check_random_state(random_state, name="random_state"):
+    """Return a ``numpy.random.Generator`` for ``random_state``.
+
+    ``None`` draws fresh entropy; an int seeds a new generator (the same int, the same stream); a
+    ``Generator`` is used as is; a legacy ``RandomState`` seeds a new generator from one draw.
+    """
+    if random_state is None or isinstance(random_state, np.random.Generator):
+        return np.random.default_rng(random_state)
+    if isinstance(random_state, np.random.RandomState):
+        return np.random.default_rng(random_state.randint(0, 2**31 - 1))
+    if isinstance(random_state, (bool, np.bool_)) or not isinstance(random_state, numbers.Integral):
+        raise TypeError(
+            f"{name} must be None, an int, a numpy Generator or RandomState; got {random_state!r}"
+        )
+    if random_state < 0:
+        raise ValueError(f"{name} must be a non-negative integer; got {random_state}")
+    return np.random.default_rng(operator.index(random_state))
