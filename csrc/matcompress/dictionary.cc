@@ -93,13 +93,21 @@ bool set_atom(T* atom, const T* x, index_t m) {
 
 // Pairs (a, b), a < b, of atoms with |<d_a, d_b>| > threshold, in row-major order of the Gram
 // matrix (computed by GEMM outside any OpenMP region).
+// `G` receives D D^T when given (size k * k).
 template <typename T>
 std::vector<std::pair<index_t, index_t>> duplicate_pairs(const Gemm<T>& gemm, const T* D,
-                                                         index_t k, index_t m, double threshold) {
+                                                         index_t k, index_t m, double threshold,
+                                                         T* G = nullptr) {
   std::vector<std::pair<index_t, index_t>> pairs;
-  if (!(threshold < 1.0) || k < 2) return pairs;
-  std::vector<T> G(static_cast<size_t>(k * k));
-  gemm(false, true, k, k, m, T(1), D, m, D, m, T(0), G.data(), k);
+  const bool check = threshold < 1.0 && k >= 2;
+  if (!check && G == nullptr) return pairs;
+  std::vector<T> own;
+  if (G == nullptr) {
+    own.resize(static_cast<size_t>(k * k));
+    G = own.data();
+  }
+  gemm(false, true, k, k, m, T(1), D, m, D, m, T(0), G, k);
+  if (!check) return pairs;
   for (index_t a = 0; a < k; ++a)
     for (index_t b = a + 1; b < k; ++b)
       if (std::abs(G[a * k + b]) > threshold) pairs.emplace_back(a, b);
@@ -232,9 +240,9 @@ DictStepStats batch_dictionary_step(DictUpdate method, const Gemm<T>& gemm,
   const int nt = resolve_threads_for_work(o.n_threads, double(n) * double(m) * double(smax + 1),
                                           2e6);
   DictStepStats st;
-  recompute_residuals(s, nt);
   AtomLists lists = atom_lists(s.codes, n, k);
   if (method == DictUpdate::ksvd) {
+    recompute_residuals(s, nt);
     ksvd_update(s, lists, atom_order);
     parallel_for(0, n, nt, 256, [&](index_t i, int) {
       s.row_error[i] = dot(s.residual + i * m, s.residual + i * m, m);
@@ -309,7 +317,7 @@ DictStepStats batch_dictionary_step(DictUpdate method, const Gemm<T>& gemm,
 template <typename T>
 OnlineStepStats online_dictionary_step(const Gemm<T>& gemm, const OnlineDictState<T>& s,
                                        const T* X, index_t n, const CompactCodes<T>& c, T beta,
-                                       T weight, const DictStepOptions& o) {
+                                       T weight, const DictStepOptions& o, T* gram) {
   const index_t m = s.n_features, k = s.n_components, smax = c.max_atoms;
   MC_CHECK(n >= 1 && m >= 1 && k >= 1, "online_dictionary_step: bad sizes");
   MC_CHECK(X && s.dictionary && s.A && s.B, "online_dictionary_step: missing arrays");
@@ -389,7 +397,7 @@ OnlineStepStats online_dictionary_step(const Gemm<T>& gemm, const OnlineDictStat
       replaced[a] = 1;
       victims.push_back(a);
     }
-  for (const auto& pr : duplicate_pairs(gemm, D, k, m, o.duplicate_threshold)) {
+  for (const auto& pr : duplicate_pairs(gemm, D, k, m, o.duplicate_threshold, gram)) {
     if (replaced[pr.first] || replaced[pr.second]) continue;
     const index_t j =
         A[pr.second * k + pr.second] <= A[pr.first * k + pr.first] ? pr.second : pr.first;
@@ -404,6 +412,9 @@ OnlineStepStats online_dictionary_step(const Gemm<T>& gemm, const OnlineDictStat
       if (!set_atom(D + j * m, X + worst[w] * m, m)) continue;
       for (index_t l = 0; l < k; ++l) A[j * k + l] = A[l * k + j] = T(0);
       std::fill(B + j * m, B + (j + 1) * m, T(0));
+      if (gram != nullptr)  // row and column j of D D^T for the new atom
+        for (index_t l = 0; l < k; ++l)
+          gram[j * k + l] = gram[l * k + j] = dot(D + j * m, D + l * m, m);
       ++v;
       ++st.n_replaced;
     }
@@ -418,7 +429,7 @@ OnlineStepStats online_dictionary_step(const Gemm<T>& gemm, const OnlineDictStat
                                                   const DictStepOptions&);                    \
   template OnlineStepStats online_dictionary_step<T>(const Gemm<T>&, const OnlineDictState<T>&, \
                                                      const T*, index_t, const CompactCodes<T>&, \
-                                                     T, T, const DictStepOptions&);
+                                                     T, T, const DictStepOptions&, T*);
 MC_INSTANTIATE(float)
 MC_INSTANTIATE(double)
 #undef MC_INSTANTIATE

@@ -88,9 +88,13 @@ struct OnlineStepStats {
 /// pair are replaced by the batch's worst-represented signals and their statistics cleared.
 /// @param X      the mini-batch, size n * n_features
 /// @param codes  its OMP codes over the current dictionary (n rows)
+/// @param gram   optional out: the updated dictionary's Gram matrix D D^T, size
+///               n_components^2 (computed anyway to find duplicates; the next batch's coding
+///               can reuse it)
 template <typename T>
 OnlineStepStats online_dictionary_step(const Gemm<T>& gemm, const OnlineDictState<T>& state,
                                        const T* X, index_t n, const CompactCodes<T>& codes,
-                                       T beta, T weight, const DictStepOptions& options);
+                                       T beta, T weight, const DictStepOptions& options,
+                                       T* gram = nullptr);
 
 }  // namespace matcompress

@@ -320,7 +320,8 @@ template <typename T>
 py::tuple online_step(const carray<T>& X, const py::array& indices, const py::array& values,
                       const py::array& nnz, const py::array& D, const py::array& A,
                       const py::array& B, double beta, double weight,
-                      double duplicate_threshold, int n_threads) {
+                      double duplicate_threshold, int n_threads,
+                      const std::optional<py::array>& gram) {
   require(X.ndim() == 2, "X must be 2-D");
   const py::ssize_t n = X.shape(0), m = X.shape(1);
   require(D.ndim() == 2, "dictionary must be 2-D");
@@ -332,6 +333,7 @@ py::tuple online_step(const carray<T>& X, const py::array& indices, const py::ar
   s.A = inplace<T>(A, "A", {k, k});
   s.B = inplace<T>(B, "B", {k, m});
   const mc::CompactCodes<T> c = compact_codes<T>(indices, values, nnz, n, "codes");
+  T* gram_out = gram ? inplace<T>(*gram, "gram", {k, k}) : nullptr;
   mc::DictStepOptions o;
   o.n_threads = n_threads;
   o.duplicate_threshold = duplicate_threshold;
@@ -340,7 +342,7 @@ py::tuple online_step(const carray<T>& X, const py::array& indices, const py::ar
     py::gil_scoped_release nogil;
     BlasOneThread one_blas_thread;
     const mc::FortranGemm<T> gemm(scipy_gemm_fn<T>());
-    st = mc::online_dictionary_step<T>(gemm, s, X.data(), n, c, T(beta), T(weight), o);
+    st = mc::online_dictionary_step<T>(gemm, s, X.data(), n, c, T(beta), T(weight), o, gram_out);
   }
   return py::make_tuple(st.sq_error, st.n_replaced);
 }
@@ -405,8 +407,14 @@ PYBIND11_MODULE(_core, m) {
         py::arg("dense") = false);
   m.def("dictionary_step_f32", &dictionary_step<float>);
   m.def("dictionary_step_f64", &dictionary_step<double>);
-  m.def("online_step_f32", &online_step<float>);
-  m.def("online_step_f64", &online_step<double>);
+  m.def("online_step_f32", &online_step<float>, py::arg("X"), py::arg("indices"),
+        py::arg("values"), py::arg("nnz"), py::arg("dictionary"), py::arg("A"), py::arg("B"),
+        py::arg("beta"), py::arg("weight"), py::arg("duplicate_threshold"), py::arg("n_threads"),
+        py::arg("gram") = py::none());
+  m.def("online_step_f64", &online_step<double>, py::arg("X"), py::arg("indices"),
+        py::arg("values"), py::arg("nnz"), py::arg("dictionary"), py::arg("A"), py::arg("B"),
+        py::arg("beta"), py::arg("weight"), py::arg("duplicate_threshold"), py::arg("n_threads"),
+        py::arg("gram") = py::none());
   m.def("codes_to_csr_f32", &codes_to_csr<float>);
   m.def("codes_to_csr_f64", &codes_to_csr<double>);
   m.def("gemm_f32", &gemm<float>);
