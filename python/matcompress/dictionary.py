@@ -173,8 +173,13 @@ def _batch_learning(X, D, s, method, max_iter, tol, rng, n_threads, progress):
 class _OnlineState:
     """Mairal et al.'s online learner: dictionary, sufficient statistics A and B, batch count."""
 
-    def __init__(self, dictionary, n_nonzero_coefs, batch_size, n_threads):
+    # A warm start (a dictionary that is already good) counts as this many earlier batches.
+    WARM_BATCHES = 10
+
+    def __init__(self, dictionary, n_nonzero_coefs, batch_size, n_threads, *, warm=False):
         self.dictionary = np.array(dictionary, order="C")
+        self.warm = warm
+        self.t_offset = 0
         k, n_features = self.dictionary.shape
         self.A = np.zeros((k, k), dtype=self.dictionary.dtype)
         self.B = np.zeros((k, n_features), dtype=self.dictionary.dtype)
@@ -183,6 +188,19 @@ class _OnlineState:
         self.n_nonzero_coefs = n_nonzero_coefs
         self.batch_size = batch_size
         self.n_threads = n_threads
+
+    def _warm_prior(self, values, n):
+        """Statistics for which the current dictionary is already the solution (A = a I,
+        B = a D, a = the first batch's mean code energy per atom), weighted as WARM_BATCHES
+        earlier batches: the first mini-batches refine a given dictionary instead of replacing
+        it with a fit to themselves."""
+        k = self.A.shape[0]
+        a = float(np.einsum("ij,ij->", values, values, dtype=np.float64)) / (n * k)
+        if a > 0:
+            self.A[...] = 0
+            self.A[np.diag_indices(k)] = a
+            self.B[...] = a * self.dictionary
+            self.t_offset = self.WARM_BATCHES
 
     def pass_over(self, X, order=None):
         """One pass over X in mini-batches (in `order` if given). Returns the summed squared
@@ -199,8 +217,10 @@ class _OnlineState:
             )
             if self.gram is None:
                 self.gram = np.empty((self.A.shape[0],) * 2, dtype=self.A.dtype)
+            if self.warm and self.n_batches == 0:
+                self._warm_prior(values, batch.shape[0])
             self.n_batches += 1
-            t = self.n_batches
+            t = self.n_batches + self.t_offset
             # Mairal et al.'s forgetting: batch tau weighs (tau / t) ** rho in A and B at step t.
             sq_error, _ = step(batch, indices, values, nnz, self.dictionary, self.A, self.B,
                                (1.0 - 1.0 / t) ** _FORGET_RHO, 1.0 / batch.shape[0],
@@ -524,7 +544,9 @@ class DictionaryLearning(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
     def partial_fit(self, X, y=None):
         """Refine the dictionary with one pass of online updates over ``X``, in mini-batches
         of ``batch_size`` rows in the order given. Works whatever ``method`` is, so a dictionary
-        fitted by K-SVD can keep learning from a stream. Returns self."""
+        fitted by K-SVD can keep learning from a stream: the first call after ``fit`` starts the
+        online statistics as if ``components_`` had come from a few earlier mini-batches, so it
+        refines the fitted dictionary rather than refitting it to one batch. Returns self."""
         first = not hasattr(self, "components_")
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=first)
         online = getattr(self, "_online", None)
@@ -545,7 +567,8 @@ class DictionaryLearning(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
                 warn_few_samples=first,
             )
             D = init if init is not None else _initial_dictionary(X, s_components, rng)
-            online = _OnlineState(D, s, batch_size, n_threads)
+            # A fitted dictionary is refined; an initial one (dict_init or samples) starts cold.
+            online = _OnlineState(D, s, batch_size, n_threads, warm=not first)
             self._online = online
             if first:
                 self.error_ = np.zeros(0)
