@@ -8,15 +8,21 @@
 namespace matcompress {
 namespace {
 
+// Eight independent partial sums: one accumulator would chain every add on the previous one
+// (the rows here are short, so latency, not throughput, would bound the loop).
 template <typename T>
-T dot(const T* a, const T* b, index_t n) {
-  T s = 0;
-  for (index_t i = 0; i < n; ++i) s += a[i] * b[i];
+T dot(const T* __restrict a, const T* __restrict b, index_t n) {
+  T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  index_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int l = 0; l < 8; ++l) acc[l] += a[i + l] * b[i + l];
+  T s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+  for (; i < n; ++i) s += a[i] * b[i];
   return s;
 }
 
 template <typename T>
-void axpy(T alpha, const T* x, T* y, index_t n) {
+void axpy(T alpha, const T* __restrict x, T* __restrict y, index_t n) {
   for (index_t i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
 
