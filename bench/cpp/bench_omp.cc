@@ -27,23 +27,8 @@
 #include <string>
 #include <vector>
 
-#include "matcompress/blas.h"
-#include "matcompress/cpu.h"
+#include "bench_common.h"
 #include "matcompress/omp.h"
-
-extern "C" {
-// Fortran BLAS (LP64), with the argument list of matcompress::FortranGemm<T>::Fn.
-void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
-            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
-            const float* beta, float* c, const int* ldc);
-void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
-            const double* alpha, const double* a, const int* lda, const double* b,
-            const int* ldb, const double* beta, double* c, const int* ldc);
-// OpenBLAS only; null when the linked BLAS is another one.
-void openblas_set_num_threads(int) __attribute__((weak));
-int openblas_get_num_threads(void) __attribute__((weak));
-char* openblas_get_config(void) __attribute__((weak));
-}
 
 namespace mc = matcompress;
 
@@ -60,18 +45,8 @@ constexpr CaseDef kCases[] = {
 };
 constexpr std::uint64_t kSeed = 20240611;
 
-template <typename T>
-typename mc::FortranGemm<T>::Fn fortran_gemm();
-template <>
-mc::FortranGemm<float>::Fn fortran_gemm<float>() { return &sgemm_; }
-template <>
-[[maybe_unused]] mc::FortranGemm<double>::Fn fortran_gemm<double>() { return &dgemm_; }
-
-bool set_blas_threads(int n) {
-  if (openblas_set_num_threads == nullptr) return false;
-  openblas_set_num_threads(n);
-  return true;
-}
+using mcbench::fortran_gemm;
+using mcbench::set_blas_threads;
 
 template <typename T>
 struct Problem {
@@ -194,16 +169,4 @@ BENCHMARK(BM_gemm_projection<float>)
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  benchmark::AddCustomContext("matcompress_isa", mc::isa_name(mc::active_isa()));
-  benchmark::AddCustomContext("openmp_max_threads", std::to_string(mc::default_threads()));
-  if (openblas_get_config != nullptr)
-    benchmark::AddCustomContext("blas", openblas_get_config());
-  else
-    benchmark::AddCustomContext("blas", "not OpenBLAS: BLAS thread count not pinned");
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}
+int main(int argc, char** argv) { return mcbench::run_benchmarks(argc, argv); }
