@@ -5,10 +5,19 @@ import doctest
 import pytest
 
 import matcompress.demo
+import matcompress.dictionary
 import matcompress.omp
 
 
-@pytest.mark.parametrize("module", [matcompress.omp, matcompress.demo], ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "module",
+    [
+        matcompress.omp,
+        matcompress.demo,
+        matcompress.dictionary,
+    ],
+    ids=lambda m: m.__name__,
+)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0, f"{module.__name__} has no examples"

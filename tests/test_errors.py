@@ -458,3 +458,261 @@ def test_core_errors_leave_the_module_usable(problem):
         with pytest.raises(ValueError):
             _core.sparse_encode_omp_f64(X, D, None, None, K + 1, False, 0.0, 2)
     assert mc.sparse_encode(X, D, n_nonzero_coefs=2).shape == (N, K)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dictionary learning: dict_learning and DictionaryLearning
+# ---------------------------------------------------------------------------------------------
+
+DL_N, DL_M, DL_K = 40, 6, 8  # n_samples, n_features, n_components of the valid baseline
+
+
+@pytest.fixture
+def dl_X():
+    return make_gaussian_signals(np.random.default_rng(0), DL_N, DL_M)
+
+
+def _learn(X, n_components=DL_K, **kwargs):
+    kwargs.setdefault("n_nonzero_coefs", 2)
+    kwargs.setdefault("max_iter", 2)
+    kwargs.setdefault("random_state", 0)
+    return mc.dict_learning(X, n_components, **kwargs)
+
+
+@pytest.mark.parametrize("method", ["ksvd", "mod", "online"])
+def test_dl_baseline_problem_is_valid(dl_X, method):
+    codes, D, errors = _learn(dl_X, method=method, dict_init=np.eye(DL_K, DL_M) + 0.1)
+    assert codes.shape == (DL_N, DL_K) and D.shape == (DL_K, DL_M) and len(errors) >= 1
+
+
+@pytest.mark.parametrize("value", [0, -1, -100])
+def test_dl_n_components_too_small(dl_X, value):
+    with pytest.raises(ValueError, match=r"^n_components must be >= 1; got"):
+        _learn(dl_X, value)
+    with pytest.raises(ValueError, match=r"^n_components must be >= 1"):
+        mc.DictionaryLearning(value).fit(dl_X)
+
+
+@pytest.mark.parametrize("value", [2.5, 8.0, "8", None, True, np.float64(8.0), [8]])
+def test_dl_n_components_not_an_integer(dl_X, value):
+    with pytest.raises(TypeError, match=r"^n_components must be an integer"):
+        _learn(dl_X, value)
+
+
+def test_dl_n_nonzero_coefs_above_n_components(dl_X):
+    # 4 atoms, 6 features: n_components is the binding limit.
+    with pytest.raises(ValueError, match=r"^n_nonzero_coefs must be <= n_components=4; got 5"):
+        _learn(dl_X, 4, n_nonzero_coefs=5)
+    assert _learn(dl_X, 4, n_nonzero_coefs=4)[0].shape == (DL_N, 4)  # the limit itself is fine
+
+
+def test_dl_n_nonzero_coefs_above_n_features(dl_X):
+    # 8 atoms, 6 features: n_features is the binding limit.
+    with pytest.raises(ValueError, match=r"^n_nonzero_coefs must be <= n_features=6 .*; got 7"):
+        _learn(dl_X, n_nonzero_coefs=DL_M + 1)
+    with pytest.raises(ValueError, match=r"^n_nonzero_coefs must be <= n_features=6"):
+        mc.DictionaryLearning(DL_K, n_nonzero_coefs=DL_M + 1).fit(dl_X)
+    assert _learn(dl_X, n_nonzero_coefs=DL_M)[0].shape == (DL_N, DL_K)
+
+
+@pytest.mark.parametrize(("value", "exc"), [(0, ValueError), (-2, ValueError), (1.5, TypeError),
+                                            (True, TypeError)])
+def test_dl_n_nonzero_coefs_invalid(dl_X, value, exc):
+    with pytest.raises(exc, match=r"^n_nonzero_coefs must be"):
+        _learn(dl_X, n_nonzero_coefs=value)
+
+
+@pytest.mark.parametrize("shape", [(DL_K, DL_M + 1), (DL_K + 1, DL_M), (DL_M, DL_K), (1, DL_M)])
+def test_dl_dict_init_of_the_wrong_shape(dl_X, shape):
+    with pytest.raises(ValueError, match=r"^dict_init must have shape \(n_components, n_features\) = \(8, 6\); got"):
+        _learn(dl_X, dict_init=np.ones(shape))
+
+
+@pytest.mark.parametrize("ndim", [1, 3])
+def test_dl_dict_init_wrong_ndim(dl_X, ndim):
+    init = np.ones((DL_K, DL_M))
+    with pytest.raises(ValueError, match=r"^dict_init must be 2-D"):
+        _learn(dl_X, dict_init=init[0] if ndim == 1 else init[None])
+
+
+def test_dl_dict_init_with_zero_rows(dl_X):
+    init = np.ones((DL_K, DL_M))
+    init[[2, 5]] = 0
+    with pytest.raises(ValueError, match=r"^dict_init has zero-norm rows \[2, 5\]"):
+        _learn(dl_X, dict_init=init)
+    with pytest.raises(ValueError, match=r"^dict_init has zero-norm rows \[2, 5\]"):
+        mc.DictionaryLearning(DL_K, n_nonzero_coefs=2, dict_init=init).partial_fit(dl_X)
+
+
+@pytest.mark.parametrize(("bad", "what"), [(np.nan, "NaN"), (np.inf, "infinity")])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dl_dict_init_non_finite(dl_X, bad, what, dtype):
+    init = np.ones((DL_K, DL_M))
+    init[3, 1] = bad
+    with pytest.raises(ValueError, match=rf"^dict_init contains {what}"):
+        _learn(dl_X.astype(dtype), dict_init=init)
+
+
+def test_dl_dict_init_complex(dl_X):
+    with pytest.raises(TypeError, match=r"^dict_init must be real"):
+        _learn(dl_X, dict_init=np.ones((DL_K, DL_M)) + 0j)
+
+
+@pytest.mark.parametrize("method", ["ksvd", "mod", "online"])
+def test_dl_fewer_samples_than_components_warns_but_works(method):
+    X = make_gaussian_signals(np.random.default_rng(1), 5, DL_M)
+    with pytest.warns(UserWarning, match=r"n_samples=5 is smaller than n_components=8"):
+        codes, D, errors = _learn(X, method=method)
+    assert codes.shape == (5, DL_K) and D.shape == (DL_K, DL_M)
+    assert np.all(np.isfinite(D)) and np.allclose(np.linalg.norm(D, axis=1), 1.0)
+    with pytest.warns(UserWarning, match=r"n_samples=5 is smaller than n_components=8"):
+        mc.DictionaryLearning(DL_K, n_nonzero_coefs=2, method=method, max_iter=2).fit(X)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("bad", "what"), [(np.nan, "NaN"), (np.inf, "infinity"), (-np.inf, "infinity")])
+def test_dl_non_finite_X(dl_X, bad, what, dtype):
+    X = _with(dl_X, (4, 2), bad).astype(dtype)
+    with pytest.raises(ValueError, match=rf"^X contains {what}"):
+        _learn(X)
+
+
+@pytest.mark.parametrize("method", ["fit", "partial_fit", "fit_transform"])
+def test_dl_estimator_non_finite_X(dl_X, method):
+    # scikit-learn's validate_data: its message names the input X too.
+    with pytest.raises(ValueError, match=r"Input X contains NaN"):
+        getattr(mc.DictionaryLearning(DL_K, n_nonzero_coefs=2), method)(_with(dl_X, (0, 0), np.nan))
+
+
+def test_dl_complex_X(dl_X):
+    with pytest.raises(TypeError, match=r"^X must be real"):
+        _learn(dl_X + 1j)
+
+
+@pytest.mark.parametrize("kind", ["object", "str", "datetime"])
+def test_dl_non_numeric_X(dl_X, kind):
+    bad = {"object": dl_X.astype(object), "str": dl_X.astype(str),
+           "datetime": np.zeros(dl_X.shape, dtype="datetime64[s]")}[kind]
+    with pytest.raises(TypeError, match=r"^X must be a numeric array"):
+        _learn(bad)
+
+
+@pytest.mark.parametrize("ndim", [0, 1, 3])
+def test_dl_X_wrong_ndim(dl_X, ndim):
+    bad = {0: dl_X[0, 0], 1: dl_X[0], 3: dl_X[None]}[ndim]
+    with pytest.raises(ValueError, match=r"^X must be 2-D; got an array of shape"):
+        _learn(bad)
+
+
+@pytest.mark.parametrize("shape", [(0, DL_M), (DL_N, 0), (0, 0)])
+def test_dl_empty_X(shape):
+    with pytest.raises(ValueError, match=r"^X is empty"):
+        _learn(np.zeros(shape))
+
+
+def test_dl_none_and_sparse_X(dl_X):
+    with pytest.raises(TypeError, match=r"^X must be an array, got None"):
+        _learn(None)
+    with pytest.raises(TypeError, match=r"^X must be a dense array"):
+        _learn(scipy.sparse.csr_array(dl_X))
+
+
+@pytest.mark.parametrize("value", ["KSVD", "k-svd", "lars", "", None, 1])
+def test_dl_unknown_method(dl_X, value):
+    with pytest.raises(ValueError, match=r"^method must be one of \('ksvd', 'mod', 'online'\); got"):
+        _learn(dl_X, method=value)
+    with pytest.raises(ValueError, match=r"^method must be one of"):
+        mc.DictionaryLearning(DL_K, n_nonzero_coefs=2, method=value).fit(dl_X)
+
+
+@pytest.mark.parametrize(("value", "exc"), [(-1, ValueError), (-100, ValueError), (2.0, TypeError),
+                                            (None, TypeError), (True, TypeError)])
+def test_dl_bad_max_iter(dl_X, value, exc):
+    with pytest.raises(exc, match=r"^max_iter must be"):
+        _learn(dl_X, max_iter=value)
+
+
+@pytest.mark.parametrize(("value", "exc", "msg"), [(-1e-12, ValueError, "must be >= 0"),
+                                                   (-1.0, ValueError, "must be >= 0"),
+                                                   (np.nan, ValueError, "must be finite"),
+                                                   (np.inf, ValueError, "must be finite"),
+                                                   ("0.1", TypeError, "must be a real number"),
+                                                   (None, TypeError, "must be a real number")])
+def test_dl_bad_tol(dl_X, value, exc, msg):
+    with pytest.raises(exc, match=rf"^tol {msg}"):
+        _learn(dl_X, tol=value)
+
+
+@pytest.mark.parametrize(("value", "exc"), [(0, ValueError), (-5, ValueError), (1.5, TypeError),
+                                            (None, TypeError)])
+def test_dl_bad_batch_size(dl_X, value, exc):
+    # Checked for every method, not only "online" (where it is used).
+    with pytest.raises(exc, match=r"^batch_size must be"):
+        _learn(dl_X, batch_size=value)
+    with pytest.raises(exc, match=r"^batch_size must be"):
+        mc.DictionaryLearning(DL_K, n_nonzero_coefs=2, batch_size=value).partial_fit(dl_X)
+
+
+@pytest.mark.parametrize("value", [1, "print", [print], np.zeros(3)])
+def test_dl_callback_not_callable(dl_X, value):
+    with pytest.raises(TypeError, match=r"^callback must be callable or None"):
+        _learn(dl_X, callback=value)
+
+
+@pytest.mark.parametrize("value", ["yes", None, 1.0, [True]])
+def test_dl_verbose_not_a_bool(dl_X, value):
+    with pytest.raises(TypeError, match=r"^verbose must be a bool or an int"):
+        _learn(dl_X, verbose=value)
+
+
+@pytest.mark.parametrize(("value", "exc"), [(-1, ValueError), (1.5, TypeError), ("0", TypeError),
+                                            (True, TypeError), (np.random, TypeError)])
+def test_dl_bad_random_state(dl_X, value, exc):
+    with pytest.raises(exc, match=r"^random_state must be"):
+        _learn(dl_X, random_state=value)
+
+
+def test_dl_random_state_types_accepted(dl_X):
+    a = _learn(dl_X, random_state=np.int64(3))
+    b = _learn(dl_X, random_state=np.random.default_rng(3))
+    c = _learn(dl_X, random_state=np.random.RandomState(3))
+    np.testing.assert_array_equal(a[1], b[1])
+    assert c[1].shape == (DL_K, DL_M)
+
+
+@pytest.mark.parametrize(("value", "exc"), [(0, ValueError), (-2, ValueError), (1.5, TypeError),
+                                            (True, TypeError)])
+def test_dl_bad_n_threads(dl_X, value, exc):
+    with pytest.raises(exc, match=r"^n_threads must be"):
+        _learn(dl_X, n_threads=value)
+
+
+def test_dl_keyword_only(dl_X):
+    with pytest.raises(TypeError):
+        mc.dict_learning(dl_X, DL_K, 2)  # n_nonzero_coefs, method, ... are keyword-only
+
+
+def test_dl_transform_before_fit():
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError, match="DictionaryLearning instance is not fitted yet"):
+        mc.DictionaryLearning(DL_K).transform(np.ones((3, DL_M)))
+
+
+@pytest.mark.parametrize("method", ["transform", "partial_fit"])
+def test_dl_wrong_number_of_features_after_fit(dl_X, method):
+    est = mc.DictionaryLearning(DL_K, n_nonzero_coefs=2, max_iter=2, random_state=0).fit(dl_X)
+    components = est.components_.copy()
+    for bad in (dl_X[:, :-1], np.hstack([dl_X, dl_X[:, :1]])):
+        expected = rf"^X has {bad.shape[1]} features, but DictionaryLearning is expecting {DL_M}"
+        with pytest.raises(ValueError, match=expected):
+            getattr(est, method)(bad)
+    np.testing.assert_array_equal(est.components_, components)  # nothing changed
+
+
+def test_dl_errors_leave_the_estimator_usable(dl_X):
+    est = mc.DictionaryLearning(DL_K, n_nonzero_coefs=2, max_iter=2, random_state=0)
+    for _ in range(3):
+        with pytest.raises(ValueError):
+            est.fit(dl_X[:, :0])
+    assert est.fit(dl_X).transform(dl_X).shape == (DL_N, DL_K)

@@ -26,6 +26,19 @@ void axpy(T alpha, const T* __restrict x, T* __restrict y, index_t n) {
   for (index_t i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
 
+// ||v||, scaled so that squaring cannot overflow or underflow (v's entries may be as large as the
+// type allows: K-SVD's update vector grows like |X|^2).
+template <typename T>
+T safe_norm(const T* v, index_t n) {
+  T mx = 0;
+  for (index_t i = 0; i < n; ++i) mx = std::max(mx, std::abs(v[i]));
+  if (!(mx > T(0)) || !std::isfinite(mx)) return mx;
+  const T inv = T(1) / mx;
+  T s = 0;
+  for (index_t i = 0; i < n; ++i) s += (v[i] * inv) * (v[i] * inv);
+  return mx * std::sqrt(s);
+}
+
 // r = x - sum_t values[t] * D[indices[t]]; returns ||r||^2.
 template <typename T>
 T residual_row(const T* x, const int32_t* indices, const T* values, index_t cnt, const T* D,
@@ -91,7 +104,7 @@ std::vector<index_t> worst_signals(const T* row_error, index_t n, index_t m) {
 // Atom j <- x / ||x||. Returns false (atom unchanged) for a zero signal.
 template <typename T>
 bool set_atom(T* atom, const T* x, index_t m) {
-  const T nrm = std::sqrt(dot(x, x, m));
+  const T nrm = safe_norm(x, m);
   if (!(nrm > T(0)) || !std::isfinite(nrm)) return false;
   for (index_t i = 0; i < m; ++i) atom[i] = x[i] / nrm;
   return true;
@@ -158,7 +171,7 @@ void ksvd_update(const BatchDictState<T>& s, const AtomLists& lists, const int32
       gg += g * g;
     }
     axpy(gg, dj, u.data(), m);
-    const T nrm = std::sqrt(dot(u.data(), u.data(), m));
+    const T nrm = safe_norm(u.data(), m);
     if (!(nrm > T(0)) || !std::isfinite(nrm)) continue;
     for (index_t f = 0; f < m; ++f) d[f] = u[f] / nrm;
     const T c = dot(dj, d.data(), m);
@@ -212,7 +225,7 @@ void mod_update(const BatchDictState<T>& s, const PosvSolver<T>& posv, const Ato
   if (!solved) return;  // keep the dictionary: the codes are unusable for a least-squares fit
   for (index_t a = 0; a < k; ++a) {
     const T* b = Bw.data() + a * m;
-    const T nrm = std::sqrt(dot(b, b, m));
+    const T nrm = safe_norm(b, m);
     const bool ok = nrm > T(0) && std::isfinite(nrm);
     if (ok)
       for (index_t f = 0; f < m; ++f) s.dictionary[a * m + f] = b[f] / nrm;
@@ -257,15 +270,17 @@ DictStepStats batch_dictionary_step(DictUpdate method, const Gemm<T>& gemm,
     mod_update(s, posv, lists, o.n_threads);
     recompute_residuals(s, nt);
   }
-  const double updated = total(s.row_error, n);
 
-  // Atom replacement. An unused atom can be replaced for free; removing a duplicate atom from the
-  // codes adds sum_i (2 g_i <r_i, d_j> + g_i^2) to the error, allowed within this step's decrease.
+  // Atom replacement. Unused atoms cost nothing to replace. Of two duplicates (|cos| = |c| >
+  // threshold) the less used one, j, is merged into its twin i: each of j's coefficients g moves
+  // to i as c g, which changes that signal's residual by g (c d_i - d_j), of squared norm
+  // g^2 (1 - c^2) (at most 2% of g^2 at the default threshold). Twins are kept out of later pairs
+  // of the same pass, so no moved coefficient lands on an atom that is replaced afterwards.
   std::vector<index_t> uses(static_cast<size_t>(k), 0);
   for (index_t a = 0; a < k; ++a)
     for (index_t p = lists.ptr[a]; p < lists.ptr[a + 1]; ++p)
       uses[a] += s.codes.values[lists.entries[p]] != T(0);
-  std::vector<char> replaced(static_cast<size_t>(k), 0);
+  std::vector<char> replaced(static_cast<size_t>(k), 0), twin(static_cast<size_t>(k), 0);
   std::vector<index_t> victims;
   for (index_t a = 0; a < k; ++a)
     if (uses[a] == 0) {
@@ -273,28 +288,32 @@ DictStepStats batch_dictionary_step(DictUpdate method, const Gemm<T>& gemm,
       victims.push_back(a);
     }
   st.n_unused = static_cast<index_t>(victims.size());
-  double budget = o.previous_sq_error - updated;
-  for (const auto& pr : duplicate_pairs(gemm, s.dictionary, k, m, o.duplicate_threshold)) {
-    if (replaced[pr.first] || replaced[pr.second]) continue;
-    const index_t j = uses[pr.second] <= uses[pr.first] ? pr.second : pr.first;
-    const T* dj = s.dictionary + j * m;
-    double cost = 0;
+  std::vector<T> G(static_cast<size_t>(k * k));
+  // The worst-represented signals are chosen from the errors before any merge: a merge makes the
+  // merged signals look worse than they are (their twin atom still represents them).
+  std::vector<T> error_before(s.row_error, s.row_error + n);
+  for (const auto& pr : duplicate_pairs(gemm, s.dictionary, k, m, o.duplicate_threshold,
+                                        G.data())) {
+    if (replaced[pr.first] || replaced[pr.second] || twin[pr.first] || twin[pr.second]) continue;
+    const bool second = uses[pr.second] <= uses[pr.first];
+    const index_t j = second ? pr.second : pr.first, i = second ? pr.first : pr.second;
+    const T c = G[pr.first * k + pr.second];
     for (index_t p = lists.ptr[j]; p < lists.ptr[j + 1]; ++p) {
-      const index_t o_ = lists.entries[p];
-      const T g = s.codes.values[o_];
-      cost += 2.0 * double(g) * double(dot(s.residual + (o_ / smax) * m, dj, m)) +
-              double(g) * double(g);
-    }
-    if (!(cost <= budget)) continue;
-    budget -= cost;
-    for (index_t p = lists.ptr[j]; p < lists.ptr[j + 1]; ++p) {
-      const index_t o_ = lists.entries[p];
-      T* r = s.residual + (o_ / smax) * m;
-      axpy(s.codes.values[o_], dj, r, m);
-      s.row_error[o_ / smax] = dot(r, r, m);
-      s.codes.values[o_] = T(0);
+      const index_t o_ = lists.entries[p], row = o_ / smax;
+      int32_t* idx = s.codes.indices + row * smax;
+      T* val = s.codes.values + row * smax;
+      index_t q = 0;
+      while (q < s.codes.nnz[row] && idx[q] != i) ++q;
+      if (q < s.codes.nnz[row]) {  // the signal uses the twin already: add to it
+        val[q] += c * s.codes.values[o_];
+        s.codes.values[o_] = T(0);  // dropped with atom j below
+      } else {                      // the entry becomes the twin's
+        s.codes.indices[o_] = static_cast<int32_t>(i);
+        s.codes.values[o_] *= c;
+      }
     }
     replaced[j] = 1;
+    twin[i] = 1;
     victims.push_back(j);
     ++st.n_duplicates;
   }
@@ -312,9 +331,10 @@ DictStepStats batch_dictionary_step(DictUpdate method, const Gemm<T>& gemm,
       s.codes.nnz[i] = w;
     });
     const std::vector<index_t> worst =
-        worst_signals(s.row_error, n, static_cast<index_t>(victims.size()));
+        worst_signals(error_before.data(), n, static_cast<index_t>(victims.size()));
     for (size_t v = 0, w = 0; v < victims.size() && w < worst.size(); ++w)
       if (set_atom(s.dictionary + victims[v] * m, s.X + worst[w] * m, m)) ++v;
+    if (st.n_duplicates > 0) recompute_residuals(s, nt);
   }
   st.sq_error = total(s.row_error, n);
   return st;
@@ -382,7 +402,7 @@ OnlineStepStats online_dictionary_step(const Gemm<T>& gemm, const OnlineDictStat
       for (index_t f = 0; f < m; ++f) u[f] = B[j * m + f] - cj[f];
       for (index_t l = j0; l < j; ++l) axpy(-A[j * k + l], delta.data() + (l - j0) * m, u.data(), m);
       for (index_t f = 0; f < m; ++f) u[f] = dj[f] + u[f] / ajj;
-      const T nrm = std::sqrt(dot(u.data(), u.data(), m));
+      const T nrm = safe_norm(u.data(), m);
       if (!(nrm > T(0)) || !std::isfinite(nrm)) continue;
       for (index_t f = 0; f < m; ++f) {
         const T dn = u[f] / nrm;

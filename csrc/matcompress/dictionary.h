@@ -39,8 +39,7 @@ enum class DictUpdate { ksvd, mod };
 
 struct DictStepOptions {
   int n_threads = 0;                 ///< OpenMP threads; <= 0: the default
-  double duplicate_threshold = 0.99;  ///< |cosine| above which two atoms are duplicates
-  double previous_sq_error = 0.0;    ///< ||X - codes D||^2 at the end of the previous step
+  double duplicate_threshold = 0.95;  ///< |cosine| above which two atoms are duplicates
 };
 
 struct DictStepStats {
@@ -51,14 +50,15 @@ struct DictStepStats {
 
 /// One iteration of batch dictionary learning after the coding step (state.codes: OMP codes over
 /// state.dictionary):
-///  1. the dictionary update, which never increases the error for the given supports: `ksvd` updates atom after atom (in `atom_order`, a permutation of
-///     0..n_components-1, or 0, 1, ... when null) by one power-iteration step on the residual of
-///     the signals using it, with their coefficients; `mod` solves the least-squares dictionary
-///     (codes^T codes) D = codes^T X by Cholesky, then rescales atoms to unit norm and codes
-///     inversely;
-///  2. unused atoms are replaced by the worst-represented signals (normalised), and of each pair
-///     of duplicate atoms the less used one too, while the error it adds stays within the decrease
-///     since the previous step.
+///  1. the dictionary update, which never increases the error for the given supports: `ksvd`
+///     updates atom after atom (in `atom_order`, a permutation of 0..n_components-1, or 0, 1, ...
+///     when null) by one power-iteration step on the residual of the signals using it, with their
+///     coefficients; `mod` solves the least-squares dictionary (codes^T codes) D = codes^T X by
+///     Cholesky, then rescales atoms to unit norm and codes inversely;
+///  2. unused atoms are replaced by the worst-represented signals (normalised); of each pair of
+///     duplicate atoms (|cosine| above the threshold) the less used one is merged into the other
+///     (its coefficients move over, scaled by the cosine: the error grows by at most
+///     (1 - threshold^2) times their squared sum) and replaced too.
 /// The residual and row errors are written for the final codes and dictionary. GEMM and the
 /// solver are called outside OpenMP regions. Results do not depend on the number of threads.
 template <typename T>

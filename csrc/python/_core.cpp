@@ -274,7 +274,7 @@ template <typename T>
 py::dict dictionary_step(const std::string& method, const carray<T>& X, const py::array& D,
                          const py::array& indices, const py::array& values, const py::array& nnz,
                          const py::array& residual, const py::array& row_error,
-                         const std::optional<carray<int32_t>>& order, double previous_sq_error,
+                         const std::optional<carray<int32_t>>& order,
                          double duplicate_threshold, int n_threads) {
   require(method == "ksvd" || method == "mod", "method must be 'ksvd' or 'mod'");
   require(X.ndim() == 2, "X must be 2-D");
@@ -297,7 +297,6 @@ py::dict dictionary_step(const std::string& method, const carray<T>& X, const py
   }
   mc::DictStepOptions o;
   o.n_threads = n_threads;
-  o.previous_sq_error = previous_sq_error;
   o.duplicate_threshold = duplicate_threshold;
   mc::DictStepStats st;
   {

@@ -3,23 +3,29 @@
 Commands
 --------
 ``matcompress demo [--quick] [--patches N] [--atoms K] [--sparsity S] [--threads T] [--seed SEED]
-[--dtype {float32,float64}]``
+[--dtype {float32,float64}] [--png PATH]``
     Sparse-code 8x8 patches of natural images with :func:`matcompress.sparse_encode` and with
-    scikit-learn, and print time, error, speed-up and storage (see :mod:`matcompress.demo`).
+    scikit-learn, and print time, error, speed-up and storage; learn a dictionary from the same
+    patches with :func:`matcompress.dict_learning` and with scikit-learn's
+    ``MiniBatchDictionaryLearning``, print their time and error beside the fixed DCT
+    dictionary's, and write a PNG of both sets of learned atoms (default
+    ``matcompress-atoms.png``; see :mod:`matcompress.demo`).
 ``matcompress info``
     Print the native build's configuration (:func:`matcompress.show_config`) and the versions of
     Python and of the packages matcompress uses.
 
 Run it as ``matcompress ...`` (installed entry point) or ``python -m matcompress.cli ...``.
-Exit codes: 0 success, 1 a runtime problem (e.g. a missing optional dependency), 2 a bad
-command-line argument, 130 interrupted.
+Exit codes: 0 success, 1 a runtime problem (e.g. a missing optional dependency, or the image
+cannot be written), 2 a bad command-line argument, 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
+import textwrap
 
 __all__ = ["main"]
 
@@ -31,6 +37,18 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, but never wrapping at a hyphen (it would split file names such as
+    ``matcompress-atoms.png``). Overrides argparse's long-standing private wrapping hooks."""
+
+    def _split_lines(self, text, width):
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _fill_text(self, text, width, indent):
+        return textwrap.fill(" ".join(text.split()), width, initial_indent=indent,
+                             subsequent_indent=indent, break_on_hyphens=False)
 
 
 def _int_at_least(low):
@@ -62,7 +80,10 @@ def _atoms(text):
 def _build_parser():
     """Return the ``matcompress`` argument parser with its ``demo`` and ``info`` subcommands."""
     from . import __version__
-    from .demo import DEFAULT_COMPARE, DEFAULT_PATCHES, QUICK_COMPARE, QUICK_PATCHES
+    from .demo import (
+        DEFAULT_COMPARE, DEFAULT_EPOCHS, DEFAULT_LEARN_PATCHES, DEFAULT_PATCHES, DEFAULT_PNG,
+        QUICK_COMPARE, QUICK_EPOCHS, QUICK_LEARN_PATCHES, QUICK_PATCHES, SKLEARN_ALPHA,
+    )
 
     parser = _Parser(
         prog=PROG,
@@ -73,32 +94,51 @@ def _build_parser():
 
     demo = commands.add_parser(
         "demo",
-        help="sparse-code 8x8 image patches with matcompress and scikit-learn; compare them",
+        formatter_class=_HelpFormatter,
+        help="sparse-code 8x8 image patches and learn dictionaries with matcompress and "
+             "scikit-learn; compare them",
         description=(
             "Sparse-code 8x8 patches of scikit-learn's sample images over the overcomplete 2-D "
             "DCT dictionary with matcompress.sparse_encode (all patches) and with scikit-learn's "
             "sparse_encode(algorithm='omp') (a subset), then print time, signals/s, error, "
-            "PSNR, speed-up, support agreement and storage. Needs scikit-learn and pillow: "
+            "PSNR, speed-up, support agreement and storage. Then learn a dictionary of the same "
+            "size from a random subset of the patches with matcompress.dict_learning "
+            "(method='online') and with scikit-learn's MiniBatchDictionaryLearning (alpha=1, its "
+            f"default, and alpha={SKLEARN_ALPHA:g}), all from the same initial dictionary; print "
+            "their time, speed-up and OMP error on the training and the held-out patches beside "
+            "the fixed DCT dictionary's, and write a PNG of the atoms learned by matcompress and "
+            "by scikit-learn. scikit-learn's dictionary learning takes most of the time (about a "
+            "minute on 2 cores for the full run). Needs scikit-learn and pillow: "
             'pip install "matcompress[demo]".'
         ),
     )
     demo.add_argument(
         "--quick", action="store_true",
-        help=f"smaller run: {QUICK_PATCHES:,} patches, {QUICK_COMPARE:,} for scikit-learn "
-             f"(default {DEFAULT_PATCHES:,} and {DEFAULT_COMPARE:,})",
+        help=f"smaller run: {QUICK_PATCHES:,} patches, {QUICK_COMPARE:,} for scikit-learn's OMP, "
+             f"dictionaries learned from {QUICK_LEARN_PATCHES:,} of them for {QUICK_EPOCHS} "
+             f"epoch{'s' if QUICK_EPOCHS != 1 else ''} (default {DEFAULT_PATCHES:,}, "
+             f"{DEFAULT_COMPARE:,}, {DEFAULT_LEARN_PATCHES:,} and {DEFAULT_EPOCHS} epochs)",
     )
     demo.add_argument("--patches", type=_int_at_least(1), metavar="N",
-                      help="patches coded by matcompress (overrides --quick's count)")
+                      help="patches coded by matcompress (overrides --quick's count); the "
+                           "dictionaries learn from a random subset of them")
     demo.add_argument("--atoms", type=_atoms, default=256, metavar="K",
-                      help="dictionary atoms, a square m*m with 8 <= m <= 64 (default 256)")
+                      help="atoms of the DCT and of the learned dictionaries, a square m*m with "
+                           "8 <= m <= 64 (default 256)")
     demo.add_argument("--sparsity", type=_int_at_least(1), default=8, metavar="S",
-                      help="nonzero coefficients per patch, at most 64 (default 8)")
+                      help="nonzero coefficients per patch, at most 64, in coding and learning "
+                           "(default 8)")
     demo.add_argument("--threads", type=_int_at_least(1), metavar="T",
                       help="threads for matcompress and the BLAS (default: all available cores)")
     demo.add_argument("--seed", type=_int_at_least(0), default=0, metavar="SEED",
-                      help="seed for the patch positions and the comparison subset (default 0)")
+                      help="seed for the patch positions, the comparison subset, the training "
+                           "patches and the learners (default 0)")
     demo.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                       help="dtype of patches and dictionary for both libraries (default float32)")
+    demo.add_argument("--png", default=DEFAULT_PNG, metavar="PATH",
+                      help="where to write the PNG of the learned atoms, matcompress's left and "
+                           "scikit-learn's right; an existing file is replaced (default: "
+                           f"{DEFAULT_PNG} in the current directory)")
     demo.set_defaults(handler=_run_demo, command_parser=demo)
 
     info = commands.add_parser(
@@ -114,8 +154,9 @@ def _build_parser():
 def _run_demo(args):
     """Check the demo's arguments (exit 2 on a bad one), run it, and return exit status 0."""
     from .demo import (
-        DEFAULT_COMPARE, DEFAULT_PATCHES, PATCH_SIZE, QUICK_COMPARE, QUICK_PATCHES,
-        DemoUsageError, check_demo_dependencies, n_available_patches, run_demo,
+        DEFAULT_COMPARE, DEFAULT_EPOCHS, DEFAULT_LEARN_PATCHES, DEFAULT_PATCHES, PATCH_SIZE,
+        QUICK_COMPARE, QUICK_EPOCHS, QUICK_LEARN_PATCHES, QUICK_PATCHES, DemoUsageError,
+        check_demo_dependencies, n_available_patches, run_demo,
     )
 
     error = args.command_parser.error
@@ -124,6 +165,14 @@ def _run_demo(args):
               f"(the pixels of a {PATCH_SIZE}x{PATCH_SIZE} patch), got {args.sparsity}")
     if args.seed >= 2**32:
         error(f"argument --seed: must be below 2**32, got {args.seed}")
+    if not args.png:
+        error("argument --png: expected a file path, got ''")
+    if os.path.isdir(args.png):
+        error(f"argument --png: {args.png!r} is a directory; give a file path such as "
+              f"{os.path.join(args.png, 'atoms.png')!r}")
+    png_dir = os.path.dirname(os.path.abspath(args.png))
+    if not os.path.isdir(png_dir):
+        error(f"argument --png: directory {png_dir!r} does not exist")
     check_demo_dependencies()
     n_patches = args.patches or (QUICK_PATCHES if args.quick else DEFAULT_PATCHES)
     n_available = n_available_patches()
@@ -139,6 +188,9 @@ def _run_demo(args):
             seed=args.seed,
             n_compare=QUICK_COMPARE if args.quick else DEFAULT_COMPARE,
             dtype=args.dtype,
+            n_learn=QUICK_LEARN_PATCHES if args.quick else DEFAULT_LEARN_PATCHES,
+            epochs=QUICK_EPOCHS if args.quick else DEFAULT_EPOCHS,
+            png=args.png,
         )
     except DemoUsageError as exc:  # not reached with the checks above; kept as a safety net
         error(str(exc))
@@ -198,9 +250,10 @@ def main(argv=None):
     -------
     status : int
         The exit code: 0 on success, 1 on a runtime problem such as a missing optional
-        dependency, 2 on a bad argument, 130 when interrupted.
+        dependency or an image that cannot be written, 2 on a bad argument, 130 when
+        interrupted.
     """
-    from .demo import MissingDependencyError
+    from .demo import DemoOutputError, MissingDependencyError
 
     parser = _build_parser()
     try:
@@ -210,7 +263,7 @@ def main(argv=None):
         return args.handler(args)
     except SystemExit as exc:  # argparse's --help, --version and errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except MissingDependencyError as exc:
+    except (MissingDependencyError, DemoOutputError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
