@@ -16,5 +16,17 @@ export LD_PRELOAD="$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=lib
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:detect_odr_violation=0
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export PYTHONPATH="$PWD/$dest${PYTHONPATH:+:$PYTHONPATH}"
-python3 -c "import matcompress, sys; print('sanitized build:', matcompress.__file__)"
-python3 -m pytest -p no:cacheprovider "$@"
+# An editable install (pip install -e .) redirects `import matcompress` through a meta-path finder
+# that would win over PYTHONPATH: drop it, and check that the sanitized build is the one imported.
+python3 - -p no:cacheprovider "$@" <<'PY'
+import sys
+
+sys.meta_path = [f for f in sys.meta_path if "editable" not in type(f).__module__]
+import matcompress
+import pytest
+
+print("sanitized build:", matcompress.__file__)
+if "sanitize" not in matcompress.__file__:
+    sys.exit("the sanitized build is not the one imported")
+sys.exit(pytest.main(sys.argv[1:]))
+PY
