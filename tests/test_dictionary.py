@@ -229,7 +229,7 @@ def test_error_non_increasing_on_synthetic_data(batch_method, dtype):
     D0, X = synthetic(REC_K, REC_M, REC_S, REC_N, dtype.name)
     codes, D, errors = dict_learning(X, REC_K, n_nonzero_coefs=REC_S, method=batch_method,
                                      max_iter=15, tol=0.0, random_state=0)
-    assert len(errors) == 15  # tol=0 stops at the first pass that does not lower the error
+    assert len(errors) == 15  # tol=0 runs every pass
     assert_non_increasing(errors, dtype)
     assert errors[-1] < 0.7 * errors[0]
 
@@ -596,6 +596,19 @@ def test_duplicate_pair_formed_during_learning_is_replaced(method):
     codes, D, errors = dict_learning(X, 32, n_nonzero_coefs=2, method=method, max_iter=20,
                                      dict_init=init, random_state=0)
     assert duplicate_pairs(D) == []
+
+
+def test_stopping_rule(method):
+    X = patches(1500, "float32")
+    kw = dict(n_nonzero_coefs=4, method=method, batch_size=256, random_state=0)
+    # tol=0: exactly max_iter passes, even where a pass does not lower the error.
+    _, _, errors = dict_learning(X, 48, max_iter=25, tol=0.0, **kw)
+    assert len(errors) == 25
+    # A large tol stops as soon as a pass (that replaced no atom) gains less than it.
+    _, _, loose = dict_learning(X, 48, max_iter=25, tol=0.5, **kw)
+    assert len(loose) < 25
+    assert_array_equal(loose, errors[:len(loose)])  # the same passes up to the stop
+    assert loose[-2] - loose[-1] < 0.5 * loose[-2]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -169,10 +169,15 @@ def _omp_codes(X, D, s, n_threads):
     return encode(X, D, None, None, s, False, 0.0, n_threads, dense=True)[0]
 
 
-def _converged(errors, tol):
+def _converged(errors, tol, replaced=False):
+    """The stopping rule: an exact fit, or (tol > 0) a pass that lowered the error by less than
+    tol times its previous value. A pass that replaced atoms is not judged: the new atoms are
+    not in any code yet, and a merged duplicate may raise that pass's error a little."""
     if errors[-1] == 0.0:
         return True
-    return len(errors) > 1 and errors[-2] - errors[-1] <= tol * errors[-2]
+    if tol == 0.0 or replaced or len(errors) < 2:
+        return False
+    return errors[-2] - errors[-1] < tol * errors[-2]
 
 
 def _batch_learning(X, D, s, method, max_iter, tol, rng, n_threads, progress):
@@ -190,7 +195,8 @@ def _batch_learning(X, D, s, method, max_iter, tol, rng, n_threads, progress):
         stats = step(method, X, D, indices, values, nnz, residual, row_error, order,
                      _DUPLICATE_THRESHOLD, n_threads)
         errors.append(math.sqrt(stats["sq_error"]) / norm_X if norm_X > 0 else 0.0)
-        if not progress.report(it, errors[-1], D) or _converged(errors, tol):
+        replaced = stats["n_unused"] + stats["n_duplicates"] > 0
+        if not progress.report(it, errors[-1], D) or _converged(errors, tol, replaced):
             break
     if not errors:  # max_iter=0: no codes yet
         return None, errors
@@ -318,7 +324,9 @@ def dict_learning(
         Passes over the data at most: iterations of K-SVD or MOD, epochs of online learning.
         ``0`` returns the initial dictionary and its codes.
     tol : float, default=1e-4
-        Stop when a pass lowers the relative error by less than ``tol`` times its previous value.
+        Stop when a pass lowers the relative error by less than ``tol`` times its previous value
+        (an increase counts; passes that replaced atoms are not judged). ``0`` runs all
+        ``max_iter`` passes (unless the fit becomes exact).
     batch_size : int, default=1024
         Signals per mini-batch (``method="online"`` only). Each batch costs a fixed
         O(n_components^2 * n_features) for the dictionary update besides its coding, so larger
