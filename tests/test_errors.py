@@ -644,7 +644,7 @@ def test_dl_bad_tol(dl_X, value, exc, msg):
 
 
 @pytest.mark.parametrize(("value", "exc"), [(0, ValueError), (-5, ValueError), (1.5, TypeError),
-                                            (None, TypeError)])
+                                            ("auto", TypeError)])
 def test_dl_bad_batch_size(dl_X, value, exc):
     # Checked for every method, not only "online" (where it is used).
     with pytest.raises(exc, match=r"^batch_size must be"):

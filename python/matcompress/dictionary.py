@@ -63,6 +63,8 @@ def _validate_params(X, n_components, n_nonzero_coefs, method, max_iter, tol, ba
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
     max_iter = check_int(max_iter, "max_iter", min_value=0)
     tol = check_float(tol, "tol", min_value=0.0)
+    if batch_size is None:
+        batch_size = _auto_batch_size(n_samples)
     batch_size = check_int(batch_size, "batch_size", min_value=1)
     n_threads = check_n_threads(n_threads)
     if not isinstance(verbose, (bool, int, np.integer)):
@@ -92,6 +94,12 @@ def _validate_params(X, n_components, n_nonzero_coefs, method, max_iter, tol, ba
             stacklevel=3,
         )
     return n_components, n_nonzero_coefs, max_iter, tol, batch_size, dict_init, n_threads
+
+
+def _auto_batch_size(n_samples):
+    """n_samples / 20 within [64, 1024]: enough mini-batches per pass on small data, and on large
+    data batches big enough to amortise the fixed cost of each update (docs/decisions.md §8)."""
+    return min(1024, max(64, n_samples // 20))
 
 
 def _initial_dictionary(X, n_components, rng):
@@ -286,7 +294,7 @@ def dict_learning(
     method="ksvd",
     max_iter=30,
     tol=1e-4,
-    batch_size=1024,
+    batch_size=None,
     dict_init=None,
     random_state=None,
     n_threads=None,
@@ -327,11 +335,12 @@ def dict_learning(
         Stop when a pass lowers the relative error by less than ``tol`` times its previous value
         (an increase counts; passes that replaced atoms are not judged). ``0`` runs all
         ``max_iter`` passes (unless the fit becomes exact).
-    batch_size : int, default=1024
-        Signals per mini-batch (``method="online"`` only). Each batch costs a fixed
-        O(n_components^2 * n_features) for the dictionary update besides its coding, so larger
-        batches are cheaper per signal; on 8x8 image patches with 256 atoms, 1024 reached a given
-        error in about half the time of 256.
+    batch_size : int, default=None
+        Signals per mini-batch (``method="online"`` only). ``None``: ``n_samples // 20`` within
+        [64, 1024]. Each batch costs a fixed O(n_components^2 * n_features) for the dictionary
+        update besides its coding, so larger batches are cheaper per signal (on 20,000 image
+        patches with 256 atoms, 1024 reached a given error in about half the time of 256), while
+        small data needs small batches to get enough updates per pass.
     dict_init : array-like of shape (n_components, n_features), default=None
         Initial dictionary; its rows are normalised (a copy; none may be zero). ``None``:
         ``n_components`` distinct non-zero rows of ``X`` chosen at random, normalised (random
@@ -459,8 +468,10 @@ class DictionaryLearning(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
         Passes over the data in ``fit``.
     tol : float, default=1e-4
         Relative-decrease stopping tolerance of ``fit``.
-    batch_size : int, default=1024
-        Mini-batch size of online learning (``method="online"`` and ``partial_fit``).
+    batch_size : int, default=None
+        Mini-batch size of online learning (``method="online"`` and ``partial_fit``); ``None``:
+        ``n_samples // 20`` within [64, 1024] (of the data given to ``fit``, or to the first
+        ``partial_fit``).
     dict_init : array-like of shape (n_components, n_features), default=None
         Initial dictionary for ``fit`` (and for the first ``partial_fit`` of an unfitted
         estimator).
@@ -513,7 +524,7 @@ class DictionaryLearning(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
         method="ksvd",
         max_iter=30,
         tol=1e-4,
-        batch_size=1024,
+        batch_size=None,
         dict_init=None,
         random_state=None,
         n_threads=None,
@@ -559,7 +570,8 @@ class DictionaryLearning(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Base
         )
         self.error_ = errors
         self.n_iter_ = len(errors)
-        self.n_steps_ = math.ceil(X.shape[0] / self.batch_size) * len(errors) if (
+        batch_size = self.batch_size or _auto_batch_size(X.shape[0])
+        self.n_steps_ = math.ceil(X.shape[0] / batch_size) * len(errors) if (
             self.method == "online") else 0
         self._online = None
         return X
