@@ -15,6 +15,7 @@
 #include "matcompress/blas.h"
 #include "matcompress/cpu.h"
 #include "matcompress/dictionary.h"
+#include "matcompress/kmeans.h"
 #include "matcompress/omp.h"
 
 namespace py = pybind11;
@@ -346,6 +347,38 @@ py::tuple online_step(const carray<T>& X, const py::array& indices, const py::ar
   return py::make_tuple(st.sq_error, st.n_replaced);
 }
 
+// Scalar k-means of a 1-D array into k codes: (codebook, codes as int32, inertia, n_iter,
+// n_distinct).
+template <typename T>
+py::tuple kmeans_1d(const carray<T>& x, const std::optional<carray<T>>& weight, mc::index_t k,
+                    const std::optional<carray<T>>& init, const std::string& method,
+                    mc::index_t max_iter, double tol, std::uint64_t seed, mc::index_t n_init,
+                    int n_threads, double memory_budget) {
+  require(x.ndim() == 1, "values must be 1-D");
+  const mc::index_t n = x.shape(0);
+  require(method == "lloyd" || method == "optimal", "method must be 'lloyd' or 'optimal'");
+  if (weight) require(weight->ndim() == 1 && weight->shape(0) == n, "weights: wrong shape");
+  if (init) require(init->ndim() == 1 && init->shape(0) == k, "init: wrong shape");
+  mc::KMeans1DOptions o;
+  o.method = method == "optimal" ? mc::KMeans1DMethod::optimal : mc::KMeans1DMethod::lloyd;
+  o.max_iter = max_iter;
+  o.tol = tol;
+  o.seed = seed;
+  o.n_init = n_init;
+  o.n_threads = n_threads;
+  o.memory_budget = memory_budget;
+  py::array_t<T> codebook(k);
+  py::array_t<int32_t> codes(n);
+  mc::KMeans1DResult r;
+  {
+    py::gil_scoped_release nogil;
+    r = mc::kmeans_1d<T>(x.data(), weight ? weight->data() : nullptr, n, k,
+                         init ? init->data() : nullptr, o, codebook.mutable_data(),
+                         codes.mutable_data());
+  }
+  return py::make_tuple(codebook, codes, r.inertia, r.n_iter, r.n_distinct);
+}
+
 // Test hook: row-major GEMM through the injected BLAS with a chosen split size, so the
 // splitting of sizes past the 32-bit BLAS interface is exercised on small matrices.
 template <typename T>
@@ -414,6 +447,17 @@ PYBIND11_MODULE(_core, m) {
         py::arg("values"), py::arg("nnz"), py::arg("dictionary"), py::arg("A"), py::arg("B"),
         py::arg("beta"), py::arg("weight"), py::arg("duplicate_threshold"), py::arg("n_threads"),
         py::arg("gram") = py::none());
+  for (const char* name : {"kmeans_1d_f32", "kmeans_1d_f64"}) {
+    const bool f32 = name[11] == '3';
+    auto args = std::make_tuple(py::arg("values"), py::arg("weight"), py::arg("k"),
+                                py::arg("init"), py::arg("method"), py::arg("max_iter"),
+                                py::arg("tol"), py::arg("seed"), py::arg("n_init"),
+                                py::arg("n_threads"), py::arg("memory_budget") = 256.0 * (1 << 20));
+    if (f32)
+      std::apply([&](auto... a) { m.def(name, &kmeans_1d<float>, a...); }, args);
+    else
+      std::apply([&](auto... a) { m.def(name, &kmeans_1d<double>, a...); }, args);
+  }
   m.def("codes_to_csr_f32", &codes_to_csr<float>);
   m.def("codes_to_csr_f64", &codes_to_csr<double>);
   m.def("gemm_f32", &gemm<float>);

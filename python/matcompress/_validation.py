@@ -25,6 +25,8 @@ def _is_sparse(a) -> bool:
 def check_array(a, name, *, dtype=None, ndim=2, allow_empty=False):
     """Return ``a`` as a C-contiguous float32/float64 array, or raise naming ``name``.
 
+    ``ndim=None`` accepts any number of axes but zero.
+
     With ``dtype=None`` float32 and float64 are kept and every other real numeric dtype (ints,
     bools, float16) becomes float64, as scikit-learn's ``check_array`` does; otherwise the array
     is converted to ``dtype``. The input is never modified: a copy is made only when the dtype
@@ -43,7 +45,10 @@ def check_array(a, name, *, dtype=None, ndim=2, allow_empty=False):
         raise TypeError(f"{name} must be real; complex dtype {arr.dtype} is not supported")
     if kind not in "biuf":
         raise TypeError(f"{name} must be a numeric array; got dtype {arr.dtype}")
-    if arr.ndim != ndim:
+    if ndim is None:  # any number of axes, at least one
+        if arr.ndim == 0:
+            raise ValueError(f"{name} must be an array, not a scalar; got {arr!r}")
+    elif arr.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D; got an array of shape {arr.shape}")
     if not allow_empty and arr.size == 0:
         raise ValueError(f"{name} is empty (shape {arr.shape}); at least one element is needed")
