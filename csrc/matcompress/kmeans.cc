@@ -22,12 +22,31 @@ inline std::uint64_t sort_key(double v) {
   return (u & 0x8000000000000000ull) ? ~u : (u | 0x8000000000000000ull);
 }
 
-// The permutation that sorts x ascending: LSD radix sort on 11-bit digits of the keys, skipping
-// the digits every key shares. Stable, so equal values keep their input order.
+inline float value_of(std::uint32_t k) {
+  const std::uint32_t u = (k & 0x80000000u) ? (k ^ 0x80000000u) : ~k;
+  float v;
+  std::memcpy(&v, &u, sizeof v);
+  return v;
+}
+inline double value_of(std::uint64_t k) {
+  const std::uint64_t u = (k & 0x8000000000000000ull) ? (k ^ 0x8000000000000000ull) : ~k;
+  double v;
+  std::memcpy(&v, &u, sizeof v);
+  return v;
+}
+
 template <typename I, typename T>
-std::vector<I> sorting_permutation(const T* x, index_t n) {
+struct Sorted {
+  std::vector<decltype(sort_key(T()))> keys;  // ascending
+  std::vector<I> order;                       // keys[p] = sort_key(x[order[p]])
+};
+
+// x sorted ascending: LSD radix sort on 8-bit digits of the keys, skipping the digits every key
+// shares. Stable, so equal values keep their input order.
+template <typename I, typename T>
+Sorted<I, T> radix_sort(const T* x, index_t n) {
   using Key = decltype(sort_key(T()));
-  constexpr int kBits = 11, kBuckets = 1 << kBits;
+  constexpr int kBits = 8, kBuckets = 1 << kBits;  // 8: 31 ms vs 49 ms with 11 (1M floats)
   constexpr int kPasses = (int(sizeof(Key)) * 8 + kBits - 1) / kBits;
   std::vector<Key> keys(static_cast<size_t>(n)), keys2(static_cast<size_t>(n));
   std::vector<I> order(static_cast<size_t>(n)), order2(static_cast<size_t>(n));
@@ -55,7 +74,7 @@ std::vector<I> sorting_permutation(const T* x, index_t n) {
     keys.swap(keys2);
     order.swap(order2);
   }
-  return order;
+  return {std::move(keys), std::move(order)};
 }
 
 // Splitmix64: the seeded stream behind k-means++ (the same numbers on every platform).
@@ -355,15 +374,11 @@ KMeans1DResult kmeans_1d_impl(const T* x, const T* weight, index_t n, index_t k,
   KMeans1DResult res;
 
   // Sort once; merge equal values (their weights add up).
-  const std::vector<I> order = sorting_permutation<I>(x, n);
-  std::vector<index_t> first;  // first sorted position of each distinct value, then n
-  std::vector<T> value;        // each distinct value as given
+  Sorted<I, T> sorted = radix_sort<I>(x, n);
+  const std::vector<I>& order = sorted.order;
+  std::vector<I> first;  // first sorted position of each distinct value
   Distinct d;
   {
-    first.reserve(static_cast<size_t>(n) + 1);
-    value.reserve(static_cast<size_t>(n));
-    d.u.reserve(static_cast<size_t>(n));
-    d.pw.reserve(static_cast<size_t>(n) + 1);
     double wsum = 0, wxsum = 0;
     for (index_t i = 0; i < n; ++i) {
       const double w = weight ? double(weight[i]) : 1.0;
@@ -371,29 +386,42 @@ KMeans1DResult kmeans_1d_impl(const T* x, const T* weight, index_t n, index_t k,
       wxsum += w * double(x[i]);
     }
     d.offset = wsum > 0 ? wxsum / wsum : 0.0;
+    // Count the distinct values first (equal values compare equal: -0.0 and 0.0 merge).
+    index_t m = 0;
+    T prev = T(0);
     for (index_t p = 0; p < n; ++p) {
-      const index_t i = order[p];
-      const double w = weight ? double(weight[i]) : 1.0;
-      if (p == 0 || x[i] != x[order[p - 1]]) {
-        first.push_back(p);
-        value.push_back(x[i]);
-        d.u.push_back(double(x[i]) - d.offset);
-        d.pw.push_back(0.0);
+      const T v = value_of(sorted.keys[p]);
+      m += (p == 0 || v != prev);
+      prev = v;
+    }
+    first.resize(static_cast<size_t>(m));
+    d.u.resize(static_cast<size_t>(m));
+    d.pw.assign(static_cast<size_t>(m + 1), 0.0);
+    d.ps.assign(static_cast<size_t>(m + 1), 0.0);
+    d.pq.assign(static_cast<size_t>(m + 1), 0.0);
+    index_t v = -1;
+    double w_acc = 0;
+    for (index_t p = 0; p < n; ++p) {
+      const T val = value_of(sorted.keys[p]);
+      if (p == 0 || val != prev) {
+        if (v >= 0) {  // close the previous distinct value
+          d.pw[v + 1] = d.pw[v] + w_acc;
+          d.ps[v + 1] = d.ps[v] + w_acc * d.u[v];
+          d.pq[v + 1] = d.pq[v] + w_acc * d.u[v] * d.u[v];
+        }
+        ++v;
+        first[v] = static_cast<I>(p);
+        d.u[v] = double(val) - d.offset;
+        w_acc = 0;
       }
-      d.pw.back() += w;
+      w_acc += weight ? double(weight[order[p]]) : 1.0;
+      prev = val;
     }
-    first.push_back(n);
-    d.m = static_cast<index_t>(d.u.size());
-    // prefix sums (pw held the per-value weights so far)
-    std::vector<double> wv = d.pw;
-    d.pw.assign(static_cast<size_t>(d.m + 1), 0.0);
-    d.ps.assign(static_cast<size_t>(d.m + 1), 0.0);
-    d.pq.assign(static_cast<size_t>(d.m + 1), 0.0);
-    for (index_t v = 0; v < d.m; ++v) {
-      d.pw[v + 1] = d.pw[v] + wv[v];
-      d.ps[v + 1] = d.ps[v] + wv[v] * d.u[v];
-      d.pq[v + 1] = d.pq[v] + wv[v] * d.u[v] * d.u[v];
-    }
+    d.pw[v + 1] = d.pw[v] + w_acc;
+    d.ps[v + 1] = d.ps[v] + w_acc * d.u[v];
+    d.pq[v + 1] = d.pq[v] + w_acc * d.u[v] * d.u[v];
+    d.m = m;
+    decltype(sorted.keys)().swap(sorted.keys);  // free the keys
   }
   const index_t m = d.m;
   res.n_distinct = m;
@@ -430,7 +458,8 @@ KMeans1DResult kmeans_1d_impl(const T* x, const T* weight, index_t n, index_t k,
   }
   const index_t kk = static_cast<index_t>(centre.size());
   for (index_t j = 0; j < k; ++j)
-    codebook[j] = k >= m ? value[std::min(j, m - 1)] : T(centre[std::min(j, kk - 1)] + d.offset);
+    codebook[j] = k >= m ? x[order[first[std::min(j, m - 1)]]]
+                         : T(centre[std::min(j, kk - 1)] + d.offset);
   res.inertia = 0;
   for (index_t j = 0; j < kk; ++j) {
     // the inertia of the codebook as stored (rounded to T)
@@ -442,10 +471,10 @@ KMeans1DResult kmeans_1d_impl(const T* x, const T* weight, index_t n, index_t k,
   parallel_for(0, (n + chunk - 1) / chunk, resolve_threads_for_work(o.n_threads, double(n), 1e6),
                1, [&](index_t c, int) {
     const index_t p0 = c * chunk, p1 = std::min(n, p0 + chunk);
-    index_t v = std::upper_bound(first.begin(), first.end(), p0) - first.begin() - 1;
+    index_t v = std::upper_bound(first.begin(), first.end(), static_cast<I>(p0)) - first.begin() - 1;
     index_t j = std::upper_bound(range.begin(), range.end(), v) - range.begin() - 1;
     for (index_t p = p0; p < p1; ++p) {
-      while (p >= first[v + 1]) ++v;
+      while (v + 1 < m && p >= index_t(first[v + 1])) ++v;
       while (v >= range[j + 1]) ++j;
       codes[order[p]] = static_cast<int32_t>(j);
     }
