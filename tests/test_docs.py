@@ -6,6 +6,7 @@ import pytest
 
 import matcompress.demo
 import matcompress.dictionary
+import matcompress.kmeans
 import matcompress.omp
 
 
@@ -15,6 +16,7 @@ import matcompress.omp
         matcompress.omp,
         matcompress.demo,
         matcompress.dictionary,
+        matcompress.kmeans,
     ],
     ids=lambda m: m.__name__,
 )

@@ -716,3 +716,313 @@ def test_dl_errors_leave_the_estimator_usable(dl_X):
         with pytest.raises(ValueError):
             est.fit(dl_X[:, :0])
     assert est.fit(dl_X).transform(dl_X).shape == (DL_N, DL_K)
+
+
+# ---------------------------------------------------------------------------------------------
+# k-means codebooks: fit_codebook, pack_4bit, unpack_4bit
+# ---------------------------------------------------------------------------------------------
+
+KM_N, KM_K = 20, 3  # values and n_codes of the valid baseline
+
+
+@pytest.fixture
+def km_values():
+    return np.random.default_rng(0).laplace(size=(4, 5))
+
+
+def _fit(values, n_codes=KM_K, **kwargs):
+    return mc.fit_codebook(values, n_codes, **kwargs)
+
+
+def test_km_baseline_problem_is_valid(km_values):
+    w = np.ones_like(km_values)
+    cb, codes, inertia = _fit(km_values, init=np.array([-1.0, 0.0, 1.0]), sample_weight=w,
+                              n_init=2, max_iter=5, tol=0.0, random_state=0, n_threads=1)
+    assert cb.shape == (KM_K,) and codes.shape == (4, 5) and inertia >= 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("bad", "what"), [(np.nan, "NaN"), (np.inf, "infinity"), (-np.inf, "infinity")])
+def test_km_non_finite_values(km_values, bad, what, dtype):
+    values = _with(km_values, (2, 3), bad).astype(dtype)
+    with pytest.raises(ValueError, match=rf"^values contains {what}"):
+        _fit(values)
+
+
+def test_km_float64_values_too_large_for_float32_weights_dtype(km_values):
+    # sample_weight is converted to the dtype of values: 1e300 does not fit float32.
+    with pytest.raises(ValueError, match=r"^sample_weight has values too large for float32"):
+        _fit(km_values.astype(np.float32), sample_weight=np.full(km_values.shape, 1e300))
+
+
+def test_km_complex_values(km_values):
+    with pytest.raises(TypeError, match=r"^values must be real"):
+        _fit(km_values + 1j)
+
+
+@pytest.mark.parametrize("kind", ["object", "str", "bytes", "datetime"])
+def test_km_non_numeric_values(km_values, kind):
+    bad = {"object": km_values.astype(object), "str": km_values.astype(str),
+           "bytes": km_values.astype("S8"),
+           "datetime": np.zeros(km_values.shape, dtype="datetime64[s]")}[kind]
+    with pytest.raises(TypeError, match=r"^values must be a numeric array"):
+        _fit(bad)
+
+
+def test_km_none_sparse_and_ragged_values(km_values):
+    with pytest.raises(TypeError, match=r"^values must be an array, got None"):
+        _fit(None)
+    with pytest.raises(TypeError, match=r"^values must be a dense array"):
+        _fit(scipy.sparse.csr_array(km_values))
+    with pytest.raises(ValueError, match=r"^values could not be converted"):
+        _fit([[1.0, 2.0], [3.0]], 1)
+
+
+@pytest.mark.parametrize("shape", [(0,), (0, 5), (4, 0), (2, 0, 3)])
+def test_km_empty_values(shape):
+    with pytest.raises(ValueError, match=r"^values is empty"):
+        _fit(np.zeros(shape), 1)
+
+
+@pytest.mark.parametrize("value", [np.float64(1.5), np.array(2.0), 3.0, 7])
+def test_km_scalar_values(value):
+    with pytest.raises(ValueError, match=r"^values must be an array, not a scalar"):
+        _fit(value, 1)
+
+
+@pytest.mark.parametrize("value", [0, -1, -100])
+def test_km_n_codes_too_small(km_values, value):
+    with pytest.raises(ValueError, match=r"^n_codes must be >= 1; got"):
+        _fit(km_values, value)
+
+
+@pytest.mark.parametrize("value", [KM_N + 1, 1000])
+def test_km_n_codes_above_the_number_of_values(km_values, value):
+    with pytest.raises(ValueError, match=rf"^n_codes must be <= {KM_N} \(the number of values, {KM_N}\); got {value}"):
+        _fit(km_values, value)
+    assert _fit(km_values, KM_N)[0].shape == (KM_N,)  # the limit itself is fine
+
+
+@pytest.mark.parametrize("value", [2.0, 2.5, "3", None, True, np.float64(3.0), [3]])
+def test_km_n_codes_not_an_integer(km_values, value):
+    with pytest.raises(TypeError, match=r"^n_codes must be an integer"):
+        _fit(km_values, value)
+
+
+def test_km_n_codes_numpy_integer_accepted(km_values):
+    a, b = _fit(km_values, np.int64(3)), _fit(km_values, 3)
+    np.testing.assert_array_equal(a[0], b[0])
+
+
+@pytest.mark.parametrize("value", ["Optimal", "kmeans", "elkan", "", None, 1])
+def test_km_unknown_method(km_values, value):
+    with pytest.raises(ValueError, match=r"^method must be one of \('auto', 'optimal', 'lloyd'\); got"):
+        _fit(km_values, method=value)
+
+
+@pytest.mark.parametrize("value", ["random", "kmeans++", "k-means||", ""])
+def test_km_init_unknown_string(km_values, value):
+    with pytest.raises(ValueError, match=r"^init must be 'k-means\+\+' or an array of n_codes values; got"):
+        _fit(km_values, init=value)
+
+
+@pytest.mark.parametrize("shape", [(KM_K + 1,), (KM_K - 1,), (1,)])
+def test_km_init_wrong_length(km_values, shape):
+    with pytest.raises(ValueError, match=rf"^init must have shape \(n_codes,\) = \({KM_K},\); got"):
+        _fit(km_values, init=np.zeros(shape))
+
+
+@pytest.mark.parametrize("init", [np.zeros((KM_K, 1)), np.zeros((1, KM_K)), np.float64(0.5)])
+def test_km_init_wrong_ndim(km_values, init):
+    with pytest.raises(ValueError, match=r"^init must be 1-D"):
+        _fit(km_values, init=init)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("bad", "what"), [(np.nan, "NaN"), (np.inf, "infinity")])
+def test_km_init_non_finite(km_values, bad, what, dtype):
+    with pytest.raises(ValueError, match=rf"^init contains {what}"):
+        _fit(km_values.astype(dtype), init=np.array([0.0, bad, 1.0]))
+
+
+def test_km_init_of_the_wrong_type(km_values):
+    with pytest.raises(TypeError, match=r"^init must be an array, got None"):
+        _fit(km_values, init=None)
+    with pytest.raises(TypeError, match=r"^init must be real"):
+        _fit(km_values, init=np.zeros(KM_K) + 1j)
+    with pytest.raises(TypeError, match=r"^init must be a numeric array"):
+        _fit(km_values, init=np.array(["a", "b", "c"]))
+
+
+@pytest.mark.parametrize(("value", "exc"), [(0, ValueError), (-1, ValueError), (1.0, TypeError),
+                                            (None, TypeError), (True, TypeError)])
+def test_km_bad_n_init(km_values, value, exc):
+    with pytest.raises(exc, match=r"^n_init must be"):
+        _fit(km_values, n_init=value)
+
+
+@pytest.mark.parametrize(("value", "exc"), [(0, ValueError), (-3, ValueError), (2.0, TypeError),
+                                            (None, TypeError), (True, TypeError)])
+def test_km_bad_max_iter(km_values, value, exc):
+    with pytest.raises(exc, match=r"^max_iter must be"):
+        _fit(km_values, max_iter=value)
+
+
+@pytest.mark.parametrize(("value", "exc", "msg"), [(-1e-12, ValueError, "must be >= 0"),
+                                                   (-1.0, ValueError, "must be >= 0"),
+                                                   (np.nan, ValueError, "must be finite"),
+                                                   (np.inf, ValueError, "must be finite"),
+                                                   ("0.1", TypeError, "must be a real number"),
+                                                   (None, TypeError, "must be a real number")])
+def test_km_bad_tol(km_values, value, exc, msg):
+    with pytest.raises(exc, match=rf"^tol {msg}"):
+        _fit(km_values, tol=value)
+
+
+@pytest.mark.parametrize("shape", [(KM_N,), (5, 4), (4, 5, 1), (4, 4), (1, 5)])
+def test_km_sample_weight_wrong_shape(km_values, shape):
+    with pytest.raises(ValueError, match=r"^sample_weight must have the shape of values, \(4, 5\); got"):
+        _fit(km_values, sample_weight=np.ones(shape))
+
+
+def test_km_sample_weight_scalar(km_values):
+    with pytest.raises(ValueError, match=r"^sample_weight must be an array, not a scalar"):
+        _fit(km_values, sample_weight=1.0)
+
+
+def test_km_sample_weight_negative(km_values):
+    w = np.ones(km_values.shape)
+    w[1, 1] = -1e-9
+    with pytest.raises(ValueError, match=r"^sample_weight must be non-negative"):
+        _fit(km_values, sample_weight=w)
+
+
+def test_km_sample_weight_all_zero(km_values):
+    with pytest.raises(ValueError, match=r"^sample_weight is zero everywhere"):
+        _fit(km_values, sample_weight=np.zeros(km_values.shape))
+    w = np.zeros(km_values.shape)
+    w[3, 4] = 1e-30  # one positive weight is enough
+    assert _fit(km_values, sample_weight=w)[0].shape == (KM_K,)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("bad", "what"), [(np.nan, "NaN"), (np.inf, "infinity")])
+def test_km_sample_weight_non_finite(km_values, bad, what, dtype):
+    with pytest.raises(ValueError, match=rf"^sample_weight contains {what}"):
+        _fit(km_values.astype(dtype), sample_weight=_with(np.ones(km_values.shape), (0, 0), bad))
+
+
+def test_km_sample_weight_of_the_wrong_type(km_values):
+    with pytest.raises(TypeError, match=r"^sample_weight must be real"):
+        _fit(km_values, sample_weight=np.ones(km_values.shape) + 0j)
+    with pytest.raises(TypeError, match=r"^sample_weight must be a numeric array"):
+        _fit(km_values, sample_weight=np.ones(km_values.shape).astype(object))
+
+
+@pytest.mark.parametrize(("value", "exc"), [(-1, ValueError), (1.5, TypeError), ("0", TypeError),
+                                            (True, TypeError), (np.random, TypeError)])
+def test_km_bad_random_state(km_values, value, exc):
+    with pytest.raises(exc, match=r"^random_state must be"):
+        _fit(km_values, random_state=value)
+
+
+@pytest.mark.parametrize(("value", "exc"), [(0, ValueError), (-2, ValueError), (1.5, TypeError),
+                                            (True, TypeError), ("2", TypeError)])
+def test_km_bad_n_threads(km_values, value, exc):
+    with pytest.raises(exc, match=r"^n_threads must be"):
+        _fit(km_values, n_threads=value)
+
+
+def test_km_keyword_only(km_values):
+    with pytest.raises(TypeError):
+        mc.fit_codebook(km_values, KM_K, "optimal")  # method, init, ... are keyword-only
+
+
+def test_km_errors_leave_the_inputs_unchanged(km_values):
+    values = km_values.copy()
+    w = np.ones(km_values.shape)
+    w[0, 0] = -1.0
+    w_copy = w.copy()
+    with pytest.raises(ValueError):
+        _fit(values, sample_weight=w)
+    np.testing.assert_array_equal(values, km_values)
+    np.testing.assert_array_equal(w, w_copy)
+
+
+def test_km_core_checks():
+    # The binding's own checks (the Python layer never sends these).
+    x = np.linspace(0.0, 1.0, 10)
+    with pytest.raises(ValueError, match="values must be 1-D"):
+        _core.kmeans_1d_f64(x.reshape(2, 5), None, 2, None, "lloyd", 10, 0.0, 0, 1, 1)
+    with pytest.raises(ValueError, match="method must be 'lloyd' or 'optimal'"):
+        _core.kmeans_1d_f64(x, None, 2, None, "auto", 10, 0.0, 0, 1, 1)
+    with pytest.raises(ValueError, match="weights: wrong shape"):
+        _core.kmeans_1d_f64(x, np.ones(9), 2, None, "lloyd", 10, 0.0, 0, 1, 1)
+    with pytest.raises(ValueError, match="init: wrong shape"):
+        _core.kmeans_1d_f64(x, None, 2, np.zeros(3), "lloyd", 10, 0.0, 0, 1, 1)
+    with pytest.raises(ValueError, match="need n >= 1 and k >= 1"):
+        _core.kmeans_1d_f64(x, None, 0, None, "lloyd", 10, 0.0, 0, 1, 1)
+    with pytest.raises(ValueError, match="need n >= 1 and k >= 1"):
+        _core.kmeans_1d_f32(np.zeros(0, np.float32), None, 1, None, "optimal", 10, 0.0, 0, 1, 1)
+    with pytest.raises(ValueError, match="bad options"):
+        _core.kmeans_1d_f64(x, None, 2, None, "lloyd", 10, -1.0, 0, 1, 1)
+    with pytest.raises(ValueError, match="bad options"):
+        _core.kmeans_1d_f64(x, None, 2, None, "lloyd", 10, 0.0, 0, 0, 1)
+
+
+@pytest.mark.parametrize("codes", [[16], [0, 1, 255], [[3, 4], [5, 99]], np.array([300], np.int64)])
+def test_pack_4bit_codes_above_15(codes):
+    with pytest.raises(ValueError, match=r"^codes must lie in \[0, 15\]"):
+        mc.pack_4bit(codes)
+
+
+@pytest.mark.parametrize("codes", [[-1], [0, 5, -3], np.array([[-128, 0]], np.int8)])
+def test_pack_4bit_negative_codes(codes):
+    with pytest.raises(ValueError, match=r"^codes must lie in \[0, 15\]"):
+        mc.pack_4bit(codes)
+
+
+@pytest.mark.parametrize("codes", [[1.0, 2.0], np.array([1, 2], np.float32), [True, False],
+                                   ["1", "2"], [1 + 0j], np.array([1, 2], object)])
+def test_pack_4bit_non_integer_codes(codes):
+    with pytest.raises(TypeError, match=r"^codes must be integers; got dtype"):
+        mc.pack_4bit(codes)
+
+
+def test_pack_4bit_scalar():
+    with pytest.raises(ValueError, match=r"^codes must have at least one axis"):
+        mc.pack_4bit(np.uint8(3))
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int64, np.uint16, np.float32, np.bool_])
+def test_unpack_4bit_not_uint8(dtype):
+    with pytest.raises(TypeError, match=r"^packed must be uint8; got dtype"):
+        mc.unpack_4bit(np.array([1, 2], dtype), 3)
+    with pytest.raises(TypeError, match=r"^packed must be uint8; got dtype int"):
+        mc.unpack_4bit([1, 2], 3)  # a list is int64, not uint8
+
+
+@pytest.mark.parametrize(("n_bytes", "n"), [(2, 5), (2, 100), (3, 7)])
+def test_unpack_4bit_n_too_large(n_bytes, n):
+    with pytest.raises(ValueError, match=rf"^n must be <= {2 * n_bytes}; got {n}"):
+        mc.unpack_4bit(np.zeros(n_bytes, np.uint8), n)
+
+
+@pytest.mark.parametrize(("n_bytes", "n"), [(2, 2), (2, 0), (3, 4), (1, 0)])
+def test_unpack_4bit_n_too_small(n_bytes, n):
+    # n must need every byte: 2 * n_bytes - 1 or 2 * n_bytes.
+    with pytest.raises(ValueError, match=rf"^n={n} does not match {n_bytes} packed bytes"):
+        mc.unpack_4bit(np.zeros((2, n_bytes), np.uint8), n)
+
+
+@pytest.mark.parametrize(("value", "exc"), [(-1, ValueError), (3.0, TypeError), ("3", TypeError),
+                                            (None, TypeError), (True, TypeError)])
+def test_unpack_4bit_bad_n(value, exc):
+    with pytest.raises(exc, match=r"^n must be"):
+        mc.unpack_4bit(np.zeros(2, np.uint8), value)
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_unpack_4bit_scalar(n):
+    with pytest.raises(ValueError, match=r"^packed"):
+        mc.unpack_4bit(np.uint8(0x21), n)  # expected: a ValueError naming packed

@@ -130,13 +130,16 @@ struct Distinct {
 };
 
 // The boundaries of the clusters of sorted centroids c: cluster j is [pos[j], pos[j+1]); a value
-// exactly at a midpoint goes to the lower centroid (scikit-learn's arg-min takes the first).
+// exactly at a midpoint goes to the lower centroid, and of equal centroids the first takes every
+// value (scikit-learn's arg-min takes the first), leaving the others empty.
 void boundaries(const Distinct& d, const std::vector<double>& c, std::vector<index_t>& pos) {
   const index_t k = static_cast<index_t>(c.size());
   pos.resize(static_cast<size_t>(k + 1));
   pos[0] = 0;
   pos[k] = d.m;
-  for (index_t j = 0; j + 1 < k; ++j) pos[j + 1] = std::max(pos[j], d.above(0.5 * (c[j] + c[j + 1])));
+  for (index_t j = k - 2; j >= 0; --j)
+    pos[j + 1] = c[j] == c[j + 1] ? pos[j + 2] : d.above(0.5 * (c[j] + c[j + 1]));
+  for (index_t j = 1; j <= k; ++j) pos[j] = std::max(pos[j], pos[j - 1]);
 }
 
 double inertia_of(const Distinct& d, const std::vector<double>& c, const std::vector<index_t>& pos) {
@@ -247,19 +250,38 @@ LloydRun lloyd(const Distinct& d, std::vector<double> c, index_t max_iter, doubl
     for (index_t j = 0; j < k; ++j)
       if (!(w[j] > 0.0)) empty.push_back(j);
     if (!empty.empty()) {
-      struct Far { double dist; index_t value, cluster; };
-      std::vector<Far> far;
+      // The values farthest from their (old) centroids, largest first (lower value on ties),
+      // as scikit-learn: in a cluster they come from its two ends inwards, so a heap of the
+      // clusters' next candidates from each side yields them in order.
+      struct Far {
+        double dist;
+        index_t value, cluster, step;  // step: +1 walking up from the low end, -1 down
+        bool operator<(const Far& o) const {
+          return dist < o.dist || (dist == o.dist && value > o.value);
+        }
+      };
+      std::vector<Far> heap;
       for (index_t j = 0; j < k; ++j) {
-        if (!(w[j] > 0.0)) continue;
-        far.push_back({std::abs(d.u[pos[j]] - c[j]), pos[j], j});
+        if (pos[j] == pos[j + 1]) continue;
+        heap.push_back({std::abs(d.u[pos[j]] - c[j]), pos[j], j, +1});
         if (pos[j + 1] - 1 != pos[j])
-          far.push_back({std::abs(d.u[pos[j + 1] - 1] - c[j]), pos[j + 1] - 1, j});
+          heap.push_back({std::abs(d.u[pos[j + 1] - 1] - c[j]), pos[j + 1] - 1, j, -1});
       }
-      std::sort(far.begin(), far.end(), [](const Far& a, const Far& b) {
-        return a.dist > b.dist || (a.dist == b.dist && a.value < b.value);
-      });
-      for (size_t e = 0; e < empty.size() && e < far.size(); ++e) {
-        const index_t v = far[e].value, from = far[e].cluster, to = empty[e];
+      std::make_heap(heap.begin(), heap.end());
+      std::vector<char> taken(static_cast<size_t>(d.m), 0);
+      size_t e = 0;
+      while (e < empty.size() && !heap.empty()) {
+        std::pop_heap(heap.begin(), heap.end());
+        const Far f = heap.back();
+        heap.pop_back();
+        const index_t next_v = f.value + f.step;
+        if (next_v >= pos[f.cluster] && next_v < pos[f.cluster + 1] && !taken[next_v]) {
+          heap.push_back({std::abs(d.u[next_v] - c[f.cluster]), next_v, f.cluster, f.step});
+          std::push_heap(heap.begin(), heap.end());
+        }
+        if (taken[f.value]) continue;
+        taken[f.value] = 1;
+        const index_t v = f.value, from = f.cluster, to = empty[e++];
         const double wv = d.pw[v + 1] - d.pw[v];
         sum[from] -= wv * d.u[v];
         w[from] -= wv;
@@ -450,7 +472,7 @@ KMeans1DResult kmeans_1d_impl(const T* x, const T* weight, index_t n, index_t k,
         c = kmeans_pp(d, k, rng);
       }
       LloydRun run = lloyd(d, std::move(c), o.max_iter, tol_abs);
-      if (run.inertia < best.inertia) best = std::move(run);
+      if (best.c.empty() || run.inertia < best.inertia) best = std::move(run);
     }
     range = best.pos;
     centre = best.c;
@@ -461,10 +483,9 @@ KMeans1DResult kmeans_1d_impl(const T* x, const T* weight, index_t n, index_t k,
     codebook[j] = k >= m ? x[order[first[std::min(j, m - 1)]]]
                          : T(centre[std::min(j, kk - 1)] + d.offset);
   res.inertia = 0;
-  for (index_t j = 0; j < kk; ++j) {
-    // the inertia of the codebook as stored (rounded to T)
-    res.inertia += d.cost(range[j], range[j + 1], double(codebook[j]) - d.offset);
-  }
+  if (k < m)  // (k >= m: every value is its own code, exactly)
+    for (index_t j = 0; j < kk; ++j)  // the inertia of the codebook as stored (rounded to T)
+      res.inertia += d.cost(range[j], range[j + 1], double(codebook[j]) - d.offset);
 
   // Codes: sorted positions in parallel chunks, each finding its first cluster by binary search.
   const index_t chunk = 1 << 16;

@@ -28,7 +28,17 @@ def _codes_dtype(n_codes):
 
 
 def _auto_method(n_codes, n):
-    return "optimal" if n_codes * n * math.log2(n + 1) <= _AUTO_OPTIMAL_WORK else "lloyd"
+    return "optimal" if n_codes * n * math.log2(n) <= _AUTO_OPTIMAL_WORK else "lloyd"
+
+
+def _scale_exponent(flat):
+    """e with max|values| / 2**e in [1, 2) when the values are so large or small that their
+    squares would overflow or underflow in float64 (the core sums squares in float64); else 0.
+    Scaling by a power of two is exact, so the codes do not change."""
+    largest = float(np.max(np.abs(flat)))
+    if largest == 0.0 or 2.0**-300 < largest < 2.0**300:
+        return 0
+    return math.frexp(largest)[1] - 1
 
 
 def fit_codebook(
@@ -144,8 +154,16 @@ def fit_codebook(
     rng = check_random_state(random_state)
     seed = int(rng.integers(0, 2**63 - 1))
     fit = _core.kmeans_1d_f32 if arr.dtype == np.float32 else _core.kmeans_1d_f64
+    exponent = _scale_exponent(flat)
+    if exponent:
+        flat = np.ldexp(flat, -exponent)
+        start = None if start is None else np.ldexp(start, -exponent)
     codebook, codes, inertia, _, _ = fit(flat, weight, n_codes, start, method, max_iter, tol,
                                          seed, n_init, n_threads)
+    if exponent:
+        codebook = np.ldexp(codebook, exponent)
+        with np.errstate(over="ignore"):
+            inertia = float(np.ldexp(inertia, 2 * exponent))
     return codebook, codes.astype(_codes_dtype(n_codes)).reshape(arr.shape), float(inertia)
 
 
@@ -186,6 +204,8 @@ def unpack_4bit(packed, n):
     packed = np.asarray(packed)
     if packed.dtype != np.uint8:
         raise TypeError(f"packed must be uint8; got dtype {packed.dtype}")
+    if packed.ndim == 0:
+        raise ValueError("packed must have at least one axis (the packed codes)")
     n = check_int(n, "n", min_value=0, max_value=2 * packed.shape[-1] if packed.ndim else 0)
     if n <= 2 * packed.shape[-1] - 2:
         raise ValueError(f"n={n} does not match {packed.shape[-1]} packed bytes")
