@@ -351,8 +351,8 @@ class _Scores:
 # --------------------------------------------------------------------------------------------
 # peak memory, in a fresh process
 
-_MEMORY_CHILD = r"""
-import gc, json, resource, sys
+_MEMORY_CHILD = _ob.PEAK_RSS_HELPERS + r"""
+import json, sys
 a = json.loads(sys.argv[1])
 sys.path.insert(0, a["bench_dir"])
 import numpy as np
@@ -364,35 +364,8 @@ D0 = initial_dictionary(X)
 kw = dict(n_nonzero_coefs=N_NONZERO, method=a["method"], tol=0.0, dict_init=D0,
           random_state=SEED, n_threads=THREADS)
 matcompress.dict_learning(X[:N_COMPONENTS], N_COMPONENTS, max_iter=1, **kw)  # threads, code in
-gc.collect()
-try:  # give freed heap memory back, so the fit cannot reuse it unseen (the RSS would not grow)
-    import ctypes
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-except (OSError, AttributeError):
-    pass
-
-def rss_now():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-def maxrss():
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-before = rss_now()
-try:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    method = "peak RSS reset by /proc/self/clear_refs, read from VmHWM"
-except OSError:
-    method = "peak RSS (VmHWM / ru_maxrss) minus RSS before"
-peak_before = maxrss()
+release_freed_memory()
+before, peak_before, method = start_peak()
 codes, D, errors = matcompress.dict_learning(X, N_COMPONENTS, max_iter=a["passes"], **kw)
 peak_after = maxrss()
 print(json.dumps(dict(before=before, peak_before=peak_before, peak_after=peak_after,

@@ -210,22 +210,19 @@ def _import_spams():
 # --------------------------------------------------------------------------------------------
 # peak memory, in a fresh process
 
-_MEMORY_CHILD = r"""
-import gc, json, resource, sys
-import numpy as np
-import scipy.sparse  # imported before the measurement: return_sparse needs it
-import matcompress
+# Source shared by the memory-measuring child scripts (bench/omp.py, dictionary.py, kmeans.py):
+# the RSS now, the peak RSS, and start_peak() to reset the peak just before the measured call.
+PEAK_RSS_HELPERS = r"""
+import gc, resource
 
-a = json.loads(sys.argv[1])
-dtype = np.dtype(a["dtype"])
-rng = np.random.default_rng([a["seed"], a["n_components"], a["n_features"]])
-D = rng.standard_normal((a["n_components"], a["n_features"]), dtype=dtype)
-D /= np.linalg.norm(D, axis=1, keepdims=True)
-rng = np.random.default_rng([a["seed"], a["n_features"], 1])
-X = rng.standard_normal((a["n_signals"], a["n_features"]), dtype=dtype)  # no temporaries
-kw = dict(n_nonzero_coefs=a["s"], return_sparse=a["return_sparse"])
-matcompress.sparse_encode(X[:256], D, **kw)  # threads started, code paged in
-gc.collect()
+def release_freed_memory():
+    # give freed heap memory back, so the measured call cannot reuse it unseen (no RSS growth)
+    gc.collect()
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 def rss_now():
     with open("/proc/self/statm") as f:
@@ -243,14 +240,35 @@ def maxrss():
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
-before = rss_now()
-try:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets the peak RSS to the current RSS
-    method = "peak RSS reset by /proc/self/clear_refs, read from VmHWM"
-except OSError:
-    method = "peak RSS (VmHWM / ru_maxrss) minus RSS before"
-peak_before = maxrss()
+def start_peak():
+    # reset the peak RSS to the current one: (RSS now, peak now, how the peak is read)
+    before = rss_now()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the peak RSS to the current RSS
+        method = "peak RSS reset by /proc/self/clear_refs, read from VmHWM"
+    except OSError:
+        method = "peak RSS (VmHWM / ru_maxrss) minus RSS before"
+    return before, maxrss(), method
+"""
+
+_MEMORY_CHILD = PEAK_RSS_HELPERS + r"""
+import json, sys
+import numpy as np
+import scipy.sparse  # imported before the measurement: return_sparse needs it
+import matcompress
+
+a = json.loads(sys.argv[1])
+dtype = np.dtype(a["dtype"])
+rng = np.random.default_rng([a["seed"], a["n_components"], a["n_features"]])
+D = rng.standard_normal((a["n_components"], a["n_features"]), dtype=dtype)
+D /= np.linalg.norm(D, axis=1, keepdims=True)
+rng = np.random.default_rng([a["seed"], a["n_features"], 1])
+X = rng.standard_normal((a["n_signals"], a["n_features"]), dtype=dtype)  # no temporaries
+kw = dict(n_nonzero_coefs=a["s"], return_sparse=a["return_sparse"])
+matcompress.sparse_encode(X[:256], D, **kw)  # threads started, code paged in
+release_freed_memory()
+before, peak_before, method = start_peak()
 C = matcompress.sparse_encode(X, D, **kw)
 peak_after = maxrss()
 if a["return_sparse"]:
