@@ -144,3 +144,15 @@ def _isa_restored():
         left = _core.active_isa()
         _core.set_isa(INITIAL_ISA)
         pytest.fail(f"test left instruction set {left!r} active (expected {INITIAL_ISA!r})")
+
+
+@pytest.fixture(params=[np.float32, np.float64], ids=["f32", "f64"])
+def dtype(request):
+    """Both floating-point dtypes of the API."""
+    return np.dtype(request.param)
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def n_threads(request):
+    """One thread and the 2 cores of the CI machine."""
+    return request.param

@@ -50,11 +50,6 @@ ERROR_TOL = {
 NORM_TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 
 
-@pytest.fixture(params=[np.float32, np.float64], ids=["f32", "f64"])
-def dtype(request):
-    return np.dtype(request.param)
-
-
 @pytest.fixture(params=METHODS)
 def method(request):
     return request.param

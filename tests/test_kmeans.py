@@ -49,16 +49,6 @@ CENTROID_TOL = {
 SK_INERTIA_RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 
 
-@pytest.fixture(params=[np.float32, np.float64], ids=["f32", "f64"])
-def dtype(request):
-    return np.dtype(request.param)
-
-
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def n_threads(request):
-    return request.param
-
-
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------

@@ -48,16 +48,6 @@ COEF_TOL = {
 RESID_RTOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-9}
 
 
-@pytest.fixture(params=[np.float32, np.float64], ids=["f32", "f64"])
-def dtype(request):
-    return np.dtype(request.param)
-
-
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def n_threads(request):
-    return request.param
-
-
 def sk_omp(X, D, n_nonzero_coefs=None, **kwargs):
     """scikit-learn's sparse_encode with algorithm='omp'."""
     if n_nonzero_coefs is None:
