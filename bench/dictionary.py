@@ -706,22 +706,6 @@ def format_report(res):
     return "\n\n".join(parts) + "\n"
 
 
-def _source_state():
-    """The commit of the repository this script is in, and the library files changed since."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        commit = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, timeout=10).stdout.strip()
-        changed = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "python",
-                                  "csrc"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if not commit:
-        return None
-    files = [line[3:] for line in changed.splitlines() if line.strip()]
-    return f"{commit}" + (f" + uncommitted changes to {', '.join(files)}" if files else "")
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -739,7 +723,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     _ob._import_spams()  # so that its thread pools are listed
     header = _ob.format_environment(_ob.environment(), command)
-    source = _source_state()
+    source = _ob.source_state()
     if source:
         header += f"\n- matcompress source: {source}"
     print(header, flush=True)
@@ -747,19 +731,11 @@ def main(argv=None):
     res = run(quick=args.quick, out=sys.stdout, memory=not args.no_memory,
               wait_idle=args.wait_idle)
     elapsed = time.perf_counter() - t0
-    report = format_report(res)
-    print()
-    print(report)
-    print(f"total time {elapsed:.0f} s")
-    if args.markdown:
-        title = "## Dictionary learning" + (" (--quick)" if args.quick else "")
-        text = (f"{title}\n\n{header}\n- total benchmark time: {elapsed:.0f} s\n"
-                f"- data: {res['n']} random 8x8 patches of scikit-learn's sample images, mean "
-                f"removed, float32 (`matcompress.demo.load_patches`, seed {SEED}); "
-                f"{res['n_components']} atoms, {res['s']} nonzeros\n\n{report}")
-        with open(args.markdown, "w") as f:
-            f.write(text)
-        print(f"wrote {args.markdown}")
+    _ob.finish(format_report(res), elapsed, args.markdown,
+               "## Dictionary learning" + (" (--quick)" if args.quick else ""), header,
+               f"{res['n']} random 8x8 patches of scikit-learn's sample images, mean removed, "
+               f"float32 (`matcompress.demo.load_patches`, seed {SEED}); "
+               f"{res['n_components']} atoms, {res['s']} nonzeros")
     return res
 
 

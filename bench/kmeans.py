@@ -1045,10 +1045,6 @@ def main(argv=None):
     t0 = time.perf_counter()
     faiss, _ = _import_faiss()  # so that its thread pools are listed
     header = _ob.format_environment(_ob.environment(), command)
-    try:
-        from dictionary import _source_state
-    except ImportError:
-        _source_state = lambda: None  # noqa: E731
     versions = []
     for dist in ("faiss-cpu", "threadpoolctl"):
         try:
@@ -1056,7 +1052,7 @@ def main(argv=None):
         except md.PackageNotFoundError:
             versions.append(f"{dist} not installed")
     header += "\n- " + ", ".join(versions)
-    source = _source_state()
+    source = _ob.source_state()
     if source:
         header += f"\n- matcompress source: {source}"
     nat = _native_state()
@@ -1068,18 +1064,10 @@ def main(argv=None):
     res = run(quick=args.quick, out=sys.stdout, memory=not args.no_memory,
               wait_idle=args.wait_idle, optimal_budget=args.optimal_budget, seeds=args.seeds)
     elapsed = time.perf_counter() - t0
-    report = format_report(res)
-    print()
-    print(report)
-    print(f"total time {elapsed:.0f} s")
-    if args.markdown:
-        title = "## 1-D k-means: `bench/kmeans.py`" + (" (--quick)" if args.quick else "")
-        n = res["cases"][0]["n"] if res["cases"] else 0
-        text = (f"{title}\n\n{header}\n- total benchmark time: {elapsed:.0f} s\n"
-                f"- data: {n:,} Laplace(0, 1) values, float32, seed {SEED}\n\n{report}")
-        with open(args.markdown, "w") as f:
-            f.write(text)
-        print(f"wrote {args.markdown}")
+    n = res["cases"][0]["n"] if res["cases"] else 0
+    _ob.finish(format_report(res), elapsed, args.markdown,
+               "## 1-D k-means: `bench/kmeans.py`" + (" (--quick)" if args.quick else ""),
+               header, f"{n:,} Laplace(0, 1) values, float32, seed {SEED}")
     return res
 
 

@@ -647,6 +647,35 @@ def format_environment(env, command):
     return "\n".join(lines)
 
 
+def source_state():
+    """The commit of the repository this script is in, and the library files changed since."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+        changed = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "python",
+                                  "csrc"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if not commit:
+        return None
+    files = [line[3:] for line in changed.splitlines() if line.strip()]
+    return f"{commit}" + (f" + uncommitted changes to {', '.join(files)}" if files else "")
+
+
+def finish(report, elapsed, markdown, title, header, data):
+    """Print the report and the total time; write the markdown file (title, environment header,
+    time, a line on the data, the report) when asked."""
+    print()
+    print(report)
+    print(f"total time {elapsed:.0f} s")
+    if markdown:
+        with open(markdown, "w") as f:
+            f.write(f"{title}\n\n{header}\n- total benchmark time: {elapsed:.0f} s\n"
+                    f"- data: {data}\n\n{report}")
+        print(f"wrote {markdown}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -670,18 +699,9 @@ def main(argv=None):
     rows = run(quick=args.quick, dtypes=dtypes, out=sys.stdout, memory=not args.no_memory,
                wait_idle=args.wait_idle)
     elapsed = time.perf_counter() - t0
-    report = format_report(rows)
-    print()
-    print(report)
-    print(f"total time {elapsed:.0f} s")
-    if args.markdown:
-        title = "## OMP sparse coding" + (" (--quick)" if args.quick else "")
-        text = (f"{title}\n\n{header}\n- total benchmark time: {elapsed:.0f} s\n"
-                "- data: Gaussian dictionary with unit-norm rows, Gaussian signals, fixed seed\n\n"
-                f"{report}")
-        with open(args.markdown, "w") as f:
-            f.write(text)
-        print(f"wrote {args.markdown}")
+    finish(format_report(rows), elapsed, args.markdown,
+           "## OMP sparse coding" + (" (--quick)" if args.quick else ""), header,
+           "Gaussian dictionary with unit-norm rows, Gaussian signals, fixed seed")
     return rows
 
 

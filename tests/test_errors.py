@@ -632,12 +632,13 @@ def test_dl_bad_max_iter(dl_X, value, exc):
         _learn(dl_X, max_iter=value)
 
 
-@pytest.mark.parametrize(("value", "exc", "msg"), [(-1e-12, ValueError, "must be >= 0"),
-                                                   (-1.0, ValueError, "must be >= 0"),
-                                                   (np.nan, ValueError, "must be finite"),
-                                                   (np.inf, ValueError, "must be finite"),
-                                                   ("0.1", TypeError, "must be a real number"),
-                                                   (None, TypeError, "must be a real number")])
+# A tolerance: a finite real number >= 0 (the same check for every iterative method).
+BAD_TOL = [(-1e-12, ValueError, "must be >= 0"), (-1.0, ValueError, "must be >= 0"),
+           (np.nan, ValueError, "must be finite"), (np.inf, ValueError, "must be finite"),
+           ("0.1", TypeError, "must be a real number"), (None, TypeError, "must be a real number")]
+
+
+@pytest.mark.parametrize(("value", "exc", "msg"), BAD_TOL)
 def test_dl_bad_tol(dl_X, value, exc, msg):
     with pytest.raises(exc, match=rf"^tol {msg}"):
         _learn(dl_X, tol=value)
@@ -868,12 +869,7 @@ def test_km_bad_max_iter(km_values, value, exc):
         _fit(km_values, max_iter=value)
 
 
-@pytest.mark.parametrize(("value", "exc", "msg"), [(-1e-12, ValueError, "must be >= 0"),
-                                                   (-1.0, ValueError, "must be >= 0"),
-                                                   (np.nan, ValueError, "must be finite"),
-                                                   (np.inf, ValueError, "must be finite"),
-                                                   ("0.1", TypeError, "must be a real number"),
-                                                   (None, TypeError, "must be a real number")])
+@pytest.mark.parametrize(("value", "exc", "msg"), BAD_TOL)
 def test_km_bad_tol(km_values, value, exc, msg):
     with pytest.raises(exc, match=rf"^tol {msg}"):
         _fit(km_values, tol=value)
