@@ -1,4 +1,5 @@
 #include "kmeans.h"
+#include "random.h"
 
 #include <algorithm>
 #include <cmath>
@@ -76,22 +77,6 @@ Sorted<I, T> radix_sort(const T* x, index_t n) {
   }
   return {std::move(keys), std::move(order)};
 }
-
-// Splitmix64: the seeded stream behind k-means++ (the same numbers on every platform).
-class Random {
- public:
-  explicit Random(std::uint64_t seed) : state_(seed) {}
-  std::uint64_t next() {
-    std::uint64_t z = (state_ += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  }
-  double uniform() { return double(next() >> 11) * 0x1.0p-53; }  // [0, 1)
-
- private:
-  std::uint64_t state_;
-};
 
 // The distinct sorted values (centred on their weighted mean, for accurate sums of squares) and
 // the prefix sums of weight, weight*u and weight*u^2 over them: sums over any range in O(1).
@@ -479,9 +464,22 @@ KMeans1DResult kmeans_1d_impl(const T* x, const T* weight, index_t n, index_t k,
     res.n_iter = best.n_iter;
   }
   const index_t kk = static_cast<index_t>(centre.size());
-  for (index_t j = 0; j < k; ++j)
-    codebook[j] = k >= m ? x[order[first[std::min(j, m - 1)]]]
-                         : T(centre[std::min(j, kk - 1)] + d.offset);
+  for (index_t j = 0; j < k; ++j) {
+    if (k >= m) {
+      codebook[j] = x[order[first[std::min(j, m - 1)]]];
+      continue;
+    }
+    const index_t jj = std::min(j, kk - 1);
+    T c = T(centre[jj] + d.offset);
+    if (range[jj] < range[jj + 1]) {
+      // A mean lies within its values; rounding through the offset may step outside (e.g. a
+      // cluster of one tiny value next to an offset of hundreds): clamp, which also keeps the
+      // codebook ascending and single-value clusters exact.
+      const T lo = x[order[first[range[jj]]]], hi = x[order[first[range[jj + 1] - 1]]];
+      c = std::min(std::max(c, lo), hi);
+    }
+    codebook[j] = c;
+  }
   res.inertia = 0;
   if (k < m)  // (k >= m: every value is its own code, exactly)
     for (index_t j = 0; j < kk; ++j)  // the inertia of the codebook as stored (rounded to T)

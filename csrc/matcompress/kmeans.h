@@ -1,5 +1,7 @@
-// k-means codebooks for weight quantization. This file: scalar (1-D) k-means, the hot case.
-// The values are sorted once (radix sort) and equal values merged; every later step works on the
+// k-means codebooks for weight quantization: scalar (1-D) k-means, the hot case (kmeans.cc),
+// and k-means of short blocks (vectors) of weights (kmeans_block.cc).
+//
+// Scalar: the values are sorted once (radix sort) and equal values merged; every later step works on the
 // distinct sorted values through prefix sums of weight, weight*value and weight*value^2:
 //  - Lloyd: each iteration is O(k log m) (clusters are the ranges between centroid midpoints);
 //    the start is greedy k-means++ as scikit-learn's, sampled and scored with the prefix sums;
@@ -10,6 +12,7 @@
 
 #include <cstdint>
 
+#include "blas.h"
 #include "common.h"
 
 namespace matcompress {
@@ -43,5 +46,51 @@ struct KMeans1DResult {
 template <typename T>
 KMeans1DResult kmeans_1d(const T* x, const T* weight, index_t n, index_t k, const T* init,
                          const KMeans1DOptions& options, T* codebook, int32_t* codes);
+
+// --- blocks ------------------------------------------------------------------------------------
+// Lloyd's algorithm on n points of `dim` coordinates, as scikit-learn's KMeans(algorithm="lloyd")
+// on the same start: the data is centred on its mean; each iteration assigns every point to its
+// nearest centroid and moves each centroid to the weighted mean of its points; an empty cluster
+// takes the point farthest from its centroid; the run stops when no point changes cluster or
+// the summed squared centroid shift is <= tol times the mean variance of the coordinates. The
+// nearest centroid comes from a register-tiled kernel fused with the arg-min (small dim) or from
+// GEMM tiles of points x centroids with the arg-min on each tile; never an n x k matrix.
+// The start is greedy k-means++ (scikit-learn's 2 + ln k trials per step), with the exact
+// triangle-inequality pruning of whole clusters that cannot gain from a candidate.
+// Results are identical for any thread count.
+
+struct KMeansBlockOptions {
+  index_t max_iter = 100;
+  double tol = 1e-6;                 ///< relative to the mean variance of the coordinates
+  std::uint64_t seed = 0;            ///< k-means++ and sub-sampling
+  index_t n_init = 1;                ///< runs from different starts; the best is kept
+  bool random_init = false;          ///< start from k distinct points drawn with probability
+                                     ///< proportional to weight, instead of k-means++
+  index_t max_points_per_centroid = 0;  ///< > 0: Lloyd runs on a random sample of at most
+                                        ///< k * this many points (the codes then cover all)
+  int n_threads = 0;
+};
+
+struct KMeansBlockResult {
+  double inertia = 0.0;  ///< sum over points of weight * squared distance to its centroid
+  index_t n_iter = 0;    ///< Lloyd iterations of the kept run
+};
+
+/// Block k-means of n points (row-major, n x dim, finite) into k centroids.
+/// @param gemm     used for the distance tiles when dim is large and it runs on the caller thread
+/// @param weight   sample weights >= 0 (some > 0), size n, or null for all ones
+/// @param init     starting centroids, k x dim, or null for k-means++
+/// @param centers  out: k x dim
+/// @param labels   out: size n, each point's centroid (the first of equally near ones)
+template <typename T>
+KMeansBlockResult kmeans_block(const Gemm<T>& gemm, const T* x, const T* weight, index_t n,
+                               index_t dim, index_t k, const T* init,
+                               const KMeansBlockOptions& options, T* centers, int32_t* labels);
+
+/// Nearest of k centroids (k x dim) for each of n points; returns the weighted sum of squared
+/// distances (weight may be null).
+template <typename T>
+double kmeans_assign(const Gemm<T>& gemm, const T* x, const T* weight, index_t n, index_t dim,
+                     const T* centers, index_t k, int n_threads, int32_t* labels);
 
 }  // namespace matcompress

@@ -15,6 +15,7 @@
 #include <type_traits>
 
 #include "omp_signal.h"
+#include "simd.h"
 
 #ifndef MC_ISA_NS
 #error "MC_ISA_NS must name the instruction-set namespace"
@@ -24,44 +25,10 @@ namespace matcompress {
 namespace MC_ISA_NS {
 namespace {
 
-// Vectors as wide as the target's registers (GCC vector extensions): zmm, ymm or xmm. Wider
-// vectors than the registers are split for arithmetic, but GCC scalarises their compares,
-// selects and shuffles (measured: 9x slower). A block of the kernel (omp_block, 128 bytes) is
-// kNV vectors. kChains independent accumulator chains cover the FMA latency within the
-// register budget: 32 zmm (AVX-512), 16 ymm (AVX2), 16 xmm (SSE2).
-#if defined(__AVX512F__)
-constexpr int kVecBytes = 64;
-constexpr int kChains = 4;
-#elif defined(__AVX2__)
-constexpr int kVecBytes = 32;
-constexpr int kChains = 2;
-#else
-constexpr int kVecBytes = 16;
-constexpr int kChains = 1;
-#endif
-
+// The block of the kernel (omp_block, 128 bytes) is NV vectors of the target's width.
 template <typename T>
-struct Simd {
-  typedef T vec __attribute__((vector_size(kVecBytes)));
-  typedef T uvec __attribute__((vector_size(kVecBytes), aligned(alignof(T)), may_alias));
-  using I = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;  // same lane width as T
-  typedef I ivec __attribute__((vector_size(kVecBytes)));
-  static constexpr index_t W = kVecBytes / static_cast<index_t>(sizeof(T));
-  static constexpr int NV = static_cast<int>(omp_block<T>() / W);  // vectors per block
-
-  static vec load(const T* p) { return *reinterpret_cast<const uvec*>(p); }
-  static void store(T* p, vec v) { *reinterpret_cast<uvec*>(p) = v; }
-  static vec splat(T x) { return vec{} + x; }
-  static vec abs(vec v) { return reinterpret_cast<vec>(reinterpret_cast<ivec>(v) & ~sign_mask()); }
-  static ivec sign_mask() { return ivec{} + (I(1) << (8 * sizeof(I) - 1)); }
-  static ivec iota() {
-    ivec r{};
-    for (index_t e = 0; e < W; ++e) r[e] = static_cast<I>(e);
-    return r;
-  }
-  static ivec rotate(index_t h) {  // shuffle mask: lane e takes lane (e + h) mod W
-    return (iota() + static_cast<I>(h)) & static_cast<I>(W - 1);
-  }
+struct OmpSimd : Simd<T> {
+  static constexpr int NV = static_cast<int>(omp_block<T>() / Simd<T>::W);
 };
 
 /// Running maximum of |a| per lane and the index where it was first seen (strict ">" keeps the
@@ -69,7 +36,7 @@ struct Simd {
 /// numpy's argmax rule, which scikit-learn's OMP uses.
 template <typename T>
 struct LaneArgmax {
-  using S = Simd<T>;
+  using S = OmpSimd<T>;
   using vec = typename S::vec;
   using ivec = typename S::ivec;
   using I = typename S::I;
@@ -129,7 +96,7 @@ template <typename T>
 index_t omp_signal(const OmpSignalArgs<T>& args, T* __restrict alpha, T norm2,
                    const OmpSignalWork<T>& work, int32_t* out_idx, T* out_val,
                    bool* premature) {
-  using S = Simd<T>;
+  using S = OmpSimd<T>;
   using vec = typename S::vec;
   constexpr index_t B = omp_block<T>();
   constexpr int NV = S::NV;

@@ -379,6 +379,61 @@ py::tuple kmeans_1d(const carray<T>& x, const std::optional<carray<T>>& weight, 
   return py::make_tuple(codebook, codes, r.inertia, r.n_iter, r.n_distinct);
 }
 
+// Block k-means of the rows of X (n x dim): (centers, labels as int32, inertia, n_iter).
+template <typename T>
+py::tuple kmeans_block(const carray<T>& x, const std::optional<carray<T>>& weight, mc::index_t k,
+                       const std::optional<carray<T>>& init, mc::index_t max_iter, double tol,
+                       std::uint64_t seed, mc::index_t n_init, bool random_init,
+                       mc::index_t max_points_per_centroid, int n_threads) {
+  require(x.ndim() == 2, "X must be 2-D");
+  const mc::index_t n = x.shape(0), dim = x.shape(1);
+  require(n >= 1 && dim >= 1 && k >= 1 && k <= n, "need 1 <= k <= n_points and dim >= 1");
+  if (weight) require(weight->ndim() == 1 && weight->shape(0) == n, "weights: wrong shape");
+  if (init) require(init->ndim() == 2 && init->shape(0) == k && init->shape(1) == dim,
+                    "init: wrong shape");
+  mc::KMeansBlockOptions o;
+  o.max_iter = max_iter;
+  o.tol = tol;
+  o.seed = seed;
+  o.n_init = n_init;
+  o.random_init = random_init;
+  o.max_points_per_centroid = max_points_per_centroid;
+  o.n_threads = n_threads;
+  py::array_t<T> centers({k, dim});
+  py::array_t<int32_t> labels(n);
+  mc::KMeansBlockResult r;
+  {
+    py::gil_scoped_release nogil;
+    BlasOneThread one_blas_thread;
+    const mc::FortranGemm<T> gemm(scipy_gemm_fn<T>(), INT_MAX, one_blas_thread.active());
+    r = mc::kmeans_block<T>(gemm, x.data(), weight ? weight->data() : nullptr, n, dim, k,
+                            init ? init->data() : nullptr, o, centers.mutable_data(),
+                            labels.mutable_data());
+  }
+  return py::make_tuple(centers, labels, r.inertia, r.n_iter);
+}
+
+// Nearest of the rows of `centers` for each row of X: (labels as int32, weighted inertia).
+template <typename T>
+py::tuple kmeans_assign(const carray<T>& x, const carray<T>& centers,
+                        const std::optional<carray<T>>& weight, int n_threads) {
+  require(x.ndim() == 2 && centers.ndim() == 2 && x.shape(1) == centers.shape(1),
+          "X and centers must be 2-D with the same number of columns");
+  const mc::index_t n = x.shape(0), dim = x.shape(1), k = centers.shape(0);
+  require(k >= 1 && dim >= 1, "need at least one center and one column");
+  if (weight) require(weight->ndim() == 1 && weight->shape(0) == n, "weights: wrong shape");
+  py::array_t<int32_t> labels(n);
+  double inertia = 0;
+  {
+    py::gil_scoped_release nogil;
+    BlasOneThread one_blas_thread;
+    const mc::FortranGemm<T> gemm(scipy_gemm_fn<T>(), INT_MAX, one_blas_thread.active());
+    inertia = mc::kmeans_assign<T>(gemm, x.data(), weight ? weight->data() : nullptr, n, dim,
+                                   centers.data(), k, n_threads, labels.mutable_data());
+  }
+  return py::make_tuple(labels, inertia);
+}
+
 // Test hook: row-major GEMM through the injected BLAS with a chosen split size, so the
 // splitting of sizes past the 32-bit BLAS interface is exercised on small matrices.
 template <typename T>
@@ -458,6 +513,16 @@ PYBIND11_MODULE(_core, m) {
     else
       std::apply([&](auto... a) { m.def(name, &kmeans_1d<double>, a...); }, args);
   }
+  m.def("kmeans_block_f32", &kmeans_block<float>, py::arg("X"), py::arg("weight"), py::arg("k"),
+        py::arg("init"), py::arg("max_iter"), py::arg("tol"), py::arg("seed"), py::arg("n_init"),
+        py::arg("random_init"), py::arg("max_points_per_centroid"), py::arg("n_threads"));
+  m.def("kmeans_block_f64", &kmeans_block<double>, py::arg("X"), py::arg("weight"), py::arg("k"),
+        py::arg("init"), py::arg("max_iter"), py::arg("tol"), py::arg("seed"), py::arg("n_init"),
+        py::arg("random_init"), py::arg("max_points_per_centroid"), py::arg("n_threads"));
+  m.def("kmeans_assign_f32", &kmeans_assign<float>, py::arg("X"), py::arg("centers"),
+        py::arg("weight"), py::arg("n_threads"));
+  m.def("kmeans_assign_f64", &kmeans_assign<double>, py::arg("X"), py::arg("centers"),
+        py::arg("weight"), py::arg("n_threads"));
   m.def("codes_to_csr_f32", &codes_to_csr<float>);
   m.def("codes_to_csr_f64", &codes_to_csr<double>);
   m.def("gemm_f32", &gemm<float>);

@@ -6,13 +6,14 @@
 
 from ._version import __version__
 from .dictionary import DictionaryLearning, dict_learning
-from .kmeans import fit_codebook, pack_4bit, unpack_4bit
+from .kmeans import KMeansQuantizer, fit_codebook, pack_4bit, unpack_4bit
 from .omp import sparse_encode
 
 __all__ = [
     "__version__",
     "DictionaryLearning",
     "dict_learning",
+    "KMeansQuantizer",
     "fit_codebook",
     "pack_4bit",
     "show_config",
