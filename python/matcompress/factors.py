@@ -1,0 +1,531 @@
+"""The factorizations every compressor returns: W (m x n) ~ B (*) C in a stored form.
+
+Each is a frozen dataclass with ``shape``, ``dtype``, ``nbytes`` (the stored bytes: every array,
+indices, codebooks and scales included), ``compression_ratio`` (dense bytes / stored bytes),
+``to_dense()``, ``matmul(x)`` (``x @ W`` from the factors, never building the dense matrix of the
+large forms) and ``save(path)`` / :func:`load` (``.npz`` with a format version).
+
+=============  ======================================================  ===========================
+class          fields                                                  W ~
+=============  ======================================================  ===========================
+LowRank        left (m, r), right (r, n)                               left @ right
+SparseCodes    indices (m, s), values (m, s), dictionary (k, n)        row i = sum_t values[i, t]
+                                                                       * dictionary[indices[i, t]]
+Codebook       codes (m, n / b) (4-bit packed: (m, ceil(n / 2b))),     W[i, jb:(j+1)b] =
+               codebook (n_codes, b)                                   codebook[codes[i, j]]
+SignBits       bits (k, ceil(n / 8)) packed signs, scale (n), seed, m  (R @ S) * scale, R (m, k)
+                                                                       regenerated from seed
+Pruned         CSR indptr (m + 1), indices (nnz), values (nnz) or      the kept entries
+               codes (nnz) + codebook (n_codes,)
+=============  ======================================================  ===========================
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import os
+from typing import ClassVar
+
+import numpy as np
+
+__all__ = ["Factorization", "LowRank", "SparseCodes", "Codebook", "SignBits", "Pruned", "load",
+           "FORMAT_VERSION"]
+
+#: Version of the ``.npz`` layout written by ``save``; ``load`` reads this version only.
+FORMAT_VERSION = 1
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+# Columns of W produced at a time by the matmul of the forms that have no cheaper route than
+# decoding W: the decoded block is m x this, never all of W.
+_COLUMN_TILE = 256
+
+
+def _float_array(a, name, ndim):
+    a = np.asarray(a)
+    if a.dtype not in _FLOATS:
+        raise TypeError(f"{name} must be float32 or float64; got dtype {a.dtype}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D; got shape {a.shape}")
+    return a
+
+
+def _int_array(a, name, ndim, *, upper, allow_unsigned=True):
+    a = np.asarray(a)
+    if a.dtype.kind not in ("iu" if allow_unsigned else "i"):
+        raise TypeError(f"{name} must be integers; got dtype {a.dtype}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D; got shape {a.shape}")
+    if a.size and (int(a.min()) < 0 or int(a.max()) >= upper):
+        raise ValueError(f"{name} must lie in [0, {upper}); got values in "
+                         f"[{int(a.min())}, {int(a.max())}]")
+    return a
+
+
+def index_dtype(upper):
+    """The smallest unsigned dtype holding indices in [0, upper): what compressors store."""
+    for dt in (np.uint8, np.uint16, np.uint32):
+        if upper <= np.iinfo(dt).max + 1:
+            return np.dtype(dt)
+    return np.dtype(np.int64)
+
+
+def _check_x(x, m, dtype):
+    """x (..., m) as a float array of the factorization's dtype (or float64 input kept)."""
+    x = np.asarray(x)
+    if x.dtype.kind not in "biuf":
+        raise TypeError(f"x must be a real numeric array; got dtype {x.dtype}")
+    if x.ndim < 1 or x.shape[-1] != m:
+        raise ValueError(f"x must have shape (..., {m}) to multiply a matrix of {m} rows; "
+                         f"got {x.shape}")
+    out = np.result_type(x.dtype if x.dtype.kind == "f" else np.float64, dtype)
+    return x.astype(out, copy=False)
+
+
+class Factorization(abc.ABC):
+    """A stored approximation of a matrix W of shape (m, n)."""
+
+    kind: ClassVar[str]
+
+    @property
+    @abc.abstractmethod
+    def shape(self) -> tuple[int, int]:
+        """(m, n): the shape of W."""
+
+    @property
+    @abc.abstractmethod
+    def dtype(self) -> np.dtype:
+        """dtype of W (float32 or float64)."""
+
+    @abc.abstractmethod
+    def to_dense(self) -> np.ndarray:
+        """W as a dense (m, n) array."""
+
+    @abc.abstractmethod
+    def _matmul(self, x2d: np.ndarray) -> np.ndarray:
+        """x2d (b, m) @ W."""
+
+    def matmul(self, x):
+        """``x @ W`` for x of shape (..., m), from the factors."""
+        m, n = self.shape
+        x = _check_x(x, m, self.dtype)
+        lead = x.shape[:-1]
+        y = self._matmul(x.reshape(-1, m))
+        return y.reshape(lead + (n,))
+
+    def __matmul__(self, other):  # W @ other
+        return self.to_dense() @ other
+
+    def __rmatmul__(self, other):  # other @ W
+        return self.matmul(other)
+
+    def _arrays(self) -> dict:
+        """The stored arrays (what nbytes counts and save writes)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if isinstance(getattr(self, f.name), np.ndarray)}
+
+    @property
+    def nbytes(self) -> int:
+        """Stored bytes: the sum of the arrays' bytes (scalars such as a seed count 8)."""
+        total = 0
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            total += v.nbytes if isinstance(v, np.ndarray) else (8 if v is not None else 0)
+        return int(total)
+
+    @property
+    def dense_nbytes(self) -> int:
+        m, n = self.shape
+        return m * n * self.dtype.itemsize
+
+    @property
+    def compression_ratio(self) -> float:
+        """Dense bytes of W over the stored bytes."""
+        return self.dense_nbytes / self.nbytes
+
+    def save(self, path):
+        """Write the factorization to ``path`` (``.npz``, uncompressed; see :func:`load`)."""
+        fields = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if v is None:
+                continue
+            fields[f.name] = v if isinstance(v, np.ndarray) else np.asarray(v)
+        np.savez(path, __kind__=np.asarray(self.kind), __version__=np.asarray(FORMAT_VERSION),
+                 **fields)
+
+    def __repr__(self):
+        m, n = self.shape
+        return (f"{type(self).__name__}(shape=({m}, {n}), dtype={self.dtype}, "
+                f"nbytes={self.nbytes}, compression_ratio={self.compression_ratio:.3g})")
+
+    def __eq__(self, other):
+        if type(other) is not type(self):
+            return NotImplemented
+        for f in dataclasses.fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+                if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
+                        and a.dtype == b.dtype and np.array_equal(a, b)):
+                    return False
+            elif a != b:
+                return False
+        return True
+
+    __hash__ = None
+
+
+def _freeze(obj, **arrays):
+    for name, a in arrays.items():
+        if a is not None:
+            a = np.ascontiguousarray(a)
+            a.setflags(write=False)
+        object.__setattr__(obj, name, a)
+
+
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class LowRank(Factorization):
+    """W ~ left @ right, left (m, r), right (r, n)."""
+
+    left: np.ndarray
+    right: np.ndarray
+    kind: ClassVar[str] = "low_rank"
+
+    def __post_init__(self):
+        left = _float_array(self.left, "left", 2)
+        right = _float_array(self.right, "right", 2)
+        if left.shape[1] != right.shape[0]:
+            raise ValueError(f"left {left.shape} and right {right.shape} do not chain: "
+                             "left.shape[1] must equal right.shape[0]")
+        if left.dtype != right.dtype:
+            raise TypeError(f"left and right must share a dtype; got {left.dtype}, {right.dtype}")
+        _freeze(self, left=left, right=right)
+
+    shape = property(lambda self: (self.left.shape[0], self.right.shape[1]))
+    dtype = property(lambda self: self.left.dtype)
+    rank = property(lambda self: self.left.shape[1])
+
+    def to_dense(self):
+        return self.left @ self.right
+
+    def _matmul(self, x):
+        return (x @ self.left) @ self.right
+
+
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class SparseCodes(Factorization):
+    """Row i of W ~ sum_t values[i, t] * dictionary[indices[i, t]] (s terms per row; unused
+    terms have value 0)."""
+
+    indices: np.ndarray
+    values: np.ndarray
+    dictionary: np.ndarray
+    kind: ClassVar[str] = "sparse_codes"
+
+    def __post_init__(self):
+        dictionary = _float_array(self.dictionary, "dictionary", 2)
+        values = _float_array(self.values, "values", 2)
+        indices = _int_array(self.indices, "indices", 2, upper=dictionary.shape[0])
+        if indices.shape != values.shape:
+            raise ValueError(f"indices {indices.shape} and values {values.shape} must have the "
+                             "same shape (m, s)")
+        if values.dtype != dictionary.dtype:
+            raise TypeError("values and dictionary must share a dtype")
+        _freeze(self, indices=indices, values=values, dictionary=dictionary)
+
+    shape = property(lambda self: (self.values.shape[0], self.dictionary.shape[1]))
+    dtype = property(lambda self: self.dictionary.dtype)
+
+    def codes_csr(self):
+        """The (m, k) sparse code matrix as a ``scipy.sparse.csr_array``."""
+        import scipy.sparse as sp
+
+        m, s = self.values.shape
+        k = self.dictionary.shape[0]
+        indptr = np.arange(0, m * s + 1, s, dtype=np.int64)
+        codes = sp.csr_array((self.values.reshape(-1).copy(), self.indices.reshape(-1).astype(np.int64),
+                              indptr), shape=(m, k))
+        codes.sum_duplicates()
+        return codes
+
+    def to_dense(self):
+        return np.asarray(self.codes_csr() @ self.dictionary, dtype=self.dtype)
+
+    def _matmul(self, x):
+        # x @ (C D) = (C^T x^T)^T D: a sparse product, then a small dense one.
+        xc = np.asarray((self.codes_csr().T @ x.T).T)
+        return xc.astype(np.result_type(x.dtype, self.dtype), copy=False) @ self.dictionary
+
+
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class Codebook(Factorization):
+    """W[i, j*b:(j+1)*b] ~ codebook[codes[i, j]], codebook (n_codes, b). With ``packed``, codes
+    below 16 are stored two per byte along each row (:func:`matcompress.pack_4bit`)."""
+
+    codes: np.ndarray
+    codebook: np.ndarray
+    n_cols: int
+    packed: bool = False
+    kind: ClassVar[str] = "codebook"
+
+    def __post_init__(self):
+        codebook = _float_array(self.codebook, "codebook", 2)
+        n_codes, b = codebook.shape
+        n_cols = int(self.n_cols)
+        if n_cols < 1 or n_cols % b:
+            raise ValueError(f"n_cols={n_cols} must be a positive multiple of the block size {b}")
+        packed = bool(self.packed)
+        if packed:
+            if n_codes > 16:
+                raise ValueError(f"packed codes hold 4 bits: n_codes must be <= 16; got {n_codes}")
+            codes = np.asarray(self.codes)
+            if codes.dtype != np.uint8 or codes.ndim != 2:
+                raise TypeError("packed codes must be a 2-D uint8 array")
+            if codes.shape[1] != (n_cols // b + 1) // 2:
+                raise ValueError(f"packed codes must have {(n_cols // b + 1) // 2} bytes per row; "
+                                 f"got {codes.shape[1]}")
+            if codes.size and int((codes & 0x0F).max()) >= n_codes or \
+                    codes.size and int((codes >> 4).max()) >= n_codes:
+                raise ValueError(f"packed codes must lie in [0, {n_codes})")
+        else:
+            codes = _int_array(self.codes, "codes", 2, upper=n_codes)
+            if codes.shape[1] != n_cols // b:
+                raise ValueError(f"codes must have n_cols / block_size = {n_cols // b} columns; "
+                                 f"got {codes.shape[1]}")
+        object.__setattr__(self, "n_cols", n_cols)
+        object.__setattr__(self, "packed", packed)
+        _freeze(self, codes=codes, codebook=codebook)
+
+    @property
+    def shape(self):
+        return (self.codes.shape[0], self.n_cols)
+
+    dtype = property(lambda self: self.codebook.dtype)
+    block_size = property(lambda self: self.codebook.shape[1])
+    n_codes = property(lambda self: self.codebook.shape[0])
+
+    @property
+    def nbytes(self):
+        return int(self.codes.nbytes + self.codebook.nbytes)
+
+    def unpacked_codes(self, start=0, stop=None):
+        """Code columns [start, stop) (blocks) as integers."""
+        nb = self.n_cols // self.block_size
+        stop = nb if stop is None else stop
+        if not self.packed:
+            return self.codes[:, start:stop]
+        lo, hi = start // 2, (stop + 1) // 2
+        part = self.codes[:, lo:hi]
+        out = np.empty((part.shape[0], 2 * part.shape[1]), np.uint8)
+        out[:, 0::2] = part & 0x0F
+        out[:, 1::2] = part >> 4
+        return out[:, start - 2 * lo: stop - 2 * lo]
+
+    def _decode(self, start, stop):
+        """Columns [start, stop) of W, block-aligned."""
+        b = self.block_size
+        codes = self.unpacked_codes(start // b, stop // b)
+        return self.codebook[codes].reshape(codes.shape[0], -1)
+
+    def to_dense(self):
+        return self._decode(0, self.n_cols)
+
+    def _matmul(self, x):
+        b = self.block_size
+        tile = max(b, _COLUMN_TILE // b * b)
+        out = np.empty((x.shape[0], self.n_cols), np.result_type(x.dtype, self.dtype))
+        for j in range(0, self.n_cols, tile):
+            stop = min(self.n_cols, j + tile)
+            out[:, j:stop] = x @ self._decode(j, stop)
+        return out
+
+
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class SignBits(Factorization):
+    """W ~ (R @ S) * scale: R (m, k) Gaussian, regenerated from ``seed`` (never stored); S (k, n)
+    signs, stored as bits (1 = +1) packed 8 per byte along each row, little-endian
+    (``np.packbits(..., axis=1, bitorder="little")``); scale (n) per column."""
+
+    bits: np.ndarray
+    scale: np.ndarray
+    seed: int
+    n_rows: int
+    kind: ClassVar[str] = "sign_bits"
+
+    def __post_init__(self):
+        scale = _float_array(self.scale, "scale", 1)
+        bits = np.asarray(self.bits)
+        if bits.dtype != np.uint8 or bits.ndim != 2:
+            raise TypeError("bits must be a 2-D uint8 array (packed signs)")
+        n = scale.shape[0]
+        if bits.shape[1] != (n + 7) // 8:
+            raise ValueError(f"bits must have ceil(n / 8) = {(n + 7) // 8} bytes per row for "
+                             f"n = {n} columns; got {bits.shape[1]}")
+        seed = int(self.seed)
+        if not 0 <= seed < 2**64:
+            raise ValueError(f"seed must lie in [0, 2**64); got {seed}")
+        n_rows = int(self.n_rows)
+        if n_rows < 1:
+            raise ValueError(f"n_rows must be >= 1; got {n_rows}")
+        object.__setattr__(self, "seed", seed)
+        object.__setattr__(self, "n_rows", n_rows)
+        _freeze(self, bits=bits, scale=scale)
+
+    shape = property(lambda self: (self.n_rows, self.scale.shape[0]))
+    dtype = property(lambda self: self.scale.dtype)
+    n_bits = property(lambda self: self.bits.shape[0])
+
+    def signs(self):
+        """S as a (k, n) array of +-1 in the dtype of W."""
+        n = self.scale.shape[0]
+        s = np.unpackbits(self.bits, axis=1, count=n, bitorder="little")
+        return (2 * s.astype(self.dtype) - 1)
+
+    def projection(self):
+        """R (m, k), regenerated from the seed."""
+        from .hashing import projection
+
+        return projection(self.seed, self.n_rows, self.n_bits, dtype=self.dtype)
+
+    def to_dense(self):
+        return (self.projection() @ self.signs()) * self.scale
+
+    def _matmul(self, x):
+        return ((x @ self.projection()) @ self.signs()) * self.scale
+
+
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class Pruned(Factorization):
+    """The kept entries of W in CSR form: ``indptr`` (m + 1), column ``indices`` (nnz) and either
+    ``values`` (nnz) or ``codes`` (nnz) into a scalar ``codebook`` (pruning then quantizing, as
+    Deep Compression)."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    n_cols: int
+    values: np.ndarray | None = None
+    codes: np.ndarray | None = None
+    codebook: np.ndarray | None = None
+    kind: ClassVar[str] = "pruned"
+
+    def __post_init__(self):
+        n_cols = int(self.n_cols)
+        if n_cols < 1:
+            raise ValueError(f"n_cols must be >= 1; got {n_cols}")
+        indptr = np.asarray(self.indptr)
+        if indptr.dtype.kind not in "iu" or indptr.ndim != 1 or indptr.size < 2:
+            raise ValueError("indptr must be a 1-D integer array of m + 1 >= 2 offsets")
+        if indptr[0] != 0 or np.any(np.diff(indptr.astype(np.int64)) < 0):
+            raise ValueError("indptr must start at 0 and never decrease")
+        nnz = int(indptr[-1])
+        indices = _int_array(self.indices, "indices", 1, upper=n_cols)
+        if indices.shape[0] != nnz:
+            raise ValueError(f"indices must have indptr[-1] = {nnz} entries; got {indices.size}")
+        values, codes, codebook = self.values, self.codes, self.codebook
+        if (values is None) == (codes is None):
+            raise ValueError("give either values or codes (with a codebook)")
+        if values is not None:
+            if codebook is not None:
+                raise ValueError("a codebook goes with codes, not values")
+            values = _float_array(values, "values", 1)
+            if values.shape[0] != nnz:
+                raise ValueError(f"values must have {nnz} entries; got {values.shape[0]}")
+        else:
+            if codebook is None:
+                raise ValueError("codes need a codebook")
+            codebook = _float_array(codebook, "codebook", 1)
+            codes = _int_array(codes, "codes", 1, upper=codebook.shape[0])
+            if codes.shape[0] != nnz:
+                raise ValueError(f"codes must have {nnz} entries; got {codes.shape[0]}")
+        object.__setattr__(self, "n_cols", n_cols)
+        _freeze(self, indptr=indptr, indices=indices, values=values, codes=codes,
+                codebook=codebook)
+
+    @property
+    def shape(self):
+        return (self.indptr.shape[0] - 1, self.n_cols)
+
+    @property
+    def dtype(self):
+        return (self.values if self.values is not None else self.codebook).dtype
+
+    @property
+    def nnz(self):
+        return int(self.indptr[-1])
+
+    @property
+    def density(self):
+        m, n = self.shape
+        return self.nnz / (m * n)
+
+    @property
+    def nbytes(self):
+        return int(sum(a.nbytes for a in (self.indptr, self.indices, self.values, self.codes,
+                                          self.codebook) if a is not None))
+
+    def kept_values(self):
+        """The nnz kept values (decoded when quantized)."""
+        return self.values if self.values is not None else self.codebook[self.codes]
+
+    def to_csr(self):
+        import scipy.sparse as sp
+
+        return sp.csr_array((self.kept_values(), self.indices, self.indptr), shape=self.shape)
+
+    def to_dense(self):
+        return self.to_csr().toarray()
+
+    def _matmul(self, x):
+        return np.asarray((self.to_csr().T @ x.T).T)
+
+
+_KINDS = {cls.kind: cls for cls in (LowRank, SparseCodes, Codebook, SignBits, Pruned)}
+
+
+def load(path) -> Factorization:
+    """Read a factorization written by ``save``.
+
+    Raises
+    ------
+    ValueError
+        When the file is not a matcompress factorization (not an ``.npz``, no kind or version
+        entry, an unknown kind, missing or malformed fields) or was written by another format
+        version.
+    """
+    try:
+        archive = np.load(os.fspath(path), allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise ValueError(f"{path} is not a readable .npz file: {exc}") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} is a .npy array, not a matcompress factorization (.npz)")
+    with archive:
+        names = set(archive.files)
+        if not {"__kind__", "__version__"} <= names:
+            raise ValueError(f"{path} is not a matcompress factorization (no __kind__ / "
+                             "__version__ entries)")
+        try:
+            kind = str(archive["__kind__"])
+            version = int(archive["__version__"])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: malformed header: {exc}") from None
+        if version != FORMAT_VERSION:
+            raise ValueError(f"{path} has format version {version}; this matcompress reads "
+                             f"version {FORMAT_VERSION}")
+        cls = _KINDS.get(kind)
+        if cls is None:
+            raise ValueError(f"{path}: unknown factorization kind {kind!r}; known: "
+                             f"{sorted(_KINDS)}")
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name in names:
+                v = archive[f.name]
+                kwargs[f.name] = v.item() if v.ndim == 0 else v
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:
+            if "missing" in str(exc) or "unexpected" in str(exc):
+                raise ValueError(f"{path}: fields of {kind!r} missing or unknown: {exc}") from None
+            raise ValueError(f"{path}: malformed {kind!r}: {exc}") from None
+        except ValueError as exc:
+            raise ValueError(f"{path}: malformed {kind!r}: {exc}") from None
+
