@@ -5,8 +5,11 @@
 """
 
 from ._version import __version__
+from . import compressors, factors
+from .compressors import compress
 from .dictionary import DictionaryLearning, dict_learning
 from .kmeans import KMeansQuantizer, fit_codebook, pack_4bit, unpack_4bit
+from .lowrank import low_rank, randomized_svd
 from .omp import sparse_encode
 
 __all__ = [
@@ -14,8 +17,13 @@ __all__ = [
     "DictionaryLearning",
     "dict_learning",
     "KMeansQuantizer",
+    "compress",
+    "compressors",
+    "factors",
     "fit_codebook",
+    "low_rank",
     "pack_4bit",
+    "randomized_svd",
     "show_config",
     "sparse_encode",
     "unpack_4bit",

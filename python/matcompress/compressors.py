@@ -1,0 +1,532 @@
+"""The MatrixCompressor family: every compression method as an interchangeable object.
+
+A compressor turns a matrix A (m x n) into a :class:`~matcompress.factors.Factorization`.
+Each built-in takes either its own parameters or a target ``compression_ratio`` (dense bytes /
+stored bytes, every index, codebook and scale counted) and then solves for the parameters so that
+the stored bytes meet the target. A subclass of :class:`MatrixCompressor` written by a user
+works everywhere a built-in does (``get_config`` / ``from_config`` included).
+"""
+
+from __future__ import annotations
+
+import abc
+import inspect
+import math
+from typing import ClassVar
+
+import numpy as np
+
+from ._validation import check_array, check_float, check_int
+from .factors import Codebook, Factorization, Pruned, SparseCodes, index_dtype
+
+__all__ = [
+    "MatrixCompressor",
+    "LowRankCompressor",
+    "DictionaryCompressor",
+    "KMeansCompressor",
+    "SimhashCompressor",
+    "PruningCompressor",
+    "compress",
+    "get",
+    "METHODS",
+]
+
+_REGISTRY: dict[str, type] = {}
+
+
+class MatrixCompressor(abc.ABC):
+    """Base class of every compressor.
+
+    Subclasses implement :meth:`compress` and take their parameters as keyword arguments of
+    ``__init__`` stored under the same names (as scikit-learn estimators), which is all
+    ``get_config`` / ``from_config`` need. A class attribute ``name`` registers the subclass so
+    ``MatrixCompressor.from_config`` and :func:`get` find it by name.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("name"):
+            _REGISTRY[cls.name] = cls
+
+    @abc.abstractmethod
+    def compress(self, A, *, grad=None) -> Factorization:
+        """Compress A (m x n); ``grad`` (the loss gradient with respect to A, same shape) is used
+        by gradient-aware methods and ignored by the others."""
+
+    def get_config(self) -> dict:
+        """``{"name": ..., "config": {parameter: value}}`` (JSON-friendly parameters)."""
+        params = {}
+        for p in inspect.signature(type(self).__init__).parameters.values():
+            if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            v = getattr(self, p.name)
+            params[p.name] = list(v) if isinstance(v, tuple) else v
+        return {"name": self.name or type(self).__name__, "config": params}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "MatrixCompressor":
+        """Rebuild a compressor from ``get_config()`` output (the registered class named in it
+        when called on the base class)."""
+        if not isinstance(config, dict) or "config" not in config:
+            raise ValueError("config must be a dict as returned by get_config(), with a 'config' "
+                             "entry")
+        target = cls
+        if cls is MatrixCompressor or cls.name != config.get("name"):
+            name = config.get("name")
+            target = _REGISTRY.get(name)
+            if target is None:
+                raise ValueError(f"unknown compressor {name!r}; registered: {sorted(_REGISTRY)}")
+            if not issubclass(target, cls):
+                raise ValueError(f"config is for {name!r}, not a {cls.__name__}")
+        return target(**config["config"])
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config()["config"].items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other):
+        return type(other) is type(self) and other.get_config() == self.get_config()
+
+    __hash__ = None
+
+
+def get(name, **params) -> MatrixCompressor:
+    """The registered compressor called ``name`` ("low_rank", "dictionary", "kmeans", "simhash",
+    "pruning", or a user subclass's name), built with ``params``."""
+    cls = _REGISTRY.get(name)
+    if cls is None:
+        raise ValueError(f"unknown compression method {name!r}; known: {sorted(_REGISTRY)}")
+    return cls(**params)
+
+
+def compress(A, method, *, compression_ratio=None, grad=None, **params) -> Factorization:
+    """One line: ``get(method, compression_ratio=..., **params).compress(A, grad=grad)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import matcompress as mc
+    >>> A = np.random.default_rng(0).standard_normal((256, 128)).astype(np.float32)
+    >>> f = mc.compress(A, "kmeans", compression_ratio=8, random_state=0)
+    >>> type(f).__name__, f.compression_ratio >= 8
+    ('Codebook', True)
+    """
+    if compression_ratio is not None:
+        params["compression_ratio"] = compression_ratio
+    return get(method, **params).compress(A, grad=grad)
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+def _check_matrix(A):
+    return check_array(A, "A")
+
+
+def _check_ratio(ratio):
+    if ratio is None:
+        return None
+    ratio = check_float(ratio, "compression_ratio")
+    if not ratio > 1:
+        raise ValueError(f"compression_ratio must be > 1 (dense bytes / stored bytes); got {ratio}")
+    return ratio
+
+
+def _unreachable(method, ratio, best, detail):
+    return ValueError(f"{method}: compression_ratio={ratio:g} is unreachable for this matrix "
+                      f"({detail}); the best reachable ratio is {best:.4g}")
+
+
+def _need_one(name, value, ratio, what):
+    if (value is None) == (ratio is None):
+        raise ValueError(f"{name}: give exactly one of {what} and compression_ratio")
+
+
+# --- low rank ------------------------------------------------------------------------------------
+
+class LowRankCompressor(MatrixCompressor):
+    """A ~ left @ right (truncated SVD). Stored bytes: rank * (m + n) * itemsize.
+
+    Parameters
+    ----------
+    rank : int, optional
+    compression_ratio : float, optional
+        Instead of ``rank``: the largest rank whose factors fit in dense bytes / ratio.
+    method : {"randomized", "svd"}, default="randomized"
+    random_state : int or None
+    """
+
+    name = "low_rank"
+
+    def __init__(self, rank=None, *, compression_ratio=None, method="randomized",
+                 random_state=None):
+        self.rank = rank
+        self.compression_ratio = compression_ratio
+        self.method = method
+        self.random_state = random_state
+
+    def solve(self, shape, itemsize):
+        """The rank used for a matrix of ``shape``."""
+        m, n = shape
+        ratio = _check_ratio(self.compression_ratio)
+        _need_one(self.name, self.rank, ratio, "rank")
+        if ratio is None:
+            return check_int(self.rank, "rank", min_value=1, max_value=min(m, n),
+                             max_reason=f"min(m, n) = {min(m, n)}")
+        rank = min(int(m * n / (ratio * (m + n))), min(m, n))
+        if rank < 1:
+            raise _unreachable(self.name, ratio, m * n / (m + n), "rank 1 stores m + n values")
+        return rank
+
+    def compress(self, A, *, grad=None):
+        from .lowrank import low_rank
+
+        A = _check_matrix(A)
+        return low_rank(A, self.solve(A.shape, A.dtype.itemsize), method=self.method,
+                        random_state=self.random_state)
+
+
+# --- dictionary ----------------------------------------------------------------------------------
+
+class DictionaryCompressor(MatrixCompressor):
+    """Rows of A as sparse combinations of a learned dictionary (K-SVD / MOD / online).
+
+    Stored bytes: ``n_atoms * n * itemsize`` (dictionary) + ``m * s * (itemsize + index
+    bytes)`` (values and atom indices, uint8 up to 256 atoms, uint16 up to 65,536).
+
+    Parameters
+    ----------
+    n_atoms, n_nonzero_coefs : int, optional
+    compression_ratio : float, optional
+        Instead of the two: about a quarter of the byte budget goes to the dictionary
+        (``n_atoms``, at most m / 2), the rest to the codes (``n_nonzero_coefs``).
+    method : {"ksvd", "mod", "online"}, default="ksvd"
+    max_iter : int, default=10
+    random_state : int or None
+    """
+
+    name = "dictionary"
+
+    def __init__(self, n_atoms=None, n_nonzero_coefs=None, *, compression_ratio=None,
+                 method="ksvd", max_iter=10, random_state=None):
+        self.n_atoms = n_atoms
+        self.n_nonzero_coefs = n_nonzero_coefs
+        self.compression_ratio = compression_ratio
+        self.method = method
+        self.max_iter = max_iter
+        self.random_state = random_state
+
+    @staticmethod
+    def stored_bytes(m, n, itemsize, k, s):
+        return k * n * itemsize + m * s * (itemsize + index_dtype(k).itemsize)
+
+    def solve(self, shape, itemsize):
+        """(n_atoms, n_nonzero_coefs) used for a matrix of ``shape``."""
+        m, n = shape
+        ratio = _check_ratio(self.compression_ratio)
+        if ratio is None:
+            if self.n_atoms is None or self.n_nonzero_coefs is None:
+                raise ValueError(f"{self.name}: give n_atoms and n_nonzero_coefs, or "
+                                 "compression_ratio")
+            k = check_int(self.n_atoms, "n_atoms", min_value=1, max_value=m,
+                          max_reason=f"the number of rows, {m}")
+            s = check_int(self.n_nonzero_coefs, "n_nonzero_coefs", min_value=1,
+                          max_value=min(k, n), max_reason=f"min(n_atoms, n) = {min(k, n)}")
+            return k, s
+        if self.n_atoms is not None or self.n_nonzero_coefs is not None:
+            raise ValueError(f"{self.name}: give either n_atoms and n_nonzero_coefs or "
+                             "compression_ratio, not both")
+        budget = m * n * itemsize / ratio
+        best = None
+        for frac in (0.25, 0.125, 0.0625, 0.5):
+            k = min(max(2, int(frac * budget / (n * itemsize))), max(1, m // 2))
+            s = int((budget - k * n * itemsize) // (m * (itemsize + index_dtype(k).itemsize)))
+            s = min(s, k, n)
+            if s >= 1 and self.stored_bytes(m, n, itemsize, k, s) <= budget:
+                best = (k, s)
+                break
+        if best is None:
+            k = 2 if m >= 2 else 1
+            reach = m * n * itemsize / self.stored_bytes(m, n, itemsize, k, 1)
+            raise _unreachable(self.name, ratio, reach,
+                               "not even 2 atoms and 1 nonzero per row fit")
+        return best
+
+    def compress(self, A, *, grad=None):
+        from .dictionary import dict_learning
+
+        A = _check_matrix(A)
+        m, n = A.shape
+        k, s = self.solve(A.shape, A.dtype.itemsize)
+        codes, dictionary, _ = dict_learning(A, k, n_nonzero_coefs=s, method=self.method,
+                                             max_iter=self.max_iter,
+                                             random_state=self.random_state)
+        indices = np.zeros((m, s), index_dtype(k))
+        values = np.zeros((m, s), A.dtype)
+        rows, cols = np.nonzero(codes)
+        counts = np.bincount(rows, minlength=m)
+        slot = np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)
+        keep = slot < s  # (OMP never selects more than s atoms)
+        indices[rows[keep], slot[keep]] = cols[keep]
+        values[rows[keep], slot[keep]] = codes[rows[keep], cols[keep]]
+        return SparseCodes(indices, values, dictionary.astype(A.dtype, copy=False))
+
+
+# --- k-means -------------------------------------------------------------------------------------
+
+class KMeansCompressor(MatrixCompressor):
+    """Weights (or blocks of ``block_size`` weights along each row) replaced by the nearest of
+    ``n_codes`` codebook entries (k-means). Codes are stored 4-bit packed when ``n_codes <= 16``,
+    else in uint8 / uint16.
+
+    Parameters
+    ----------
+    n_codes : int, optional
+    block_size : int, default=1
+    compression_ratio : float, optional
+        Instead of ``n_codes`` (and ``block_size`` when it is not given): the configuration with
+        the most code bits per weight whose codes and codebook fit — 16-, 8- or 4-bit codes on
+        blocks of 1, 2, 4, 8 or 16 weights (blocks must divide n).
+    method, init, max_iter, random_state, n_threads
+        As in :func:`matcompress.fit_codebook`.
+    """
+
+    name = "kmeans"
+
+    def __init__(self, n_codes=None, block_size=None, *, compression_ratio=None, method="auto",
+                 init="k-means++", max_iter=100, random_state=None, n_threads=None):
+        self.n_codes = n_codes
+        self.block_size = block_size
+        self.compression_ratio = compression_ratio
+        self.method = method
+        self.init = init
+        self.max_iter = max_iter
+        self.random_state = random_state
+        self.n_threads = n_threads
+
+    @staticmethod
+    def stored_bytes(m, n, itemsize, n_codes, b):
+        per_row = n // b
+        code_bytes = m * ((per_row + 1) // 2) if n_codes <= 16 else \
+            m * per_row * index_dtype(n_codes).itemsize
+        return code_bytes + n_codes * b * itemsize
+
+    def solve(self, shape, itemsize):
+        """(n_codes, block_size) used for a matrix of ``shape``."""
+        m, n = shape
+        ratio = _check_ratio(self.compression_ratio)
+        _need_one(self.name, self.n_codes, ratio, "n_codes")
+        if ratio is None:
+            b = 1 if self.block_size is None else check_int(self.block_size, "block_size",
+                                                            min_value=1)
+            if n % b:
+                raise ValueError(f"block_size={b} must divide n={n}")
+            n_codes = check_int(self.n_codes, "n_codes", min_value=1, max_value=m * n // b,
+                                max_reason=f"the number of blocks, {m * n // b}")
+            return n_codes, b
+        budget = m * n * itemsize / ratio
+        sizes = [self.block_size] if self.block_size is not None else [1, 2, 4, 8, 16]
+        best = None  # (bits per weight, n_codes, b)
+        for b in sizes:
+            b = check_int(b, "block_size", min_value=1)
+            if n % b:
+                continue
+            points = m * n // b
+            for bits in (16, 8, 4):
+                n_codes = min(1 << bits, points)
+                if self.stored_bytes(m, n, itemsize, n_codes, b) > budget:
+                    continue
+                cand = (math.log2(n_codes) / b, n_codes, b)
+                if best is None or cand > best:
+                    best = cand
+        if best is None:
+            b = max((s for s in sizes if n % s == 0), default=1)
+            reach = m * n * itemsize / self.stored_bytes(m, n, itemsize, min(16, m * n // b), b)
+            raise _unreachable(self.name, ratio, reach,
+                               f"4-bit codes on blocks of {b} are the smallest form")
+        return best[1], best[2]
+
+    def compress(self, A, *, grad=None):
+        from .kmeans import fit_codebook, pack_4bit
+
+        A = _check_matrix(A)
+        n_codes, b = self.solve(A.shape, A.dtype.itemsize)
+        codebook, codes, _ = fit_codebook(A, n_codes, block_size=b, method=self.method,
+                                          init=self.init, max_iter=self.max_iter,
+                                          random_state=self.random_state,
+                                          n_threads=self.n_threads)
+        codebook = codebook.reshape(n_codes, b)
+        if n_codes <= 16:
+            return Codebook(pack_4bit(codes), codebook, A.shape[1], packed=True)
+        return Codebook(codes.astype(index_dtype(n_codes), copy=False), codebook, A.shape[1])
+
+
+# --- simhash -------------------------------------------------------------------------------------
+
+class SimhashCompressor(MatrixCompressor):
+    """A ~ (R @ S) * scale with R a Gaussian projection regenerated from a seed and S the
+    ``n_bits`` sign bits per column. Stored bytes: ``n_bits * ceil(n / 8)`` + ``n * itemsize``
+    (scales) + 16 (seed and row count).
+
+    Parameters
+    ----------
+    n_bits : int, optional
+    compression_ratio : float, optional
+        Instead of ``n_bits``: the most bits that fit.
+    random_state : int or None
+    n_threads : int or None
+    """
+
+    name = "simhash"
+
+    def __init__(self, n_bits=None, *, compression_ratio=None, random_state=None,
+                 n_threads=None):
+        self.n_bits = n_bits
+        self.compression_ratio = compression_ratio
+        self.random_state = random_state
+        self.n_threads = n_threads
+
+    @staticmethod
+    def stored_bytes(m, n, itemsize, k):
+        return k * ((n + 7) // 8) + n * itemsize + 16
+
+    def solve(self, shape, itemsize):
+        m, n = shape
+        ratio = _check_ratio(self.compression_ratio)
+        _need_one(self.name, self.n_bits, ratio, "n_bits")
+        if ratio is None:
+            return check_int(self.n_bits, "n_bits", min_value=1)
+        budget = m * n * itemsize / ratio
+        k = int((budget - n * itemsize - 16) // ((n + 7) // 8))
+        if k < 1:
+            raise _unreachable(self.name, ratio,
+                               m * n * itemsize / self.stored_bytes(m, n, itemsize, 1),
+                               "the per-column scales alone exceed the budget")
+        return k
+
+    def compress(self, A, *, grad=None):
+        from .hashing import simhash
+
+        A = _check_matrix(A)
+        return simhash(A, self.solve(A.shape, A.dtype.itemsize), random_state=self.random_state,
+                       n_threads=self.n_threads)
+
+
+# --- pruning -------------------------------------------------------------------------------------
+
+class PruningCompressor(MatrixCompressor):
+    """The largest-scoring entries of A kept in CSR form; optionally their values quantized by
+    scalar k-means to ``n_codes`` (pruning then quantizing, as Deep Compression).
+
+    Stored bytes: ``(m + 1) * 4`` (row offsets, int32) + ``nnz * index bytes`` (column indices,
+    uint8 / uint16 / uint32 by n) + ``nnz * itemsize`` (values), or with ``n_codes``:
+    ``nnz * code bytes`` (uint8 / uint16) + ``n_codes * itemsize``.
+
+    Parameters
+    ----------
+    sparsity : float in [0, 1), optional
+        Fraction of entries (or blocks) removed.
+    compression_ratio : float, optional
+        Instead of ``sparsity``: the lowest sparsity whose stored bytes fit.
+    scores : {"magnitude", "taylor"}, default="magnitude"
+        |A|, or the first-order Taylor score |A * grad| (Molchanov et al. 2017; ``compress``
+        then needs ``grad``).
+    block_shape : (int, int), default=(1, 1)
+        Blocks pruned together (scored by the L2 norm of their entries' scores).
+    n_m : (int, int), optional
+        N:M structured sparsity (e.g. (2, 4)): N kept in every M consecutive entries of a row;
+        the sparsity is then 1 - N / M and neither ``sparsity`` nor ``compression_ratio`` applies.
+    n_codes : int, optional
+        Quantize the kept values to this many scalar codes.
+    random_state, n_threads
+        For the quantization and the selection.
+    """
+
+    name = "pruning"
+
+    def __init__(self, sparsity=None, *, compression_ratio=None, scores="magnitude",
+                 block_shape=(1, 1), n_m=None, n_codes=None, random_state=None, n_threads=None):
+        self.sparsity = sparsity
+        self.compression_ratio = compression_ratio
+        self.scores = scores
+        self.block_shape = tuple(block_shape)
+        self.n_m = None if n_m is None else tuple(n_m)
+        self.n_codes = n_codes
+        self.random_state = random_state
+        self.n_threads = n_threads
+
+    def _value_bytes(self, itemsize):
+        if self.n_codes is None:
+            return itemsize
+        return index_dtype(check_int(self.n_codes, "n_codes", min_value=1)).itemsize
+
+    def stored_bytes(self, m, n, itemsize, nnz):
+        extra = 0 if self.n_codes is None else int(self.n_codes) * itemsize
+        return (m + 1) * 4 + nnz * (index_dtype(n).itemsize + self._value_bytes(itemsize)) + extra
+
+    def solve(self, shape, itemsize):
+        """The sparsity used (None with n_m)."""
+        m, n = shape
+        ratio = _check_ratio(self.compression_ratio)
+        if self.n_m is not None:
+            if self.sparsity is not None or ratio is not None:
+                raise ValueError(f"{self.name}: n_m fixes the sparsity; give neither sparsity "
+                                 "nor compression_ratio with it")
+            return None
+        _need_one(self.name, self.sparsity, ratio, "sparsity")
+        if ratio is None:
+            s = check_float(self.sparsity, "sparsity", min_value=0.0)
+            if not s < 1:
+                raise ValueError(f"sparsity must lie in [0, 1); got {s}")
+            return s
+        bh, bw = self.block_shape
+        n_blocks = (m // bh) * (n // bw)
+        budget = m * n * itemsize / ratio
+        per_entry = index_dtype(n).itemsize + self._value_bytes(itemsize)
+        fixed = self.stored_bytes(m, n, itemsize, 0)
+        keep_entries = int((budget - fixed) // per_entry)
+        keep_blocks = keep_entries // (bh * bw)
+        if keep_blocks < 1:
+            raise _unreachable(self.name, ratio,
+                               m * n * itemsize / self.stored_bytes(m, n, itemsize, bh * bw),
+                               "the row offsets alone nearly fill the budget")
+        keep_blocks = min(keep_blocks, n_blocks)
+        # prune() keeps n_blocks - floor(sparsity * n_blocks) blocks
+        s = (n_blocks - keep_blocks) / n_blocks
+        while n_blocks - math.floor(s * n_blocks) > keep_blocks:
+            s = math.nextafter(s, 1.0)
+        return s
+
+    def compress(self, A, *, grad=None):
+        from .pruning import prune, taylor_scores
+
+        A = _check_matrix(A)
+        sparsity = self.solve(A.shape, A.dtype.itemsize)
+        if self.scores == "magnitude":
+            scores = "magnitude"
+        elif self.scores == "taylor":
+            if grad is None:
+                raise ValueError("scores='taylor' needs grad (the loss gradient with respect "
+                                 "to A) in compress(A, grad=...)")
+            scores = taylor_scores(A, grad)
+        else:
+            raise ValueError(f"scores must be 'magnitude' or 'taylor'; got {self.scores!r}")
+        pruned = prune(A, sparsity, scores=scores, block_shape=self.block_shape, n_m=self.n_m,
+                       n_threads=self.n_threads)
+        if self.n_codes is None:
+            return pruned
+        from .kmeans import fit_codebook
+
+        values = pruned.values
+        if values.size == 0:
+            raise ValueError("nothing kept to quantize")
+        n_codes = min(int(self.n_codes), values.size)
+        codebook, codes, _ = fit_codebook(values, n_codes, random_state=self.random_state,
+                                          n_threads=self.n_threads)
+        return Pruned(pruned.indptr, pruned.indices, pruned.n_cols,
+                      codes=codes.astype(index_dtype(n_codes), copy=False), codebook=codebook)
+
+
+#: Built-in method names (for :func:`compress`).
+METHODS = ("low_rank", "dictionary", "kmeans", "simhash", "pruning")
