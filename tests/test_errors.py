@@ -821,15 +821,20 @@ def test_km_unknown_method(km_values, value):
         _fit(km_values, method=value)
 
 
-@pytest.mark.parametrize("value", ["random", "kmeans++", "k-means||", ""])
+# "random" is a start too since block k-means (drawn values, for the scalar path as well).
+BAD_INIT_NAMES = ["Random", "kmeans++", "k-means||", "", "bogus"]
+
+
+@pytest.mark.parametrize("value", BAD_INIT_NAMES)
 def test_km_init_unknown_string(km_values, value):
-    with pytest.raises(ValueError, match=r"^init must be 'k-means\+\+' or an array of n_codes values; got"):
+    with pytest.raises(ValueError, match=r"^init must be one of \('k-means\+\+', 'random'\) or an "
+                                         r"array of starting centroids; got"):
         _fit(km_values, init=value)
 
 
 @pytest.mark.parametrize("shape", [(KM_K + 1,), (KM_K - 1,), (1,)])
 def test_km_init_wrong_length(km_values, shape):
-    with pytest.raises(ValueError, match=rf"^init must have shape \(n_codes,\) = \({KM_K},\); got"):
+    with pytest.raises(ValueError, match=rf"^init must have shape \({KM_K},\) .*; got \({shape[0]},\)"):
         _fit(km_values, init=np.zeros(shape))
 
 
@@ -964,6 +969,257 @@ def test_km_core_checks():
         _core.kmeans_1d_f64(x, None, 2, None, "lloyd", 10, -1.0, 0, 1, 1)
     with pytest.raises(ValueError, match="bad options"):
         _core.kmeans_1d_f64(x, None, 2, None, "lloyd", 10, 0.0, 0, 0, 1)
+
+
+# --- blocks: fit_codebook(block_size=b) and KMeansQuantizer ----------------------------------
+# The valid baseline: 4 rows of 6 values, so 12 blocks of 2, into 3 codes.
+
+KMB_B, KMB_K, KMB_POINTS = 2, 3, 12
+
+
+def _fit_blocks(values, n_codes=KMB_K, **kwargs):
+    kwargs.setdefault("block_size", KMB_B)
+    return mc.fit_codebook(values, n_codes, **kwargs)
+
+
+@pytest.fixture
+def kmb_values():
+    return np.random.default_rng(1).laplace(size=(4, 6))
+
+
+def test_kmb_baseline_problem_is_valid(kmb_values):
+    cb, codes, inertia = _fit_blocks(kmb_values, init=np.zeros((KMB_K, KMB_B)) + [[-1], [0], [1]],
+                                     sample_weight=np.ones((4, 3)), max_iter=5, tol=0.0,
+                                     max_points_per_centroid=2, random_state=0, n_threads=1)
+    assert cb.shape == (KMB_K, KMB_B) and codes.shape == (4, 3) and inertia >= 0
+    q = mc.KMeansQuantizer(KMB_K, block_size=KMB_B, random_state=0).fit(kmb_values)
+    assert q.predict(kmb_values).shape == (4, 3)
+
+
+@pytest.mark.parametrize(("value", "exc", "msg"),
+                         [(0, ValueError, "must be >= 1; got 0"), (-1, ValueError, "must be >= 1"),
+                          (2.5, TypeError, "must be an integer"), (2.0, TypeError, "must be an integer"),
+                          ("2", TypeError, "must be an integer"), (None, TypeError, "must be an integer"),
+                          (True, TypeError, "must be an integer")])
+def test_kmb_bad_block_size(kmb_values, value, exc, msg):
+    with pytest.raises(exc, match=rf"^block_size {msg}"):
+        _fit_blocks(kmb_values, block_size=value)
+    with pytest.raises(exc, match=rf"^block_size {msg}"):
+        mc.KMeansQuantizer(KMB_K, block_size=value).fit(kmb_values)
+
+
+@pytest.mark.parametrize("value", [4, 5, 7, 12])
+def test_kmb_block_size_must_divide_the_last_axis(kmb_values, value):
+    with pytest.raises(ValueError, match=rf"^block_size={value} must divide the length of the last "
+                                         r"axis of values, 6"):
+        _fit_blocks(kmb_values, 1, block_size=value)
+    assert _fit_blocks(kmb_values, 1, block_size=6)[1].shape == (4, 1)  # 6 itself is fine
+
+
+def test_kmb_numpy_integer_block_size_accepted(kmb_values):
+    a, b = _fit_blocks(kmb_values, block_size=np.int64(2)), _fit_blocks(kmb_values, block_size=2)
+    assert a[0].shape == b[0].shape == (KMB_K, KMB_B)
+
+
+def test_kmb_optimal_method_is_for_scalars_only(kmb_values):
+    with pytest.raises(ValueError, match=r"^method='optimal' .* exists for block_size=1 only"):
+        _fit_blocks(kmb_values, method="optimal")
+    with pytest.raises(ValueError, match=r"^method='optimal' .* exists for block_size=1 only"):
+        mc.KMeansQuantizer(KMB_K, block_size=KMB_B, method="optimal").fit(kmb_values)
+
+
+@pytest.mark.parametrize("value", ["Optimal", "elkan", "", None, 1])
+def test_kmb_unknown_method(kmb_values, value):
+    with pytest.raises(ValueError, match=r"^method must be one of \('auto', 'optimal', 'lloyd'\); got"):
+        _fit_blocks(kmb_values, method=value)
+
+
+@pytest.mark.parametrize("shape", [(KMB_K, KMB_B + 1), (KMB_K + 1, KMB_B), (KMB_K - 1, KMB_B),
+                                   (KMB_B, KMB_K), (1, KMB_B)])
+def test_kmb_init_wrong_shape(kmb_values, shape):
+    expected = rf"^init must have shape \({KMB_K}, {KMB_B}\) \(n_codes, block_size\); got \({shape[0]}, {shape[1]}\)"
+    with pytest.raises(ValueError, match=expected):
+        _fit_blocks(kmb_values, init=np.zeros(shape))
+    with pytest.raises(ValueError, match=expected):
+        mc.KMeansQuantizer(KMB_K, block_size=KMB_B, init=np.zeros(shape)).fit(kmb_values)
+
+
+@pytest.mark.parametrize("init", [np.zeros(KMB_K * KMB_B), np.zeros(KMB_K), np.zeros((KMB_K, KMB_B, 1)),
+                                  np.float64(0.5)])
+def test_kmb_init_wrong_ndim(kmb_values, init):
+    # Blocks need a 2-D start (the scalar path's 1-D one is refused, not reshaped).
+    with pytest.raises(ValueError, match=r"^init must (be 2-D|be an array, not a scalar)"):
+        _fit_blocks(kmb_values, init=init)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("bad", "what"), [(np.nan, "NaN"), (np.inf, "infinity"), (-np.inf, "infinity")])
+def test_kmb_init_non_finite(kmb_values, bad, what, dtype):
+    init = _with(np.zeros((KMB_K, KMB_B)), (1, 0), bad)
+    with pytest.raises(ValueError, match=rf"^init contains {what}"):
+        _fit_blocks(kmb_values.astype(dtype), init=init)
+
+
+@pytest.mark.parametrize("value", BAD_INIT_NAMES)
+def test_kmb_init_unknown_string(kmb_values, value):
+    with pytest.raises(ValueError, match=r"^init must be one of \('k-means\+\+', 'random'\) or an "
+                                         r"array of starting centroids; got"):
+        _fit_blocks(kmb_values, init=value)
+    with pytest.raises(ValueError, match=r"^init must be one of"):
+        mc.KMeansQuantizer(KMB_K, block_size=KMB_B, init=value).fit(kmb_values)
+
+
+@pytest.mark.parametrize("shape", [(4, 6), (KMB_POINTS,), (3, 4), (4, 3, 1), (1, 3), (4, 2)])
+def test_kmb_sample_weight_wrong_shape(kmb_values, shape):
+    # One weight per block (the codes' shape, (4, 3)); the values' shape (4, 6) is refused.
+    with pytest.raises(ValueError, match=r"^sample_weight must have the shape of the codes \(one "
+                                         r"weight per block\), \(4, 3\).*; got"):
+        _fit_blocks(kmb_values, sample_weight=np.ones(shape))
+
+
+def test_kmb_sample_weight_wrong_shape_message(kmb_values):
+    with pytest.raises(ValueError) as info:
+        _fit_blocks(kmb_values, sample_weight=np.ones((4, 6)))
+    assert str(info.value).count("(4, 3)") == 1, str(info.value)
+
+
+def test_kmb_sample_weight_negative_or_all_zero(kmb_values):
+    w = np.ones((4, 3))
+    w[2, 1] = -1e-9
+    with pytest.raises(ValueError, match=r"^sample_weight must be non-negative"):
+        _fit_blocks(kmb_values, sample_weight=w)
+    with pytest.raises(ValueError, match=r"^sample_weight is zero everywhere"):
+        _fit_blocks(kmb_values, sample_weight=np.zeros((4, 3)))
+    w = np.zeros((4, 3))
+    w[3, 2] = 1e-30  # one positive weight is enough
+    assert _fit_blocks(kmb_values, sample_weight=w)[0].shape == (KMB_K, KMB_B)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("bad", "what"), [(np.nan, "NaN"), (np.inf, "infinity")])
+def test_kmb_sample_weight_non_finite(kmb_values, bad, what, dtype):
+    with pytest.raises(ValueError, match=rf"^sample_weight contains {what}"):
+        _fit_blocks(kmb_values.astype(dtype), sample_weight=_with(np.ones((4, 3)), (0, 1), bad))
+
+
+@pytest.mark.parametrize("value", [KMB_POINTS + 1, 24, 1000])
+def test_kmb_n_codes_above_the_number_of_blocks(kmb_values, value):
+    with pytest.raises(ValueError, match=rf"^n_codes must be <= {KMB_POINTS} \(the number of blocks, "
+                                         rf"{KMB_POINTS}\); got {value}"):
+        _fit_blocks(kmb_values, value)
+    assert _fit_blocks(kmb_values, KMB_POINTS)[0].shape == (KMB_POINTS, KMB_B)  # the limit is fine
+
+
+@pytest.mark.parametrize(("value", "exc", "msg"),
+                         [(0, ValueError, "must be >= 1; got 0"), (-1, ValueError, "must be >= 1"),
+                          (2.5, TypeError, "must be an integer"), (2.0, TypeError, "must be an integer"),
+                          ("2", TypeError, "must be an integer"), (True, TypeError, "must be an integer")])
+def test_kmb_bad_max_points_per_centroid(kmb_values, value, exc, msg):
+    with pytest.raises(exc, match=rf"^max_points_per_centroid {msg}"):
+        _fit_blocks(kmb_values, max_points_per_centroid=value)
+    with pytest.raises(exc, match=rf"^max_points_per_centroid {msg}"):
+        mc.KMeansQuantizer(KMB_K, block_size=KMB_B, max_points_per_centroid=value).fit(kmb_values)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("bad", "what"), [(np.nan, "NaN"), (np.inf, "infinity"), (-np.inf, "infinity")])
+def test_kmb_non_finite_values(kmb_values, bad, what, dtype):
+    values = _with(kmb_values, (2, 3), bad).astype(dtype)
+    with pytest.raises(ValueError, match=rf"^values contains {what}"):
+        _fit_blocks(values)
+
+
+@pytest.mark.parametrize(("value", "exc"), [(0, ValueError), (-1, ValueError), (1.0, TypeError)])
+def test_kmb_bad_n_init(kmb_values, value, exc):
+    with pytest.raises(exc, match=r"^n_init must be"):
+        _fit_blocks(kmb_values, n_init=value)
+
+
+@pytest.mark.parametrize(("value", "exc", "msg"), BAD_TOL)
+def test_kmb_bad_tol(kmb_values, value, exc, msg):
+    with pytest.raises(exc, match=rf"^tol {msg}"):
+        _fit_blocks(kmb_values, tol=value)
+    with pytest.raises(exc, match=rf"^tol {msg}"):
+        mc.KMeansQuantizer(KMB_K, block_size=KMB_B, tol=value).fit(kmb_values)
+
+
+@pytest.mark.parametrize("n_features", [3, 5, 7])
+def test_kmb_estimator_n_features_not_divisible(n_features):
+    X = np.ones((4, n_features))
+    with pytest.raises(ValueError, match=rf"^block_size=2 must divide n_features={n_features}"):
+        mc.KMeansQuantizer(KMB_K, block_size=2).fit(X)
+
+
+@pytest.mark.parametrize("method", ["predict", "transform", "score"])
+def test_kmb_estimator_wrong_number_of_features_after_fit(kmb_values, method):
+    est = mc.KMeansQuantizer(KMB_K, block_size=KMB_B, random_state=0).fit(kmb_values)
+    centers = est.cluster_centers_.copy()
+    for bad in (kmb_values[:, :4], np.hstack([kmb_values, kmb_values[:, :2]]), kmb_values[:, :5]):
+        expected = rf"^X has {bad.shape[1]} features, but KMeansQuantizer is expecting 6"
+        with pytest.raises(ValueError, match=expected):
+            getattr(est, method)(bad)
+    np.testing.assert_array_equal(est.cluster_centers_, centers)  # nothing changed
+
+
+@pytest.mark.parametrize("method", ["predict", "transform", "score"])
+def test_kmb_estimator_before_fit(kmb_values, method):
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError, match="KMeansQuantizer instance is not fitted yet"):
+        getattr(mc.KMeansQuantizer(KMB_K, block_size=KMB_B), method)(kmb_values)
+
+
+def test_kmb_estimator_bad_sample_weight(kmb_values):
+    est = mc.KMeansQuantizer(KMB_K, block_size=KMB_B)
+    with pytest.raises(ValueError, match=r"sample_weight.shape == \(5,\), expected \(4,\)"):
+        est.fit(kmb_values, sample_weight=np.ones(5))
+    with pytest.raises(ValueError, match=r"^sample_weight must be non-negative"):
+        est.fit(kmb_values, sample_weight=-np.ones(4))
+    with pytest.raises(ValueError, match=r"sample_weight|[Ss]ample weights"):
+        est.fit(kmb_values, sample_weight=np.zeros(4))
+
+
+@pytest.mark.parametrize(("bad", "what"), [(np.nan, "NaN"), (np.inf, "infinity")])
+def test_kmb_estimator_non_finite_X(kmb_values, bad, what):
+    bad_X = _with(kmb_values, (1, 1), bad)
+    with pytest.raises(ValueError, match=rf"Input X contains {what}"):
+        mc.KMeansQuantizer(KMB_K, block_size=KMB_B).fit(bad_X)
+    est = mc.KMeansQuantizer(KMB_K, block_size=KMB_B).fit(kmb_values)
+    with pytest.raises(ValueError, match=rf"Input X contains {what}"):
+        est.predict(bad_X)
+
+
+def test_kmb_errors_leave_the_estimator_usable(kmb_values):
+    est = mc.KMeansQuantizer(KMB_K, block_size=KMB_B, random_state=0)
+    for _ in range(3):
+        with pytest.raises(ValueError):
+            est.fit(kmb_values[:, :5])
+    assert est.fit(kmb_values).transform(kmb_values).shape == (4, 6)
+
+
+def test_kmb_core_checks():
+    # The bindings' own checks (the Python layer never sends these).
+    X = np.linspace(0.0, 1.0, 20).reshape(10, 2)
+    args = (10, 0.0, 0, 1, False, 0, 1)  # max_iter, tol, seed, n_init, random_init, mppc, threads
+    with pytest.raises(ValueError, match="X must be 2-D"):
+        _core.kmeans_block_f64(X.ravel(), None, 2, None, *args)
+    for k, Y in ((11, X), (0, X), (1, X[:, :0])):
+        with pytest.raises(ValueError, match=r"need 1 <= k <= n_points and dim >= 1"):
+            _core.kmeans_block_f64(Y, None, k, None, *args)
+    with pytest.raises(ValueError, match="weights: wrong shape"):
+        _core.kmeans_block_f64(X, np.ones(9), 2, None, *args)
+    with pytest.raises(ValueError, match="init: wrong shape"):
+        _core.kmeans_block_f32(X.astype(np.float32), None, 2, np.zeros((2, 3), np.float32), *args)
+    for bad in ((-1, 0.0, 0, 1, False, 0, 1), (10, -1.0, 0, 1, False, 0, 1),
+                (10, 0.0, 0, 0, False, 0, 1), (10, 0.0, 0, 1, False, -1, 1)):
+        with pytest.raises(ValueError, match="kmeans_block: bad options"):
+            _core.kmeans_block_f64(X, None, 2, None, *bad)
+    with pytest.raises(ValueError, match="X and centers must be 2-D with the same number of columns"):
+        _core.kmeans_assign_f64(X, np.zeros((2, 3)), None, 1)
+    with pytest.raises(ValueError, match="need at least one center and one column"):
+        _core.kmeans_assign_f64(X, np.zeros((0, 2)), None, 1)
+    with pytest.raises(ValueError, match="weights: wrong shape"):
+        _core.kmeans_assign_f64(X, np.zeros((2, 2)), np.ones(3), 1)
 
 
 @pytest.mark.parametrize("codes", [[16], [0, 1, 255], [[3, 4], [5, 99]], np.array([300], np.int64)])

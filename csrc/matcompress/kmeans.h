@@ -55,8 +55,8 @@ KMeans1DResult kmeans_1d(const T* x, const T* weight, index_t n, index_t k, cons
 // the summed squared centroid shift is <= tol times the mean variance of the coordinates. The
 // nearest centroid comes from a register-tiled kernel fused with the arg-min (small dim) or from
 // GEMM tiles of points x centroids with the arg-min on each tile; never an n x k matrix.
-// The start is greedy k-means++ (scikit-learn's 2 + ln k trials per step), with the exact
-// triangle-inequality pruning of whole clusters that cannot gain from a candidate.
+// The start is greedy k-means++ (scikit-learn's 2 + ln k trials per step), each step one
+// vectorized pass over the points, or k distinct points drawn in proportion to their weights.
 // Results are identical for any thread count.
 
 struct KMeansBlockOptions {
@@ -66,8 +66,8 @@ struct KMeansBlockOptions {
   index_t n_init = 1;                ///< runs from different starts; the best is kept
   bool random_init = false;          ///< start from k distinct points drawn with probability
                                      ///< proportional to weight, instead of k-means++
-  index_t max_points_per_centroid = 0;  ///< > 0: Lloyd runs on a random sample of at most
-                                        ///< k * this many points (the codes then cover all)
+  index_t max_points_per_centroid = 0;  ///< > 0: the start and Lloyd run on a random sample
+                                        ///< of at most k * this many points (codes cover all)
   int n_threads = 0;
 };
 

@@ -511,7 +511,7 @@ KMeansBlockResult kmeans_block_impl(const Gemm<T>& gemm, const T* x, const T* we
   Points<T> all{x, weight, n, dim, shift.data()};
   Points<T> train = all;
   std::vector<T> sx, sw;
-  if (o.max_points_per_centroid > 0 && !init &&
+  if (o.max_points_per_centroid > 0 &&
       double(n) > double(k) * double(o.max_points_per_centroid)) {
     const index_t m = k * o.max_points_per_centroid;
     std::vector<index_t> idx(static_cast<size_t>(n));

@@ -37,12 +37,15 @@ def _auto_method(n_codes, n):
     return "optimal" if n_codes * n * math.log2(n) <= _AUTO_OPTIMAL_WORK else "lloyd"
 
 
-def _scale_exponent(flat):
-    """e with max|values| / 2**e in [1, 2) when the values are so large or small that their
-    squares would overflow or underflow in float64 (the core sums squares in float64); else 0.
-    Scaling by a power of two is exact, so the codes do not change."""
-    largest = float(np.max(np.abs(flat)))
-    if largest == 0.0 or 2.0**-300 < largest < 2.0**300:
+def _scale_exponent(values):
+    """e with max|values| / 2**e in [1, 2) when the values are so large or small that sums of
+    their squares would overflow or underflow in the computation's precision; else 0. float64:
+    beyond 2**+-300 (the scalar core sums squares in float64); float32: beyond 2**+-40 (the block
+    kernels form squared norms in float32). Scaling by a power of two is exact (up to values
+    below 2**-100 of the largest, which may lose bits), so the codes do not change."""
+    largest = float(np.max(np.abs(values)))
+    bound = 300 if values.dtype == np.float64 else 40
+    if largest == 0.0 or 2.0**-bound < largest < 2.0**bound:
         return 0
     return math.frexp(largest)[1] - 1
 
@@ -90,7 +93,7 @@ def _fit(values, n_codes, *, block_size, method, init, n_init, max_iter, tol, sa
     if sample_weight is not None:
         weight = _check_weight(sample_weight, codes_shape if block_size > 1 else arr.shape,
                                arr.dtype, "values" if block_size == 1 else
-                               f"the codes (one weight per block), {codes_shape}")
+                               "the codes (one weight per block)")
     start = None
     named = isinstance(init, str)
     if named:
@@ -101,7 +104,8 @@ def _fit(values, n_codes, *, block_size, method, init, n_init, max_iter, tol, sa
         shape = (n_codes,) if block_size == 1 else (n_codes, block_size)
         start = check_array(init, "init", dtype=arr.dtype, ndim=len(shape))
         if start.shape != shape:
-            raise ValueError(f"init must have shape {shape} (n_codes, block_size); "
+            axes = "(n_codes,)" if block_size == 1 else "(n_codes, block_size)"
+            raise ValueError(f"init must have shape {shape} {axes}; "
                              f"got {start.shape}")
         n_init = 1
     if method == "auto":
@@ -275,8 +279,11 @@ def fit_codebook(
 def _assign(points, codebook, n_threads):
     """Index of the nearest codebook row for each row of points (the first of equally near)."""
     assign = _core.kmeans_assign_f64 if points.dtype == np.float64 else _core.kmeans_assign_f32
-    labels, _ = assign(points, np.ascontiguousarray(codebook, dtype=points.dtype), None,
-                       n_threads)
+    codebook = np.ascontiguousarray(codebook, dtype=points.dtype)
+    exponent = max(_scale_exponent(points), _scale_exponent(codebook), key=abs)
+    if exponent:
+        points, codebook = np.ldexp(points, -exponent), np.ldexp(codebook, -exponent)
+    labels, _ = assign(points, codebook, None, n_threads)
     return labels
 
 
@@ -305,7 +312,8 @@ n_threads
     inertia_ : float
         Weighted sum of squared errors of the training data.
     n_iter_ : int
-        Lloyd iterations of the kept run; 1 for the exact method (one dynamic-programming solve).
+        Lloyd iterations of the kept run, at least 1: an exact answer (``method="optimal"``, or
+        as many codes as distinct values) counts as one.
     n_codes_ : int
         Codebook size used.
     method_ : str
@@ -373,7 +381,7 @@ n_threads
         self.cluster_centers_ = codebook.reshape(-1, b)
         self.labels_ = codes.reshape(X.shape[0], X.shape[1] // b)
         self.inertia_ = inertia
-        self.n_iter_ = max(n_iter, 1) if method == "optimal" else n_iter
+        self.n_iter_ = max(n_iter, 1)
         self.n_codes_ = codebook.shape[0]
         self.method_ = method
         return self
