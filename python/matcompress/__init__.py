@@ -6,6 +6,7 @@
 
 from ._version import __version__
 from .dictionary import DictionaryLearning, dict_learning
+from .hashing import simhash
 from .kmeans import KMeansQuantizer, fit_codebook, pack_4bit, unpack_4bit
 from .omp import sparse_encode
 
@@ -17,6 +18,7 @@ __all__ = [
     "fit_codebook",
     "pack_4bit",
     "show_config",
+    "simhash",
     "sparse_encode",
     "unpack_4bit",
 ]
