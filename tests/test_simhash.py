@@ -209,13 +209,14 @@ def _check_against_numpy(A, n_bits, seed, factors):
                                atol=SCALE_RTOL[A.dtype] * np.abs(scale_ref).max())
 
 
+@pytest.mark.parametrize("max_resident", [-1, 0], ids=["whole_R", "R_tiles"])
 @pytest.mark.parametrize("norms", ["gram", "direct", "auto"])
 @pytest.mark.parametrize(("m", "n", "k"), [(300, 70, 64), (1100, 300, 300), (5, 9, 700),
                                            (1, 1, 1), (17, 1, 3)])
-def test_encode_matches_numpy(rng, dtype, m, n, k, norms):
+def test_encode_matches_numpy(rng, dtype, m, n, k, norms, max_resident):
     A = rng.standard_normal((m, n)).astype(dtype)
     seed = 0xC0FFEE
-    bits, scale = _encode(A, k, seed, 0, norms)
+    bits, scale = _encode(A, k, seed, 0, norms, max_resident)
     f = SignBits(bits=bits, scale=scale, seed=seed, n_rows=m)
     assert bits.shape == (k, (n + 7) // 8) and bits.dtype == np.uint8
     assert scale.shape == (n,) and scale.dtype == dtype
@@ -271,11 +272,13 @@ def test_error_decreases_with_n_bits(rng):
 
 
 @pytest.mark.parametrize("norms", ["gram", "direct"])
-def test_encode_identical_across_threads(rng, dtype, norms):
-    A = rng.standard_normal((1100, 300)).astype(dtype)  # 3 row tiles, 2 x 2 GEMM blocks
+def test_encode_identical_across_threads_and_tiling(rng, dtype, norms):
+    # 3 row tiles, 2 x 3 blocks of P: every thread count, and R generated whole or one tile at
+    # a time (max_resident=0), give the same bits.
+    A = rng.standard_normal((1100, 300)).astype(dtype)
     ref = _encode(A, 300, 42, 1, norms)
-    for n_threads in (2, 3):
-        bits, scale = _encode(A, 300, 42, n_threads, norms)
+    for n_threads, max_resident in [(2, -1), (3, -1), (1, 0), (2, 0), (3, 0)]:
+        bits, scale = _encode(A, 300, 42, n_threads, norms, max_resident)
         assert np.array_equal(bits, ref[0])
         assert np.array_equal(scale.view(np.uint8), ref[1].view(np.uint8))
 
@@ -350,14 +353,15 @@ def test_save_load_round_trip(rng, tmp_path):
 @settings(max_examples=40, deadline=None)
 @given(m=st.integers(1, 40), n=st.integers(1, 40), k=st.integers(1, 80),
        f32=st.booleans(), seed=st.integers(0, 2**64 - 1),
-       data_seed=st.integers(0, 2**32 - 1), norms=st.sampled_from(["gram", "direct"]))
-def test_property_random_shapes(m, n, k, f32, seed, data_seed, norms):
+       data_seed=st.integers(0, 2**32 - 1), norms=st.sampled_from(["gram", "direct"]),
+       max_resident=st.sampled_from([-1, 0]))
+def test_property_random_shapes(m, n, k, f32, seed, data_seed, norms, max_resident):
     dtype = np.float32 if f32 else np.float64
     A = np.random.default_rng(data_seed).standard_normal((m, n)).astype(dtype)
-    bits, scale = _encode(A, k, seed, 1, norms)
+    bits, scale = _encode(A, k, seed, 1, norms, max_resident)
     f = SignBits(bits=bits, scale=scale, seed=seed, n_rows=m)
     _check_against_numpy(A, k, seed, f)
-    bits2, scale2 = _encode(A, k, seed, 2, norms)
+    bits2, scale2 = _encode(A, k, seed, 2, norms, max_resident)
     assert np.array_equal(bits2, bits) and np.array_equal(scale2, scale)
 
 

@@ -16,7 +16,8 @@ namespace {
 constexpr index_t kTileElems = index_t(1) << 20;  // elements of an R tile, at most (or 16 rows)
 constexpr index_t kMaxTileRows = 512;             // rows of an R tile, at most
 constexpr index_t kMinTileRows = 16;
-constexpr index_t kBlock = 256;       // rows and columns of the GEMM blocks (fixed partition)
+constexpr index_t kBlock = 256;       // rows of P and G blocks, columns of G and S blocks
+constexpr index_t kPCols = 128;       // columns of P blocks (finer: balances the gram blocks)
 constexpr index_t kPackCols = 64;     // columns per task of the sign/pack pass (whole bytes)
 constexpr index_t kGenChunk = 16384;  // Gaussian numbers per task (aligned: whole batches)
 // A Gaussian number costs about as much as this many multiply-adds of a BLAS GEMM (measured:
@@ -87,14 +88,15 @@ void gaussian_reference(std::uint64_t seed, std::uint64_t e0, index_t count, dou
 
 template <typename T>
 void simhash_encode(const Gemm<T>& gemm, const T* A, index_t m, index_t n, index_t k,
-                    std::uint64_t seed, int n_threads, std::uint8_t* bits, T* scale,
-                    SimhashNorms norms) {
+                    std::uint64_t seed, const SimhashOptions& o, std::uint8_t* bits, T* scale) {
   MC_CHECK(m >= 1 && n >= 1 && k >= 1, "simhash_encode: need m, n, k >= 1; got m="
                                            << m << ", n=" << n << ", k=" << k);
   MC_CHECK(A != nullptr && bits != nullptr && scale != nullptr, "simhash_encode: null pointer");
+  const int n_threads = o.n_threads;
   const index_t tm = simhash_tile_rows(k);
   const index_t n_tiles = blocks_of(m, tm);
   const double dm = double(m), dn = double(n), dk = double(k);
+  SimhashNorms norms = o.norms;
   if (norms == SimhashNorms::automatic) {
     const bool fits = dk * dk <= std::max(double(1 << 24), dk * dn);
     const double gram_cost = dm * dk * (dk + double(kBlock)) / 2 + dk * dk * dn;
@@ -102,11 +104,36 @@ void simhash_encode(const Gemm<T>& gemm, const T* A, index_t m, index_t n, index
     norms = fits && gram_cost <= direct_cost ? SimhashNorms::gram : SimhashNorms::direct;
   }
   const bool gram = norms == SimhashNorms::gram;
+  // R whole when it is no larger than P (or 2^22 numbers): then every GEMM task runs through all
+  // the tiles with no barrier between them. Otherwise one tile at a time. The GEMM calls (and
+  // so the bits) are the same either way.
+  const index_t resident_cap = o.max_resident >= 0 ? o.max_resident
+                                                   : std::max<index_t>(index_t(1) << 22, k * n);
+  const bool resident = m <= resident_cap / k;
+  std::unique_ptr<T[]> R(new T[static_cast<size_t>((resident ? m : tm) * k)]);
+  if (resident) fill_gaussian(seed, 0, m * k, R.get(), n_threads);
 
-  // The GEMM blocks of one tile, the same for every tile: the gram blocks first (the larger
-  // ones, so the dynamic schedule ends on the small ones).
+  // Runs task(i, tid, t) for every task i and tile t, each task's tiles in order.
+  auto over_tiles = [&](index_t n_tasks, double work, auto&& task) {
+    if (resident) {
+      run_gemm_tasks(gemm, n_tasks, n_threads, work, [&](index_t i, int tid) {
+        for (index_t t = 0; t < n_tiles; ++t) task(i, tid, t, R.get() + t * tm * k);
+      });
+    } else {
+      for (index_t t = 0; t < n_tiles; ++t) {
+        const index_t row0 = t * tm;
+        fill_gaussian(seed, row0 * k, std::min(tm, m - row0) * k, R.get(), n_threads);
+        run_gemm_tasks(gemm, n_tasks, n_threads, work / double(n_tiles),
+                       [&](index_t i, int tid) { task(i, tid, t, R.get()); });
+      }
+    }
+  };
+  auto rows_of = [&](index_t t) { return std::min(tm, m - t * tm); };
+
+  // Pass 1: P = R^T A (and G = R^T R) on a fixed partition into blocks, the gram ones first
+  // (the larger ones, so the dynamic schedule ends on small ones).
   std::vector<Block> blocks;
-  const index_t kb = blocks_of(k, kBlock), nb = blocks_of(n, kBlock);
+  const index_t kb = blocks_of(k, kBlock), nb = blocks_of(n, kPCols);
   if (gram)
     for (index_t i = 0; i < kb; ++i)
       for (index_t j = i; j < kb; ++j)
@@ -114,31 +141,22 @@ void simhash_encode(const Gemm<T>& gemm, const T* A, index_t m, index_t n, index
                           std::min(k, (j + 1) * kBlock), true});
   for (index_t i = 0; i < kb; ++i)
     for (index_t j = 0; j < nb; ++j)
-      blocks.push_back({i * kBlock, std::min(k, (i + 1) * kBlock), j * kBlock,
-                        std::min(n, (j + 1) * kBlock), false});
-
+      blocks.push_back({i * kBlock, std::min(k, (i + 1) * kBlock), j * kPCols,
+                        std::min(n, (j + 1) * kPCols), false});
   std::unique_ptr<T[]> P(new T[static_cast<size_t>(k * n)]);  // written by the first tile
   std::unique_ptr<T[]> G(gram ? new T[static_cast<size_t>(k * k)] : nullptr);
-  std::unique_ptr<T[]> R(new T[static_cast<size_t>(tm * k)]);
-
-  // Pass 1: P = R^T A (and G = R^T R), tile by tile, in tile order.
-  for (index_t t = 0; t < n_tiles; ++t) {
-    const index_t row0 = t * tm, rows = std::min(tm, m - row0);
-    fill_gaussian(seed, row0 * k, rows * k, R.get(), n_threads);
-    const T beta = t == 0 ? T(0) : T(1);
-    const T* At = A + row0 * n;
-    const double work = double(rows) * dk * (dn + (gram ? dk / 2 : 0.0));
-    run_gemm_tasks(gemm, static_cast<index_t>(blocks.size()), n_threads, work,
-                   [&](index_t b, int) {
-                     const Block& q = blocks[static_cast<size_t>(b)];
-                     if (q.gram)
-                       gemm(true, false, q.r1 - q.r0, q.c1 - q.c0, rows, T(1), R.get() + q.r0, k,
-                            R.get() + q.c0, k, beta, G.get() + q.r0 * k + q.c0, k);
-                     else
-                       gemm(true, false, q.r1 - q.r0, q.c1 - q.c0, rows, T(1), R.get() + q.r0, k,
-                            At + q.c0, n, beta, P.get() + q.r0 * n + q.c0, n);
-                   });
-  }
+  over_tiles(static_cast<index_t>(blocks.size()), dm * dk * (dn + (gram ? dk / 2 : 0.0)),
+             [&](index_t b, int, index_t t, const T* Rt) {
+               const Block& q = blocks[static_cast<size_t>(b)];
+               const index_t rows = rows_of(t);
+               const T beta = t == 0 ? T(0) : T(1);
+               if (q.gram)
+                 gemm(true, false, q.r1 - q.r0, q.c1 - q.c0, rows, T(1), Rt + q.r0, k, Rt + q.c0,
+                      k, beta, G.get() + q.r0 * k + q.c0, k);
+               else
+                 gemm(true, false, q.r1 - q.r0, q.c1 - q.c0, rows, T(1), Rt + q.r0, k,
+                      A + t * tm * n + q.c0, n, beta, P.get() + q.r0 * n + q.c0, n);
+             });
   if (gram)  // the lower triangle from the upper one
     for (index_t i = 1; i < k; ++i)
       for (index_t j = 0; j < i; ++j) G[i * k + j] = G[j * k + i];
@@ -170,13 +188,13 @@ void simhash_encode(const Gemm<T>& gemm, const T* A, index_t m, index_t n, index
     });
   }
 
-  // Denominators ||R s_j||^2.
+  // Denominators ||R s_j||^2, per block of columns [c0, c0 + w).
   const index_t n_col_blocks = blocks_of(n, kBlock);
-  const int max_threads = gemm.runs_on_caller_thread() ? resolve_threads(n_threads, n_col_blocks)
-                                                       : 1;
+  const int max_threads =
+      gemm.runs_on_caller_thread() ? resolve_threads(n_threads, n_col_blocks) : 1;
   const T* S = P.get();
   if (gram) {
-    // s_j^T (G S)_j, per block of columns: Y = G S[:, c0:c1] (k x w).
+    // s_j^T (G S)_j, with Y = G S[:, c0:c0 + w] (k x w).
     std::vector<T> Y(static_cast<size_t>(max_threads * k * kBlock));
     run_gemm_tasks(gemm, n_col_blocks, max_threads, dk * dk * dn, [&](index_t c, int tid) {
       const index_t c0 = c * kBlock, w = std::min(n, c0 + kBlock) - c0;
@@ -187,23 +205,18 @@ void simhash_encode(const Gemm<T>& gemm, const T* A, index_t m, index_t n, index
           den[static_cast<size_t>(c0 + j)] += double(S[t * n + c0 + j]) * double(y[t * w + j]);
     });
   } else {
-    // sum_i (R S)[i, j]^2 over a second pass of R tiles: Y = R_tile S[:, c0:c1] (rows x w).
+    // sum_i (R S)[i, j]^2, tile by tile: Y = R_tile S[:, c0:c0 + w] (rows x w).
     std::vector<T> Y(static_cast<size_t>(max_threads * tm * kBlock));
-    for (index_t t = 0; t < n_tiles; ++t) {
-      const index_t row0 = t * tm, rows = std::min(tm, m - row0);
-      fill_gaussian(seed, row0 * k, rows * k, R.get(), n_threads);
-      run_gemm_tasks(gemm, n_col_blocks, max_threads, double(rows) * dk * dn,
-                     [&](index_t c, int tid) {
-                       const index_t c0 = c * kBlock, w = std::min(n, c0 + kBlock) - c0;
-                       T* y = Y.data() + static_cast<size_t>(tid) * tm * kBlock;
-                       gemm(false, false, rows, w, k, T(1), R.get(), k, S + c0, n, T(0), y, w);
-                       for (index_t i = 0; i < rows; ++i)
-                         for (index_t j = 0; j < w; ++j) {
-                           const double v = y[i * w + j];
-                           den[static_cast<size_t>(c0 + j)] += v * v;
-                         }
-                     });
-    }
+    over_tiles(n_col_blocks, dm * dk * dn, [&](index_t c, int tid, index_t t, const T* Rt) {
+      const index_t c0 = c * kBlock, w = std::min(n, c0 + kBlock) - c0, rows = rows_of(t);
+      T* y = Y.data() + static_cast<size_t>(tid) * tm * kBlock;
+      gemm(false, false, rows, w, k, T(1), Rt, k, S + c0, n, T(0), y, w);
+      for (index_t i = 0; i < rows; ++i)
+        for (index_t j = 0; j < w; ++j) {
+          const double v = y[i * w + j];
+          den[static_cast<size_t>(c0 + j)] += v * v;
+        }
+    });
   }
   for (index_t j = 0; j < n; ++j) {
     const double a = num[static_cast<size_t>(j)], b = den[static_cast<size_t>(j)];
@@ -216,9 +229,9 @@ template void simhash_projection<float>(std::uint64_t, index_t, index_t, index_t
 template void simhash_projection<double>(std::uint64_t, index_t, index_t, index_t, index_t,
                                          double*, int);
 template void simhash_encode<float>(const Gemm<float>&, const float*, index_t, index_t, index_t,
-                                    std::uint64_t, int, std::uint8_t*, float*, SimhashNorms);
+                                    std::uint64_t, const SimhashOptions&, std::uint8_t*, float*);
 template void simhash_encode<double>(const Gemm<double>&, const double*, index_t, index_t,
-                                     index_t, std::uint64_t, int, std::uint8_t*, double*,
-                                     SimhashNorms);
+                                     index_t, std::uint64_t, const SimhashOptions&,
+                                     std::uint8_t*, double*);
 
 }  // namespace matcompress

@@ -12,9 +12,10 @@
 // automatic picks the cheaper (the gram route needs k^2 + k^2 n / m work per row of A, the
 // direct one k n plus the regeneration) within the memory bound below.
 //
-// Memory (elements of T): P, k * n (reused for S); the R tile, tile_rows(k) * k (at most
-// 2^20 or 16 k); the gram route's G, k * k (only when that is at most max(2^24, k * n)); and
-// per thread one GEMM product block of at most k * 256 elements. A itself is read in place.
+// Memory (elements of T): P, k * n (reused for S); R, whole (m * k) when that is at most
+// max(2^22, k * n), else one tile of tile_rows(k) * k (at most 2^20, or 16 k); the gram route's G,
+// k * k (chosen automatically only when that is at most max(2^24, k * n)); and per thread one
+// GEMM product block of at most max(k, tile_rows(k)) * 256. A itself is read in place.
 #pragma once
 
 #include <cstdint>
@@ -25,6 +26,15 @@
 namespace matcompress {
 
 enum class SimhashNorms { automatic, gram, direct };
+
+struct SimhashOptions {
+  int n_threads = 0;
+  SimhashNorms norms = SimhashNorms::automatic;
+  /// R is generated whole when it has at most this many elements (then the GEMM tasks run
+  /// through every tile without a barrier between tiles), else one tile at a time; the results
+  /// are the same. -1: max(2^22, k * n), i.e. R is never larger than P or 2^22 numbers.
+  index_t max_resident = -1;
+};
 
 /// Rows of R in one tile for k columns: R tiles are tile_rows(k) x k (fixed by k alone).
 index_t simhash_tile_rows(index_t k);
@@ -47,7 +57,7 @@ void gaussian_reference(std::uint64_t seed, std::uint64_t e0, index_t count, dou
 /// @param scale  out: size n
 template <typename T>
 void simhash_encode(const Gemm<T>& gemm, const T* A, index_t m, index_t n, index_t k,
-                    std::uint64_t seed, int n_threads, std::uint8_t* bits, T* scale,
-                    SimhashNorms norms = SimhashNorms::automatic);
+                    std::uint64_t seed, const SimhashOptions& options, std::uint8_t* bits,
+                    T* scale);
 
 }  // namespace matcompress

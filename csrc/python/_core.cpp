@@ -452,26 +452,30 @@ py::array_t<T> simhash_projection(std::uint64_t seed, mc::index_t m, mc::index_t
 }
 
 // Simhash of A (m x n) with n_bits sign bits per column: (bits (n_bits, ceil(n / 8)) uint8,
-// scale (n,)). norms: "auto", "gram" or "direct" (how ||R s_j||^2 is computed).
+// scale (n,)). norms: "auto", "gram" or "direct" (how ||R s_j||^2 is computed); max_resident:
+// R is generated whole up to this many elements (-1: the core's default; 0: tile by tile).
 template <typename T>
 py::tuple simhash_encode(const carray<T>& A, mc::index_t n_bits, std::uint64_t seed,
-                         int n_threads, const std::string& norms) {
+                         int n_threads, const std::string& norms, mc::index_t max_resident) {
   require(A.ndim() == 2, "A must be 2-D");
   const mc::index_t m = A.shape(0), n = A.shape(1);
   require(m >= 1 && n >= 1 && n_bits >= 1, "need a non-empty A and n_bits >= 1");
   require(norms == "auto" || norms == "gram" || norms == "direct",
           "norms must be 'auto', 'gram' or 'direct'");
-  const mc::SimhashNorms route = norms == "gram"     ? mc::SimhashNorms::gram
-                                 : norms == "direct" ? mc::SimhashNorms::direct
-                                                     : mc::SimhashNorms::automatic;
+  mc::SimhashOptions o;
+  o.n_threads = n_threads;
+  o.norms = norms == "gram"     ? mc::SimhashNorms::gram
+            : norms == "direct" ? mc::SimhashNorms::direct
+                                : mc::SimhashNorms::automatic;
+  o.max_resident = max_resident;
   py::array_t<std::uint8_t> bits({n_bits, (n + 7) / 8});
   py::array_t<T> scale(n);
   {
     py::gil_scoped_release nogil;
     BlasOneThread one_blas_thread;
     const mc::FortranGemm<T> gemm(scipy_gemm_fn<T>(), INT_MAX, one_blas_thread.active());
-    mc::simhash_encode<T>(gemm, A.data(), m, n, n_bits, seed, n_threads, bits.mutable_data(),
-                          scale.mutable_data(), route);
+    mc::simhash_encode<T>(gemm, A.data(), m, n, n_bits, seed, o, bits.mutable_data(),
+                          scale.mutable_data());
   }
   return py::make_tuple(bits, scale);
 }
@@ -595,9 +599,11 @@ PYBIND11_MODULE(_core, m) {
   m.def("simhash_projection_f64", &simhash_projection<double>, py::arg("seed"), py::arg("m"),
         py::arg("k"), py::arg("row0"), py::arg("rows"), py::arg("n_threads"));
   m.def("simhash_encode_f32", &simhash_encode<float>, py::arg("A"), py::arg("n_bits"),
-        py::arg("seed"), py::arg("n_threads"), py::arg("norms") = "auto");
+        py::arg("seed"), py::arg("n_threads"), py::arg("norms") = "auto",
+        py::arg("max_resident") = -1);
   m.def("simhash_encode_f64", &simhash_encode<double>, py::arg("A"), py::arg("n_bits"),
-        py::arg("seed"), py::arg("n_threads"), py::arg("norms") = "auto");
+        py::arg("seed"), py::arg("n_threads"), py::arg("norms") = "auto",
+        py::arg("max_resident") = -1);
   m.def("philox4x32", &philox4x32, py::arg("counter"), py::arg("key"), py::arg("rounds") = 10);
   m.def("gaussian_reference", &gaussian_reference, py::arg("seed"), py::arg("e0"),
         py::arg("count"));

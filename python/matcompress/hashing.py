@@ -41,20 +41,21 @@ def _scale_exponent(A):
     """e with max|A| / 2**e in [1, 2) when A is so large that R^T A could overflow, or so small
     that its products with R would lose bits to underflow; else 0. Scaling by a power of two is
     exact, so the signs do not change and the scales are scaled back exactly."""
-    largest = float(np.max(np.abs(A)))
+    largest = max(float(A.max()), -float(A.min()))  # no temporary |A|
     bound = 60 if A.dtype == np.float32 else 500
     if largest == 0.0 or 2.0**-bound < largest < 2.0**bound:
         return 0
     return math.frexp(largest)[1] - 1
 
 
-def _encode(A, n_bits, seed, n_threads, norms="auto"):
-    """The core call on validated input: (bits, scale)."""
+def _encode(A, n_bits, seed, n_threads, norms="auto", max_resident=-1):
+    """The core call on validated input: (bits, scale). ``norms`` and ``max_resident`` choose
+    the core's routes (tests cover each; the default picks by cost and memory)."""
     encode = _core.simhash_encode_f64 if A.dtype == np.float64 else _core.simhash_encode_f32
     exponent = _scale_exponent(A)
     if exponent:
         A = np.ldexp(A, -exponent).astype(A.dtype, copy=False)
-    bits, scale = encode(A, n_bits, seed, n_threads, norms)
+    bits, scale = encode(A, n_bits, seed, n_threads, norms, max_resident)
     if exponent:
         scale = np.ldexp(scale, exponent).astype(A.dtype, copy=False)
     return bits, scale
