@@ -96,20 +96,22 @@ void simhash_encode(const Gemm<T>& gemm, const T* A, index_t m, index_t n, index
   const index_t tm = simhash_tile_rows(k);
   const index_t n_tiles = blocks_of(m, tm);
   const double dm = double(m), dn = double(n), dk = double(k);
-  SimhashNorms norms = o.norms;
-  if (norms == SimhashNorms::automatic) {
-    const bool fits = dk * dk <= std::max(double(1 << 24), dk * dn);
-    const double gram_cost = dm * dk * (dk + double(kBlock)) / 2 + dk * dk * dn;
-    const double direct_cost = dm * dk * dn + kGenCost * dm * dk;
-    norms = fits && gram_cost <= direct_cost ? SimhashNorms::gram : SimhashNorms::direct;
-  }
-  const bool gram = norms == SimhashNorms::gram;
   // R whole when it is no larger than P (or 2^22 numbers): then every GEMM task runs through all
   // the tiles with no barrier between them. Otherwise one tile at a time. The GEMM calls (and
   // so the bits) are the same either way.
   const index_t resident_cap = o.max_resident >= 0 ? o.max_resident
                                                    : std::max<index_t>(index_t(1) << 22, k * n);
   const bool resident = m <= resident_cap / k;
+  // The cheaper route for the denominators, in multiply-adds (G's upper blocks plus G S, against
+  // R S plus regenerating R when it is not resident); G at most max(2^24, k n) elements.
+  SimhashNorms norms = o.norms;
+  if (norms == SimhashNorms::automatic) {
+    const bool fits = dk * dk <= std::max(double(1 << 24), dk * dn);
+    const double gram_cost = dm * dk * (dk + double(kBlock)) / 2 + dk * dk * dn;
+    const double direct_cost = dm * dk * dn + (resident ? 0.0 : kGenCost * dm * dk);
+    norms = fits && gram_cost <= direct_cost ? SimhashNorms::gram : SimhashNorms::direct;
+  }
+  const bool gram = norms == SimhashNorms::gram;
   std::unique_ptr<T[]> R(new T[static_cast<size_t>((resident ? m : tm) * k)]);
   if (resident) fill_gaussian(seed, 0, m * k, R.get(), n_threads);
 

@@ -9,8 +9,9 @@
 // fixed order, so the results are bitwise identical for any thread count. ||R s_j||^2 comes from
 //  - gram:   G = R^T R accumulated over the same tiles, then s_j^T G s_j (one GEMM G S), or
 //  - direct: a second pass that regenerates R tile by tile and sums the squares of R S;
-// automatic picks the cheaper (the gram route needs k^2 + k^2 n / m work per row of A, the
-// direct one k n plus the regeneration) within the memory bound below.
+// automatic picks the cheaper (per row of A, the gram route needs about k^2 / 2 + k^2 n / m
+// multiply-adds, the direct one k n, plus regenerating R when it is not held whole) within the
+// memory bound below.
 //
 // Memory (elements of T): P, k * n (reused for S); R, whole (m * k) when that is at most
 // max(2^22, k * n), else one tile of tile_rows(k) * k (at most 2^20, or 16 k); the gram route's G,
