@@ -2,7 +2,7 @@
 // D. E. Shaw, "Parallel Random Numbers: As Easy as 1, 2, 3", SC11, 2011) and a Box-Muller
 // transform whose logarithm, sine and cosine are computed here from +, -, *, / and sqrt only, so
 // the bits of every number are fixed by this header, not by a libm, an instruction set or a
-// thread count. Header-only, no dependencies: the numpy face and the TensorFlow op both use it.
+// thread count. Header-only, no dependencies: for the numpy face and, later, the TensorFlow op.
 //
 // The Gaussian stream of a 64-bit `seed`, element e (e = 0, 1, 2, ...), is defined as:
 //   key      = (k0, k1) = (seed mod 2^32, seed >> 32)
@@ -21,9 +21,10 @@
 // only: any tile of rows, any thread count and any consumer of this header give the same bits.
 //
 // Bitwise reproducibility needs IEEE double arithmetic without contraction of a * b + c into
-// fused multiply-adds: compile users of this header with -ffp-contract=off (GCC's default in
-// ISO C++ mode, -std=c++17; not clang's, nor GCC's in GNU mode). Every function here has internal
-// linkage, so translation units compiled for different instruction sets never share a copy.
+// fused multiply-adds: compile users of this header with -ffp-contract=off. GCC contracts by
+// default in C++ (also with -std=c++17) wherever the target has FMA, clang within expressions.
+// Every function here has internal linkage, so translation units compiled for different
+// instruction sets never share a copy.
 #pragma once
 
 #include <cstdint>
