@@ -6,6 +6,7 @@ import pytest
 
 import matcompress.demo
 import matcompress.dictionary
+import matcompress.hashing
 import matcompress.kmeans
 import matcompress.omp
 
@@ -17,6 +18,7 @@ import matcompress.omp
         matcompress.demo,
         matcompress.dictionary,
         matcompress.kmeans,
+        matcompress.hashing,
     ],
     ids=lambda m: m.__name__,
 )

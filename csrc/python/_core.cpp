@@ -17,6 +17,8 @@
 #include "matcompress/dictionary.h"
 #include "matcompress/kmeans.h"
 #include "matcompress/omp.h"
+#include "matcompress/philox.h"
+#include "matcompress/simhash.h"
 
 namespace py = pybind11;
 namespace mc = matcompress;
@@ -434,6 +436,75 @@ py::tuple kmeans_assign(const carray<T>& x, const carray<T>& centers,
   return py::make_tuple(labels, inertia);
 }
 
+// Rows [row0, row0 + rows) of the simhash projection R (m x k) of `seed`.
+template <typename T>
+py::array_t<T> simhash_projection(std::uint64_t seed, mc::index_t m, mc::index_t k,
+                                  mc::index_t row0, mc::index_t rows, int n_threads) {
+  require(m >= 1 && k >= 1, "m and k must be >= 1");
+  require(row0 >= 0 && rows >= 0 && row0 <= m && rows <= m - row0, "rows outside [0, m)");
+  py::array_t<T> out({rows, k});
+  T* p = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    mc::simhash_projection<T>(seed, m, k, row0, rows, p, n_threads);
+  }
+  return out;
+}
+
+// Simhash of A (m x n) with n_bits sign bits per column: (bits (n_bits, ceil(n / 8)) uint8,
+// scale (n,)). norms: "auto", "gram" or "direct" (how ||R s_j||^2 is computed); max_resident:
+// R is generated whole up to this many elements (-1: the core's default; 0: tile by tile).
+template <typename T>
+py::tuple simhash_encode(const carray<T>& A, mc::index_t n_bits, std::uint64_t seed,
+                         int n_threads, const std::string& norms, mc::index_t max_resident) {
+  require(A.ndim() == 2, "A must be 2-D");
+  const mc::index_t m = A.shape(0), n = A.shape(1);
+  require(m >= 1 && n >= 1 && n_bits >= 1, "need a non-empty A and n_bits >= 1");
+  require(norms == "auto" || norms == "gram" || norms == "direct",
+          "norms must be 'auto', 'gram' or 'direct'");
+  mc::SimhashOptions o;
+  o.n_threads = n_threads;
+  o.norms = norms == "gram"     ? mc::SimhashNorms::gram
+            : norms == "direct" ? mc::SimhashNorms::direct
+                                : mc::SimhashNorms::automatic;
+  o.max_resident = max_resident;
+  py::array_t<std::uint8_t> bits({n_bits, (n + 7) / 8});
+  py::array_t<T> scale(n);
+  {
+    py::gil_scoped_release nogil;
+    BlasOneThread one_blas_thread;
+    const mc::FortranGemm<T> gemm(scipy_gemm_fn<T>(), INT_MAX, one_blas_thread.active());
+    mc::simhash_encode<T>(gemm, A.data(), m, n, n_bits, seed, o, bits.mutable_data(),
+                          scale.mutable_data());
+  }
+  return py::make_tuple(bits, scale);
+}
+
+// Test hook: Philox4x32 with 7 or 10 rounds on one counter (4 words) and key (2 words).
+py::array_t<std::uint32_t> philox4x32(const carray<std::uint32_t>& counter,
+                                      const carray<std::uint32_t>& key, int rounds) {
+  require(counter.ndim() == 1 && counter.shape(0) == 4, "counter must have 4 words");
+  require(key.ndim() == 1 && key.shape(0) == 2, "key must have 2 words");
+  require(rounds == 7 || rounds == 10, "rounds must be 7 or 10");
+  std::uint32_t x[4] = {counter.data()[0], counter.data()[1], counter.data()[2],
+                        counter.data()[3]};
+  if (rounds == 7)
+    mc::philox::philox4x32<7>(x, key.data()[0], key.data()[1]);
+  else
+    mc::philox::philox4x32<10>(x, key.data()[0], key.data()[1]);
+  py::array_t<std::uint32_t> out(4);
+  std::copy(x, x + 4, out.mutable_data());
+  return out;
+}
+
+// Test hook: elements [e0, e0 + count) of the Gaussian stream by the scalar definition.
+py::array_t<double> gaussian_reference(std::uint64_t seed, std::uint64_t e0, mc::index_t count) {
+  require(count >= 0, "count must be >= 0");
+  py::array_t<double> out(count);
+  mc::gaussian_reference(seed, e0, count, out.mutable_data());
+  return out;
+}
+
 // Test hook: row-major GEMM through the injected BLAS with a chosen split size, so the
 // splitting of sizes past the 32-bit BLAS interface is exercised on small matrices.
 template <typename T>
@@ -523,6 +594,19 @@ PYBIND11_MODULE(_core, m) {
         py::arg("weight"), py::arg("n_threads"));
   m.def("kmeans_assign_f64", &kmeans_assign<double>, py::arg("X"), py::arg("centers"),
         py::arg("weight"), py::arg("n_threads"));
+  m.def("simhash_projection_f32", &simhash_projection<float>, py::arg("seed"), py::arg("m"),
+        py::arg("k"), py::arg("row0"), py::arg("rows"), py::arg("n_threads"));
+  m.def("simhash_projection_f64", &simhash_projection<double>, py::arg("seed"), py::arg("m"),
+        py::arg("k"), py::arg("row0"), py::arg("rows"), py::arg("n_threads"));
+  m.def("simhash_encode_f32", &simhash_encode<float>, py::arg("A"), py::arg("n_bits"),
+        py::arg("seed"), py::arg("n_threads"), py::arg("norms") = "auto",
+        py::arg("max_resident") = -1);
+  m.def("simhash_encode_f64", &simhash_encode<double>, py::arg("A"), py::arg("n_bits"),
+        py::arg("seed"), py::arg("n_threads"), py::arg("norms") = "auto",
+        py::arg("max_resident") = -1);
+  m.def("philox4x32", &philox4x32, py::arg("counter"), py::arg("key"), py::arg("rounds") = 10);
+  m.def("gaussian_reference", &gaussian_reference, py::arg("seed"), py::arg("e0"),
+        py::arg("count"));
   m.def("codes_to_csr_f32", &codes_to_csr<float>);
   m.def("codes_to_csr_f64", &codes_to_csr<double>);
   m.def("gemm_f32", &gemm<float>);

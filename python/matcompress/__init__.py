@@ -8,6 +8,7 @@ from ._version import __version__
 from . import compressors, factors
 from .compressors import compress
 from .dictionary import DictionaryLearning, dict_learning
+from .hashing import simhash
 from .kmeans import KMeansQuantizer, fit_codebook, pack_4bit, unpack_4bit
 from .lowrank import low_rank, randomized_svd
 from .omp import sparse_encode
@@ -25,6 +26,7 @@ __all__ = [
     "pack_4bit",
     "randomized_svd",
     "show_config",
+    "simhash",
     "sparse_encode",
     "unpack_4bit",
 ]
