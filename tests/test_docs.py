@@ -8,6 +8,7 @@ import matcompress.demo
 import matcompress.dictionary
 import matcompress.kmeans
 import matcompress.omp
+import matcompress.pruning
 
 
 @pytest.mark.parametrize(
@@ -17,6 +18,7 @@ import matcompress.omp
         matcompress.demo,
         matcompress.dictionary,
         matcompress.kmeans,
+        matcompress.pruning,
     ],
     ids=lambda m: m.__name__,
 )

@@ -8,6 +8,7 @@ from ._version import __version__
 from .dictionary import DictionaryLearning, dict_learning
 from .kmeans import KMeansQuantizer, fit_codebook, pack_4bit, unpack_4bit
 from .omp import sparse_encode
+from .pruning import prune, prune_mask, taylor_scores
 
 __all__ = [
     "__version__",
@@ -16,8 +17,11 @@ __all__ = [
     "KMeansQuantizer",
     "fit_codebook",
     "pack_4bit",
+    "prune",
+    "prune_mask",
     "show_config",
     "sparse_encode",
+    "taylor_scores",
     "unpack_4bit",
 ]
 
