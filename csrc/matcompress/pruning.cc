@@ -274,8 +274,9 @@ PruneSelection select_top(const KeyFn& key_of, index_t rows, index_t cols, index
 }
 
 // Keys of the blocks (float64 bits of the sum of squared scores, row-major inside each block),
-// nbr x nbc. float64 scores whose squares would overflow (or all underflow) are scaled by a power
-// of two first, which keeps the order of every block whose squares stay normal.
+// nbr x nbc. When float64 squares overflow, or even the largest block's is below 2^-1000, the
+// scores are scaled by the power of two that brings the largest into [1, 2), which keeps the
+// order of every block whose squares stay normal.
 template <typename S>
 std::vector<std::uint64_t> block_keys(const S* s, index_t rows, index_t cols, index_t br,
                                       index_t bc, int n_threads) {
@@ -313,11 +314,12 @@ std::vector<std::uint64_t> block_keys(const S* s, index_t rows, index_t cols, in
     return *std::max_element(largest.begin(), largest.end());
   };
   const double big = run(1.0);
-  if (std::is_same<S, double>::value && (std::isinf(big) || (big > 0 && big < 0x1p-1000))) {
+  // Overflow, or squares so small that the largest block's is below 2^-1000 (or 0).
+  if (std::is_same<S, double>::value && (std::isinf(big) || big < 0x1p-1000)) {
     double max_abs = 0;
     for (index_t i = 0; i < rows * cols; ++i)
       max_abs = std::max(max_abs, std::fabs(static_cast<double>(s[i])));
-    run(std::ldexp(1.0, -std::ilogb(max_abs)));
+    if (max_abs > 0) run(std::ldexp(1.0, -std::ilogb(max_abs)));
   }
   return keys;
 }
