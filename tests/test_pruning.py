@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from numpy.testing import assert_allclose, assert_array_equal
+from numpy.testing import assert_array_equal
 
 import matcompress as mc
 from matcompress import _core
@@ -373,8 +373,9 @@ def test_bitwise_identical_for_any_thread_count(rng, dtype, data):
     # 1.5M entries: three parts per pass at three threads (about 0.5M entries per thread), and
     # the parallel refinement of a crowded threshold bucket.
     A = data(rng, (1500, 1000), dtype)
-    cases = [dict(sparsity=0.9), dict(sparsity=0.37), dict(sparsity=0.5), dict(sparsity=0.9, block_shape=(4, 4)),
-             dict(sparsity=0.5, block_shape=(1, 8)), dict(n_m=(2, 4)), dict(n_m=(3, 20))]
+    cases = [dict(sparsity=0.9), dict(sparsity=0.37), dict(sparsity=0.5),
+             dict(sparsity=0.9, block_shape=(4, 4)), dict(sparsity=0.5, block_shape=(1, 8)),
+             dict(n_m=(2, 4)), dict(n_m=(3, 20))]
     for kw in cases:
         ref = mc.prune(A, n_threads=1, **kw)
         ref_mask = mc.prune_mask(A, n_threads=1, **kw)

@@ -24,7 +24,7 @@ namespace matcompress {
 /// The blocks kept by a pruning, as a rule: block u (flat, row-major over the block grid) with
 /// key k is kept when k > key, or k == key and u <= last_tie.
 struct PruneSelection {
-  std::uint64_t key = 0;  ///< threshold key (score bits; float64 bits of the squared norm for blocks)
+  std::uint64_t key = 0;  ///< threshold key: score bits (blocks: float64 bits of the squared norm)
   index_t last_tie = -1;  ///< the last kept block among those whose key equals `key`
   index_t n_kept = 0;     ///< blocks kept
 };
