@@ -9,6 +9,7 @@ import matcompress.dictionary
 import matcompress.hashing
 import matcompress.kmeans
 import matcompress.omp
+import matcompress.pruning
 
 
 @pytest.mark.parametrize(
@@ -19,6 +20,7 @@ import matcompress.omp
         matcompress.dictionary,
         matcompress.kmeans,
         matcompress.hashing,
+        matcompress.pruning,
     ],
     ids=lambda m: m.__name__,
 )

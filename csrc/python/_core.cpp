@@ -19,6 +19,7 @@
 #include "matcompress/omp.h"
 #include "matcompress/philox.h"
 #include "matcompress/simhash.h"
+#include "matcompress/pruning.h"
 
 namespace py = pybind11;
 namespace mc = matcompress;
@@ -505,6 +506,137 @@ py::array_t<double> gaussian_reference(std::uint64_t seed, std::uint64_t e0, mc:
   return out;
 }
 
+// Calls f(T()) with T the element type of x (float32 or float64; Python decided which).
+template <typename F>
+py::object with_float(const py::array& x, const char* name, F&& f) {
+  if (py::isinstance<py::array_t<float>>(x)) return f(float());
+  if (py::isinstance<py::array_t<double>>(x)) return f(double());
+  throw py::type_error(std::string(name) + " must be float32 or float64");
+}
+
+// Calls f(I()) with I the column index type of `index_bytes` bytes (uint8/16/32, int64).
+template <typename F>
+py::object with_index(int index_bytes, F&& f) {
+  switch (index_bytes) {
+    case 1: return f(std::uint8_t());
+    case 2: return f(std::uint16_t());
+    case 4: return f(std::uint32_t());
+    case 8: return f(std::int64_t());
+  }
+  throw py::value_error("index_bytes must be 1, 2, 4 or 8");
+}
+
+void require_scores_shape(const py::array& a, const py::array& scores) {
+  require(a.ndim() == 2, "A must be 2-D");
+  require(scores.ndim() == 2 && scores.shape(0) == a.shape(0) && scores.shape(1) == a.shape(1),
+          "scores must have the shape of A");
+}
+
+// Block (or unstructured) pruning as CSR: (indptr int64, indices, values, threshold key,
+// last kept tie). scores may be A itself (magnitude pruning).
+py::object prune_csr(const py::array& a_in, const py::array& scores_in, mc::index_t br,
+                    mc::index_t bc, mc::index_t n_keep, int n_threads, int index_bytes) {
+  require_scores_shape(a_in, scores_in);
+  return with_float(a_in, "A", [&](auto t) {
+    using T = decltype(t);
+    return with_float(scores_in, "scores", [&](auto s) {
+      using S = decltype(s);
+      return with_index(index_bytes, [&](auto i) {
+        using I = decltype(i);
+        const carray<T> a = carray<T>::ensure(a_in);
+        const carray<S> scores = carray<S>::ensure(scores_in);
+        const mc::index_t rows = a.shape(0), cols = a.shape(1);
+        require(br >= 1 && bc >= 1 && rows % br == 0 && cols % bc == 0,
+                "block_shape must divide the shape of A");
+        require(n_keep >= 0 && n_keep <= (rows / br) * (cols / bc), "n_keep out of range");
+        const mc::index_t nnz = n_keep * br * bc;
+        py::array_t<std::int64_t> indptr(rows + 1);
+        py::array_t<I> indices(nnz);
+        py::array_t<T> values(nnz);
+        mc::PruneSelection sel;
+        {
+          py::gil_scoped_release nogil;
+          sel = mc::prune_csr<T, S, I>(a.data(), scores.data(), rows, cols, br, bc, n_keep,
+                                       n_threads, indptr.mutable_data(), indices.mutable_data(),
+                                       values.mutable_data());
+        }
+        return py::make_tuple(indptr, indices, values, sel.key, sel.last_tie);
+      });
+    });
+  });
+}
+
+// N:M pruning as CSR: (indptr int64, indices, values).
+py::object prune_n_m_csr(const py::array& a_in, const py::array& scores_in, mc::index_t n,
+                        mc::index_t m, int n_threads, int index_bytes) {
+  require_scores_shape(a_in, scores_in);
+  return with_float(a_in, "A", [&](auto t) {
+    using T = decltype(t);
+    return with_float(scores_in, "scores", [&](auto s) {
+      using S = decltype(s);
+      return with_index(index_bytes, [&](auto i) {
+        using I = decltype(i);
+        const carray<T> a = carray<T>::ensure(a_in);
+        const carray<S> scores = carray<S>::ensure(scores_in);
+        const mc::index_t rows = a.shape(0), cols = a.shape(1);
+        require(m >= 1 && n >= 1 && n <= m && cols % m == 0,
+                "N:M needs 1 <= N <= M and M dividing the columns of A");
+        const mc::index_t nnz = rows * (cols / m) * n;
+        py::array_t<std::int64_t> indptr(rows + 1);
+        py::array_t<I> indices(nnz);
+        py::array_t<T> values(nnz);
+        {
+          py::gil_scoped_release nogil;
+          mc::prune_n_m_csr<T, S, I>(a.data(), scores.data(), rows, cols, n, m, n_threads,
+                                     indptr.mutable_data(), indices.mutable_data(),
+                                     values.mutable_data());
+        }
+        return py::make_tuple(indptr, indices, values);
+      });
+    });
+  });
+}
+
+// The keep mask of block (or unstructured) pruning.
+py::object prune_mask(const py::array& scores_in, mc::index_t br, mc::index_t bc,
+                             mc::index_t n_keep, int n_threads) {
+  require(scores_in.ndim() == 2, "scores must be 2-D");
+  return with_float(scores_in, "scores", [&](auto s) {
+    using S = decltype(s);
+    const carray<S> scores = carray<S>::ensure(scores_in);
+    const mc::index_t rows = scores.shape(0), cols = scores.shape(1);
+    require(br >= 1 && bc >= 1 && rows % br == 0 && cols % bc == 0,
+            "block_shape must divide the shape of A");
+    require(n_keep >= 0 && n_keep <= (rows / br) * (cols / bc), "n_keep out of range");
+    py::array_t<bool> mask({rows, cols});
+    {
+      py::gil_scoped_release nogil;
+      mc::prune_mask<S>(scores.data(), rows, cols, br, bc, n_keep, n_threads,
+                        mask.mutable_data());
+    }
+    return mask;
+  });
+}
+
+// The keep mask of N:M pruning.
+py::object prune_n_m_mask(const py::array& scores_in, mc::index_t n, mc::index_t m,
+                                 int n_threads) {
+  require(scores_in.ndim() == 2, "scores must be 2-D");
+  return with_float(scores_in, "scores", [&](auto s) {
+    using S = decltype(s);
+    const carray<S> scores = carray<S>::ensure(scores_in);
+    const mc::index_t rows = scores.shape(0), cols = scores.shape(1);
+    require(m >= 1 && n >= 1 && n <= m && cols % m == 0,
+            "N:M needs 1 <= N <= M and M dividing the columns of A");
+    py::array_t<bool> mask({rows, cols});
+    {
+      py::gil_scoped_release nogil;
+      mc::prune_n_m_mask<S>(scores.data(), rows, cols, n, m, n_threads, mask.mutable_data());
+    }
+    return mask;
+  });
+}
+
 // Test hook: row-major GEMM through the injected BLAS with a chosen split size, so the
 // splitting of sizes past the 32-bit BLAS interface is exercised on small matrices.
 template <typename T>
@@ -607,6 +739,14 @@ PYBIND11_MODULE(_core, m) {
   m.def("philox4x32", &philox4x32, py::arg("counter"), py::arg("key"), py::arg("rounds") = 10);
   m.def("gaussian_reference", &gaussian_reference, py::arg("seed"), py::arg("e0"),
         py::arg("count"));
+  m.def("prune_csr", &prune_csr, py::arg("A"), py::arg("scores"), py::arg("block_rows"),
+        py::arg("block_cols"), py::arg("n_keep"), py::arg("n_threads"), py::arg("index_bytes"));
+  m.def("prune_n_m_csr", &prune_n_m_csr, py::arg("A"), py::arg("scores"), py::arg("n"),
+        py::arg("m"), py::arg("n_threads"), py::arg("index_bytes"));
+  m.def("prune_mask", &prune_mask, py::arg("scores"), py::arg("block_rows"),
+        py::arg("block_cols"), py::arg("n_keep"), py::arg("n_threads"));
+  m.def("prune_n_m_mask", &prune_n_m_mask, py::arg("scores"), py::arg("n"), py::arg("m"),
+        py::arg("n_threads"));
   m.def("codes_to_csr_f32", &codes_to_csr<float>);
   m.def("codes_to_csr_f64", &codes_to_csr<double>);
   m.def("gemm_f32", &gemm<float>);

@@ -12,6 +12,7 @@ from .hashing import simhash
 from .kmeans import KMeansQuantizer, fit_codebook, pack_4bit, unpack_4bit
 from .lowrank import low_rank, randomized_svd
 from .omp import sparse_encode
+from .pruning import prune, prune_mask, taylor_scores
 
 __all__ = [
     "__version__",
@@ -25,9 +26,12 @@ __all__ = [
     "low_rank",
     "pack_4bit",
     "randomized_svd",
+    "prune",
+    "prune_mask",
     "show_config",
     "simhash",
     "sparse_encode",
+    "taylor_scores",
     "unpack_4bit",
 ]
 
