@@ -101,7 +101,7 @@ def get(name, **params) -> MatrixCompressor:
     return cls(**params)
 
 
-def compress(A, method, *, compression_ratio=None, grad=None, **params) -> Factorization:
+def compress(A, method, /, *, compression_ratio=None, grad=None, **params) -> Factorization:
     """One line: ``get(method, compression_ratio=..., **params).compress(A, grad=grad)``.
 
     Examples
@@ -133,9 +133,27 @@ def _check_ratio(ratio):
     return ratio
 
 
+def _round_down(x, digits=6):
+    """x rounded down to ``digits`` significant digits (a ratio that is still reachable)."""
+    if not (x > 0 and math.isfinite(x)):
+        return x
+    scale = 10.0 ** (digits - 1 - math.floor(math.log10(x)))
+    return math.floor(x * scale) / scale
+
+
 def _unreachable(method, ratio, best, detail):
     return ValueError(f"{method}: compression_ratio={ratio:g} is unreachable for this matrix "
-                      f"({detail}); the best reachable ratio is {best:.4g}")
+                      f"({detail}); the best reachable ratio is {_round_down(best):g}")
+
+
+def _pair(value, name):
+    """A pair of positive ints, or raise naming ``name``."""
+    try:
+        a, b = value
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a pair of integers (rows, columns); got {value!r}") \
+            from None
+    return check_int(a, f"{name}[0]", min_value=1), check_int(b, f"{name}[1]", min_value=1)
 
 
 def _need_one(name, value, ratio, what):
@@ -239,15 +257,16 @@ class DictionaryCompressor(MatrixCompressor):
                              "compression_ratio, not both")
         budget = m * n * itemsize / ratio
         best = None
-        for frac in (0.25, 0.125, 0.0625, 0.5):
-            k = min(max(2, int(frac * budget / (n * itemsize))), max(1, m // 2))
+        candidates = [int(frac * budget / (n * itemsize)) for frac in (0.25, 0.125, 0.0625, 0.5)]
+        for k in candidates + [2]:
+            k = min(max(2, k), max(1, m // 2))
             s = int((budget - k * n * itemsize) // (m * (itemsize + index_dtype(k).itemsize)))
             s = min(s, k, n)
             if s >= 1 and self.stored_bytes(m, n, itemsize, k, s) <= budget:
                 best = (k, s)
                 break
         if best is None:
-            k = 2 if m >= 2 else 1
+            k = min(2, max(1, m // 2))
             reach = m * n * itemsize / self.stored_bytes(m, n, itemsize, k, 1)
             raise _unreachable(self.name, ratio, reach,
                                "not even 2 atoms and 1 nonzero per row fit")
@@ -326,12 +345,15 @@ class KMeansCompressor(MatrixCompressor):
                                 max_reason=f"the number of blocks, {m * n // b}")
             return n_codes, b
         budget = m * n * itemsize / ratio
-        sizes = [self.block_size] if self.block_size is not None else [1, 2, 4, 8, 16]
+        if self.block_size is not None:
+            b = check_int(self.block_size, "block_size", min_value=1)
+            if n % b:
+                raise ValueError(f"block_size={b} must divide n={n}")
+            sizes = [b]
+        else:
+            sizes = [b for b in (1, 2, 4, 8, 16) if n % b == 0]
         best = None  # (bits per weight, n_codes, b)
         for b in sizes:
-            b = check_int(b, "block_size", min_value=1)
-            if n % b:
-                continue
             points = m * n // b
             for bits in (16, 8, 4):
                 n_codes = min(1 << bits, points)
@@ -341,8 +363,9 @@ class KMeansCompressor(MatrixCompressor):
                 if best is None or cand > best:
                     best = cand
         if best is None:
-            b = max((s for s in sizes if n % s == 0), default=1)
-            reach = m * n * itemsize / self.stored_bytes(m, n, itemsize, min(16, m * n // b), b)
+            reach, b = max((m * n * itemsize /
+                            self.stored_bytes(m, n, itemsize, min(16, m * n // b), b), b)
+                           for b in sizes)
             raise _unreachable(self.name, ratio, reach,
                                f"4-bit codes on blocks of {b} are the smallest form")
         return best[1], best[2]
@@ -450,8 +473,8 @@ class PruningCompressor(MatrixCompressor):
         self.sparsity = sparsity
         self.compression_ratio = compression_ratio
         self.scores = scores
-        self.block_shape = tuple(block_shape)
-        self.n_m = None if n_m is None else tuple(n_m)
+        self.block_shape = block_shape
+        self.n_m = n_m
         self.n_codes = n_codes
         self.random_state = random_state
         self.n_threads = n_threads
@@ -469,7 +492,9 @@ class PruningCompressor(MatrixCompressor):
         """The sparsity used (None with n_m)."""
         m, n = shape
         ratio = _check_ratio(self.compression_ratio)
+        bh, bw = _pair(self.block_shape, "block_shape")
         if self.n_m is not None:
+            _pair(self.n_m, "n_m")
             if self.sparsity is not None or ratio is not None:
                 raise ValueError(f"{self.name}: n_m fixes the sparsity; give neither sparsity "
                                  "nor compression_ratio with it")
@@ -480,7 +505,6 @@ class PruningCompressor(MatrixCompressor):
             if not s < 1:
                 raise ValueError(f"sparsity must lie in [0, 1); got {s}")
             return s
-        bh, bw = self.block_shape
         n_blocks = (m // bh) * (n // bw)
         budget = m * n * itemsize / ratio
         per_entry = index_dtype(n).itemsize + self._value_bytes(itemsize)
@@ -512,7 +536,9 @@ class PruningCompressor(MatrixCompressor):
             scores = taylor_scores(A, grad)
         else:
             raise ValueError(f"scores must be 'magnitude' or 'taylor'; got {self.scores!r}")
-        pruned = prune(A, sparsity, scores=scores, block_shape=self.block_shape, n_m=self.n_m,
+        pruned = prune(A, sparsity, scores=scores, block_shape=_pair(self.block_shape,
+                                                                     "block_shape"),
+                       n_m=None if self.n_m is None else _pair(self.n_m, "n_m"),
                        n_threads=self.n_threads)
         if self.n_codes is None:
             return pruned

@@ -29,6 +29,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from ._validation import check_int
+
 __all__ = ["Factorization", "LowRank", "SparseCodes", "Codebook", "SignBits", "Pruned", "load",
            "FORMAT_VERSION"]
 
@@ -86,6 +88,9 @@ class Factorization(abc.ABC):
     """A stored approximation of a matrix W of shape (m, n)."""
 
     kind: ClassVar[str]
+    # numpy hands `ndarray @ factorization` to __rmatmul__ instead of treating the
+    # factorization as an object scalar.
+    __array_ufunc__ = None
 
     @property
     @abc.abstractmethod
@@ -178,7 +183,7 @@ class Factorization(abc.ABC):
 def _freeze(obj, **arrays):
     for name, a in arrays.items():
         if a is not None:
-            a = np.ascontiguousarray(a)
+            a = np.ascontiguousarray(a).view()  # a view: the caller's array stays writeable
             a.setflags(write=False)
         object.__setattr__(obj, name, a)
 
@@ -271,8 +276,8 @@ class Codebook(Factorization):
     def __post_init__(self):
         codebook = _float_array(self.codebook, "codebook", 2)
         n_codes, b = codebook.shape
-        n_cols = int(self.n_cols)
-        if n_cols < 1 or n_cols % b:
+        n_cols = check_int(self.n_cols, "n_cols", min_value=1)
+        if n_cols % b:
             raise ValueError(f"n_cols={n_cols} must be a positive multiple of the block size {b}")
         packed = bool(self.packed)
         if packed:
@@ -287,6 +292,9 @@ class Codebook(Factorization):
             if codes.size and int((codes & 0x0F).max()) >= n_codes or \
                     codes.size and int((codes >> 4).max()) >= n_codes:
                 raise ValueError(f"packed codes must lie in [0, {n_codes})")
+            if (n_cols // b) % 2 and codes.size and int((codes[:, -1] >> 4).max()) != 0:
+                raise ValueError("packed codes: the unused high nibble of each row's last byte "
+                                 "must be 0 (an odd number of blocks per row)")
         else:
             codes = _int_array(self.codes, "codes", 2, upper=n_codes)
             if codes.shape[1] != n_cols // b:
@@ -361,12 +369,10 @@ class SignBits(Factorization):
         if bits.shape[1] != (n + 7) // 8:
             raise ValueError(f"bits must have ceil(n / 8) = {(n + 7) // 8} bytes per row for "
                              f"n = {n} columns; got {bits.shape[1]}")
-        seed = int(self.seed)
-        if not 0 <= seed < 2**64:
-            raise ValueError(f"seed must lie in [0, 2**64); got {seed}")
-        n_rows = int(self.n_rows)
-        if n_rows < 1:
-            raise ValueError(f"n_rows must be >= 1; got {n_rows}")
+        if bits.shape[0] < 1:
+            raise ValueError("bits must hold at least one row of sign bits (k >= 1)")
+        seed = check_int(self.seed, "seed", min_value=0, max_value=2**64 - 1)
+        n_rows = check_int(self.n_rows, "n_rows", min_value=1)
         object.__setattr__(self, "seed", seed)
         object.__setattr__(self, "n_rows", n_rows)
         _freeze(self, bits=bits, scale=scale)
@@ -409,9 +415,7 @@ class Pruned(Factorization):
     kind: ClassVar[str] = "pruned"
 
     def __post_init__(self):
-        n_cols = int(self.n_cols)
-        if n_cols < 1:
-            raise ValueError(f"n_cols must be >= 1; got {n_cols}")
+        n_cols = check_int(self.n_cols, "n_cols", min_value=1)
         indptr = np.asarray(self.indptr)
         if indptr.dtype.kind not in "iu" or indptr.ndim != 1 or indptr.size < 2:
             raise ValueError("indptr must be a 1-D integer array of m + 1 >= 2 offsets")
@@ -518,7 +522,10 @@ def load(path) -> Factorization:
         kwargs = {}
         for f in dataclasses.fields(cls):
             if f.name in names:
-                v = archive[f.name]
+                try:
+                    v = archive[f.name]
+                except ValueError as exc:  # e.g. an object array (pickles are never loaded)
+                    raise ValueError(f"{path}: field {f.name!r} cannot be read: {exc}") from None
                 kwargs[f.name] = v.item() if v.ndim == 0 else v
         try:
             return cls(**kwargs)
