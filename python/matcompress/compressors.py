@@ -305,8 +305,9 @@ class KMeansCompressor(MatrixCompressor):
     block_size : int, default=1
     compression_ratio : float, optional
         Instead of ``n_codes`` (and ``block_size`` when it is not given): the configuration with
-        the most code bits per weight whose codes and codebook fit — 16-, 8- or 4-bit codes on
-        blocks of 1, 2, 4, 8 or 16 weights (blocks must divide n).
+        the most code bits per weight whose codes and codebook fit, the shorter block on a tie —
+        16-bit codes on single weights, 8- or 4-bit codes on blocks of 1, 2, 4, 8 or 16 weights
+        (blocks must divide n).
     method, init, max_iter, random_state, n_threads
         As in :func:`matcompress.fit_codebook`.
     """
@@ -352,14 +353,17 @@ class KMeansCompressor(MatrixCompressor):
             sizes = [b]
         else:
             sizes = [b for b in (1, 2, 4, 8, 16) if n % b == 0]
-        best = None  # (bits per weight, n_codes, b)
+        # Most code bits per weight; on a tie the shorter block (cheaper to fit, and scalar codes
+        # get the exact or O(k log n) 1-D method). 16-bit codes only for scalars: block k-means
+        # with 65,536 centroids costs n * 65,536 * b per iteration.
+        best = None  # (bits per weight, -b, n_codes)
         for b in sizes:
             points = m * n // b
-            for bits in (16, 8, 4):
+            for bits in ((16, 8, 4) if b == 1 else (8, 4)):
                 n_codes = min(1 << bits, points)
                 if self.stored_bytes(m, n, itemsize, n_codes, b) > budget:
                     continue
-                cand = (math.log2(n_codes) / b, n_codes, b)
+                cand = (math.log2(n_codes) / b, -b, n_codes)
                 if best is None or cand > best:
                     best = cand
         if best is None:
@@ -368,7 +372,7 @@ class KMeansCompressor(MatrixCompressor):
                            for b in sizes)
             raise _unreachable(self.name, ratio, reach,
                                f"4-bit codes on blocks of {b} are the smallest form")
-        return best[1], best[2]
+        return best[2], -best[1]
 
     def compress(self, A, *, grad=None):
         from .kmeans import fit_codebook, pack_4bit
