@@ -651,6 +651,21 @@ def anatomy_1d(x, k, quick, settle):
                                                              calls=3 if quick else 6)
 
 
+def _note_nondeterministic(res, case, row):
+    if not row.deterministic:
+        res["notes"].append(f"{case.name}: {row.library} {row.label}: repeated runs gave "
+                            "different centroids (the best time's run may not be the one scored)")
+
+
+def _rank_inertia(res):
+    """The lowest inertia of a case's rows, and each row's ratio to it."""
+    best = min(r["inertia"] for r in res["rows"] if "inertia" in r)
+    res["best_inertia"] = best
+    for r in res["rows"]:
+        if "inertia" in r:
+            r["inertia_ratio"] = r["inertia"] / best
+
+
 def run_scalar_case(case, *, quick, out, settle, optimal_budget, faiss, kpp, seeds):
     from threadpoolctl import threadpool_limits
 
@@ -755,16 +770,9 @@ def run_scalar_case(case, *, quick, out, settle, optimal_budget, faiss, kpp, see
                      n_centroids=row.centroids.size,
                      faults=float(np.median(row.faults)) if row.faults else None,
                      n_unique=int(np.unique(row.centroids).size))
-            if not row.deterministic:
-                res["notes"].append(f"{case.name}: {row.library} {row.label}: repeated runs gave "
-                                    "different centroids (the best time's run may not be the "
-                                    "one scored)")
+            _note_nondeterministic(res, case, row)
         res["rows"].append(d)
-    best = min(r["inertia"] for r in res["rows"] if "inertia" in r)
-    res["best_inertia"] = best
-    for r in res["rows"]:
-        if "inertia" in r:
-            r["inertia_ratio"] = r["inertia"] / best
+    _rank_inertia(res)
 
     # ---- checks of matcompress's results (codes nearest, reported inertia = recomputed)
     for row, d in zip(ours, res["rows"]):
@@ -1206,16 +1214,9 @@ def run_block_case(case, *, quick, out, settle, optimal_budget, faiss, kpp, seed
                       n_unique=int(np.unique(row.centroids, axis=0).shape[0]))
             if not row.aux:
                 dd["inertia"] = inertia_blocks(X, row.centroids)
-            if not row.deterministic:
-                res["notes"].append(f"{case.name}: {row.library} {row.label}: repeated runs gave "
-                                    "different centroids (the best time's run may not be the "
-                                    "one scored)")
+            _note_nondeterministic(res, case, row)
         res["rows"].append(dd)
-    best = min(r["inertia"] for r in res["rows"] if "inertia" in r)
-    res["best_inertia"] = best
-    for r in res["rows"]:
-        if "inertia" in r:
-            r["inertia_ratio"] = r["inertia"] / best
+    _rank_inertia(res)
     by_role = {}
     for r in res["rows"]:
         by_role.setdefault((r["library"], r["role"]), r)
