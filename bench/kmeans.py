@@ -1508,13 +1508,7 @@ def _format_blocks(res):
     for c in blocks:
         if not c.get("spread"):
             continue
-        best = c["best_inertia"]
-        head = ["library", "configuration", "seeds", "min", "median", "max", "timed seed"]
-        body = []
-        for sp in c["spread"]:
-            v = np.array(sp["inertias"]) / best
-            body.append([sp["library"], sp["label"], sp["seeds"], f"{v.min():.4f}",
-                         f"{np.median(v):.4f}", f"{v.max():.4f}", f"{v[0]:.4f}"])
+        head, body = _spread_table(c)
         lines = []
         mine = {sp["role"]: sp for sp in c["spread"] if sp["library"] == "matcompress"}
         for sp in c["spread"]:
@@ -1569,6 +1563,18 @@ def _block_check_lines(res):
                 lines.append(f"- {c['case']}, {r['library']} {r['label']}: {r['n_unique']} "
                              f"distinct centroids of {r['n_centroids']}")
     return lines
+
+
+def _spread_table(c):
+    """Header and rows of a case's seed-spread table (inertias over the lowest of the case)."""
+    best = c["best_inertia"]
+    head = ["library", "configuration", "seeds", "min", "median", "max", "timed seed"]
+    body = []
+    for sp in c["spread"]:
+        v = np.array(sp["inertias"]) / best
+        body.append([sp["library"], sp["label"], sp["seeds"], f"{v.min():.4f}",
+                     f"{np.median(v):.4f}", f"{v.max():.4f}", f"{v[0]:.4f}"])
+    return head, body
 
 
 def format_report(res):
@@ -1636,13 +1642,7 @@ def format_report(res):
     for c in scalar:
         if not c.get("spread"):
             continue
-        best = c["best_inertia"]
-        head = ["library", "configuration", "seeds", "min", "median", "max", "timed seed"]
-        body = []
-        for sp in c["spread"]:
-            v = np.array(sp["inertias"]) / best
-            body.append([sp["library"], sp["label"], sp["seeds"], f"{v.min():.4f}",
-                         f"{np.median(v):.4f}", f"{v.max():.4f}", f"{v[0]:.4f}"])
+        head, body = _spread_table(c)
         peers = [sp for sp in c["spread"] if sp["library"] != "matcompress"]
         l20 = c["spread"][0]["inertias"]
         lines = []
