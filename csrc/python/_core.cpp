@@ -15,6 +15,7 @@
 #include "matcompress/blas.h"
 #include "matcompress/cpu.h"
 #include "matcompress/dictionary.h"
+#include "matcompress/factored.h"
 #include "matcompress/kmeans.h"
 #include "matcompress/omp.h"
 #include "matcompress/philox.h"
@@ -637,6 +638,24 @@ py::object prune_n_m_mask(const py::array& scores_in, mc::index_t n, mc::index_t
   });
 }
 
+// y = x · W for a 4-bit scalar codebook W (m x n): codes (m, ceil(n / 2)) packed as pack_4bit.
+py::array_t<float> codebook4_gemv(const carray<float>& x, const carray<std::uint8_t>& codes,
+                                  mc::index_t n, const carray<float>& codebook, int n_threads) {
+  require(x.ndim() == 1 && codes.ndim() == 2 && codebook.ndim() == 1,
+          "x must be 1-D, codes 2-D, codebook 1-D");
+  const mc::index_t m = x.shape(0);
+  require(codes.shape(0) == m, "codes must have one row per element of x");
+  require(n >= 1 && codes.shape(1) == (n + 1) / 2, "codes must have ceil(n / 2) bytes per row");
+  require(codebook.shape(0) >= 1 && codebook.shape(0) <= 16, "codebook must have 1 to 16 entries");
+  py::array_t<float> y(n);
+  {
+    py::gil_scoped_release nogil;
+    mc::codebook4_gemv(x.data(), codes.data(), codes.shape(1), m, n, codebook.data(),
+                       codebook.shape(0), y.mutable_data(), n_threads);
+  }
+  return y;
+}
+
 // Test hook: row-major GEMM through the injected BLAS with a chosen split size, so the
 // splitting of sizes past the 32-bit BLAS interface is exercised on small matrices.
 template <typename T>
@@ -747,6 +766,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("block_cols"), py::arg("n_keep"), py::arg("n_threads"));
   m.def("prune_n_m_mask", &prune_n_m_mask, py::arg("scores"), py::arg("n"), py::arg("m"),
         py::arg("n_threads"));
+  m.def("codebook4_gemv", &codebook4_gemv, py::arg("x"), py::arg("codes"), py::arg("n"),
+        py::arg("codebook"), py::arg("n_threads"));
   m.def("codes_to_csr_f32", &codes_to_csr<float>);
   m.def("codes_to_csr_f64", &codes_to_csr<double>);
   m.def("gemm_f32", &gemm<float>);

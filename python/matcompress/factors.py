@@ -340,6 +340,14 @@ class Codebook(Factorization):
 
     def _matmul(self, x):
         b = self.block_size
+        if (x.shape[0] == 1 and self.packed and b == 1 and x.dtype == np.float32
+                and self.dtype == np.float32):
+            # Inference: the 4-bit codes decoded in registers, never a decoded column block.
+            from . import _core
+
+            y = _core.codebook4_gemv(np.ascontiguousarray(x[0]), self.codes, self.n_cols,
+                                     np.ascontiguousarray(self.codebook[:, 0]), 0)
+            return y[None, :]
         tile = max(b, _COLUMN_TILE // b * b)
         out = np.empty((x.shape[0], self.n_cols), np.result_type(x.dtype, self.dtype))
         for j in range(0, self.n_cols, tile):
