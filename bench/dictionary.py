@@ -116,7 +116,6 @@ SPAMS_BATCH = 256 * (THREADS + 1)  # trainDL's default batchsize at numThreads=T
 TARGET_SK_SPEEDUP = 20.0  # reach scikit-learn's error in <= 1/20 of its time
 BUDGET_FACTOR = 1.25  # our runs go on until this times the slowest reference time
 MIN_BUDGET = 0.3  # seconds
-BUSY_CORES = _ob.BUSY_CORES
 
 _say = _ob._say
 
@@ -552,14 +551,8 @@ def run(quick=False, out=None, memory=True, wait_idle=None):
         res["notes"].append(f"scoring check: matcompress and scikit-learn OMP errors differ by "
                             f"{chk['diff']:.1e} (> 1e-4)")
 
-    loads = [r["foreign_load"] for r in res["peers"] + res["ours"]
-             if r["foreign_load"] is not None]
-    if loads and max(loads) > BUSY_CORES:
-        res["notes"].append(f"other processes kept up to {max(loads):.2f} cores busy during "
-                            "some timings: those figures are unreliable")
-    if settle.waited > 0:
-        res["notes"].append(f"waited {settle.waited:.0f} s in all for other processes to leave "
-                            "the CPU")
+    res["notes"] += _ob.load_notes([r["foreign_load"] for r in res["peers"] + res["ours"]],
+                                   settle.waited)
 
     if memory:
         for method in METHODS:

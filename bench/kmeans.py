@@ -163,7 +163,6 @@ N_ITER = 20  # the peers' iterations, and ours in the headline row
 TARGET_SPEEDUP = 20.0  # >= 20x the faster of scikit-learn and faiss ...
 # ... at an inertia <= theirs (compared as float64 sums; no tolerance)
 TARGET_MEMORY = 2.0  # peak extra memory < 2x (input + output)
-BUSY_CORES = _ob.BUSY_CORES
 
 ROUNDS, ROUNDS_QUICK = 5, 1  # rounds of the fast (interleaved) runs
 ANATOMY_ROUNDS = 7  # rounds of the "where the time goes" calls (1 with --quick)
@@ -1358,14 +1357,8 @@ def run(quick=False, out=None, memory=True, wait_idle=None, optimal_budget=None,
         c["waited_for_idle_s"] = settle.waited - waited
         res["cases"].append(c)
         res["notes"].extend(c["notes"])
-    loads = [r["foreign_load"] for c in res["cases"] for r in c["rows"]
-             if r.get("foreign_load") is not None]
-    if loads and max(loads) > BUSY_CORES:
-        res["notes"].append(f"other processes kept up to {max(loads):.2f} cores busy during some "
-                            "timings (see the 'other load' column): those figures are unreliable")
-    if settle.waited > 0:
-        res["notes"].append(f"waited {settle.waited:.0f} s in all for other processes to leave "
-                            "the CPU")
+    loads = [r.get("foreign_load") for c in res["cases"] for r in c["rows"]]
+    res["notes"] += _ob.load_notes(loads, settle.waited, " (see the 'other load' column)")
 
     if memory:
         for c in res["cases"]:

@@ -158,6 +158,19 @@ class Settler:
             self.waited += meter.wall
 
 
+def load_notes(loads, waited, where=""):
+    """Report notes on a run's other load: the most cores other processes kept busy while
+    timings ran (when above BUSY_CORES) and the seconds spent waiting for an idle CPU."""
+    notes = []
+    loads = [v for v in loads if v is not None]
+    if loads and max(loads) > BUSY_CORES:
+        notes.append(f"other processes kept up to {max(loads):.2f} cores busy during some "
+                     f"timings{where}: those figures are unreliable")
+    if waited > 0:
+        notes.append(f"waited {waited:.0f} s in all for other processes to leave the CPU")
+    return notes
+
+
 def best_time(fn, repeats, min_time=0.0, max_repeats=30, settle=None, load=None):
     """settle() (default: pause SETTLE_SECONDS), one warm-up call, then the best wall time of
     >= `repeats` calls (more while the calls so far took less than `min_time` in total).
@@ -566,8 +579,7 @@ def format_report(rows):
 
     notes = sorted({n for r in omp for n in r.get("notes", [])})
     waited = sum(r.get("waited_for_idle_s", 0.0) for r in omp)
-    if waited > 0:
-        notes.append(f"waited {waited:.0f} s in all for other processes to leave the CPU")
+    notes += load_notes([], waited)
     if omp and "spams_nnz_fraction" in omp[0]:
         fr = [f"{r['case']}/{r['dtype']} {r['spams_nnz_fraction']:.3f}" for r in omp
               if "spams_nnz_fraction" in r]
