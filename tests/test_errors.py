@@ -1278,3 +1278,33 @@ def test_unpack_4bit_bad_n(value, exc):
 def test_unpack_4bit_scalar(n):
     with pytest.raises(ValueError, match=r"^packed"):
         mc.unpack_4bit(np.uint8(0x21), n)  # expected: a ValueError naming packed
+
+
+# ---------------------------------------------------------------------------------------------
+# Factored products: the batch-1 4-bit codebook GEMV binding
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["codes_rows", "codes_bytes", "codebook_17", "codebook_empty",
+                                 "x_2d", "n_zero"])
+def test_codebook4_gemv_bad_input(bad):
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 16, (10, 20)).astype(np.uint8)
+    cb = rng.standard_normal(16).astype(np.float32)
+    x = rng.standard_normal(10).astype(np.float32)
+    packed = mc.pack_4bit(codes)
+    n = 20
+    if bad == "codes_rows":
+        packed = packed[:-1]
+    elif bad == "codes_bytes":
+        packed = np.ascontiguousarray(packed[:, :-1])
+    elif bad == "codebook_17":
+        cb = np.zeros(17, np.float32)
+    elif bad == "codebook_empty":
+        cb = np.zeros(0, np.float32)
+    elif bad == "x_2d":
+        x = x[None, :]
+    elif bad == "n_zero":
+        n = 0
+    with pytest.raises(ValueError, match="codes|codebook|x must|ceil"):
+        _core.codebook4_gemv(x, packed, n, cb, 1)
