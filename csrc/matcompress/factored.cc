@@ -17,6 +17,7 @@ constexpr index_t kTileRows = 256;   // rows of a decoded tile of W (the GEMM's 
 constexpr index_t kTileCols = 256;   // columns of a decoded tile of W (about: whole blocks)
 constexpr index_t kMaxGroups = 16;   // partial sums of a codebook gradient (fixed by m only)
 constexpr index_t kGemmPanel = 256;  // columns (or rows) of C per task of a split GEMM
+constexpr index_t kCsrGroups = 8;    // row groups of a batch-1 CSR product (partial ys)
 
 index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
 
@@ -704,13 +705,37 @@ void pruned_matmul(const PrunedView<T>& w, const T* x, index_t batch, T* y, int 
   check_pruned(w, batch);
   if (batch == 0) return;
   const index_t m = w.m, n = w.n;
-  const T* xt = x;
-  std::vector<T> xt_buf;
-  if (batch > 1) {
-    xt_buf.resize(static_cast<std::size_t>(m * batch));
-    transpose(x, batch, m, m, xt_buf.data(), n_threads);
-    xt = xt_buf.data();
+  if (batch == 1) {  // one pass over the entries into a y per fixed group of rows, then summed
+    const index_t groups = std::min<index_t>(kCsrGroups, m);
+    std::vector<T> part(static_cast<std::size_t>(groups * n), T(0));
+    const double work = double(w.indptr[m]) + double(groups * n);
+    const auto* idx16 = static_cast<const std::uint16_t*>(w.indices);
+    const auto* idx32 = static_cast<const std::int32_t*>(w.indices);
+    parallel_for(0, groups, resolve_threads_for_work(n_threads, work, 2e6), 1,
+                 [&](index_t g, int) {
+      T* yg = part.data() + g * n;
+      for (index_t i = g * m / groups; i < (g + 1) * m / groups; ++i) {
+        const T xi = x[i];
+        for (index_t p = w.indptr[i]; p < w.indptr[i + 1]; ++p) {
+          const index_t j = w.indices16 ? index_t(idx16[p]) : index_t(idx32[p]);
+          if (static_cast<std::uint64_t>(j) < static_cast<std::uint64_t>(n))
+            yg[j] += w.values[p] * xi;
+        }
+      }
+    });
+    parallel_for(0, ceil_div(n, 1024), resolve_threads_for_work(n_threads, double(groups * n), 2e6),
+                 1, [&](index_t t, int) {
+      for (index_t j = t * 1024; j < std::min(n, t * 1024 + 1024); ++j) {
+        T acc = part[static_cast<std::size_t>(j)];
+        for (index_t g = 1; g < groups; ++g) acc += part[static_cast<std::size_t>(g * n + j)];
+        y[j] = acc;
+      }
+    });
+    return;
   }
+  std::vector<T> xt_buf(static_cast<std::size_t>(m * batch));
+  transpose(x, batch, m, m, xt_buf.data(), n_threads);
+  const T* xt = xt_buf.data();
   const index_t tile = csr_tile_cols(n, batch, sizeof(T));
   const index_t tasks = ceil_div(n, tile);
   const CsrTileFn<T> kern = csr_tile_kernel<T>(active_isa(), w.indices16);
