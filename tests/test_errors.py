@@ -1308,3 +1308,212 @@ def test_codebook4_gemv_bad_input(bad):
         n = 0
     with pytest.raises(ValueError, match="codes|codebook|x must|ceil"):
         _core.codebook4_gemv(x, packed, n, cb, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Factored products: bad inputs of matmul / matmul_backward, and the corrupted factors that the
+# constructors (and the native entry points) reject
+# ---------------------------------------------------------------------------------------------
+
+Codebook, LowRank, Pruned = mc.factors.Codebook, mc.factors.LowRank, mc.factors.Pruned
+SignBits, SparseCodes = mc.factors.SignBits, mc.factors.SparseCodes
+_FM, _FN = 6, 8  # W is 6 x 8 in every form below
+
+
+def _factored_forms():
+    rng = np.random.default_rng(0)
+    f32 = np.float32
+    return {
+        "low_rank": LowRank(rng.standard_normal((_FM, 3)).astype(f32),
+                            rng.standard_normal((3, _FN)).astype(f32)),
+        "sparse_codes": SparseCodes(rng.integers(0, 5, (_FM, 2)),
+                                    rng.standard_normal((_FM, 2)).astype(f32),
+                                    rng.standard_normal((5, _FN)).astype(f32)),
+        "codebook_4bit": Codebook(mc.pack_4bit(rng.integers(0, 16, (_FM, _FN))),
+                                  rng.standard_normal((16, 1)).astype(f32), _FN, packed=True),
+        "codebook_blocks": Codebook(rng.integers(0, 7, (_FM, _FN // 2)).astype(np.uint16),
+                                    rng.standard_normal((7, 2)), _FN),
+        "sign_bits": SignBits(rng.integers(0, 256, (4, 1)).astype(np.uint8),
+                              rng.standard_normal(_FN).astype(f32), 7, _FM),
+        "pruned_values": Pruned(np.array([0, 2, 2, 3, 5, 5, 6]), np.array([1, 7, 0, 2, 3, 5]),
+                                _FN, values=rng.standard_normal(6)),
+        "pruned_codes": Pruned(np.array([0, 2, 2, 3, 5, 5, 6]), np.array([1, 7, 0, 2, 3, 5]),
+                               _FN, codes=np.array([0, 1, 2, 0, 1, 2]),
+                               codebook=np.array([0.5, -1.0, 2.0], f32)),
+    }
+
+
+_FORM_NAMES = sorted(_factored_forms())
+
+
+@pytest.fixture(params=_FORM_NAMES)
+def factored(request):
+    return _factored_forms()[request.param]
+
+
+def test_factored_baseline_is_valid(factored):
+    x = np.ones((3, _FM), np.float32)
+    assert factored.matmul(x).shape == (3, _FN)
+    dx, grads = factored.matmul_backward(x, np.ones((3, _FN), np.float32))
+    assert dx.shape == (3, _FM) and set(grads) == set(factored.trainable_fields)
+
+
+@pytest.mark.parametrize(("x_shape", "dy_shape"), [
+    ((3, _FM), (3, _FN + 1)),      # wrong n
+    ((3, _FM), (3, _FN - 1)),
+    ((3, _FM), (4, _FN)),          # other batch
+    ((3, _FM), (1, _FN)),          # no broadcasting
+    ((3, _FM), (_FN,)),
+    ((3, _FM), (3, 1, _FN)),
+    ((2, 3, _FM), (6, _FN)),       # same batch, other leading shape
+    ((2, 3, _FM), (3, 2, _FN)),
+    ((_FM,), (1, _FN)),
+    ((_FM,), ()),
+    ((0, _FM), (1, _FN)),
+])
+def test_factored_backward_dy_wrong_shape(factored, x_shape, dy_shape):
+    x = np.ones(x_shape, np.float32)
+    with pytest.raises(ValueError, match=r"\bdy must have shape"):
+        factored.matmul_backward(x, np.ones(dy_shape, np.float32))
+
+
+@pytest.mark.parametrize("x_shape", [(3, _FM + 1), (3, _FM - 1), (_FN,), (1,), (), (_FM, 1),
+                                     (2, 3, _FN)])
+def test_factored_x_wrong_last_dim(factored, x_shape):
+    x = np.ones(x_shape, np.float32)
+    with pytest.raises(ValueError, match=rf"^x must have shape \(\.\.\., {_FM}\)"):
+        factored.matmul(x)
+    dy_shape = x_shape[:-1] + (_FN,) if x_shape else (_FN,)
+    with pytest.raises(ValueError, match=rf"^x must have shape \(\.\.\., {_FM}\)"):
+        factored.matmul_backward(x, np.ones(dy_shape, np.float32))
+
+
+_NON_NUMERIC = [np.array([["a"] * _FM]), np.array([[None] * _FM], dtype=object),
+                np.ones((1, _FM), np.complex64), np.zeros((1, _FM), "datetime64[s]"),
+                [["1.0"] * _FM]]
+
+
+@pytest.mark.parametrize("x", _NON_NUMERIC, ids=["str", "object", "complex", "datetime", "list"])
+def test_factored_non_numeric_x(factored, x):
+    with pytest.raises(TypeError, match=r"^x must be a real numeric array"):
+        factored.matmul(x)
+    with pytest.raises(TypeError, match=r"^x must be a real numeric array"):
+        factored.matmul_backward(x, np.ones((1, _FN)))
+
+
+@pytest.mark.parametrize("dy", [np.array([["a"] * _FN]), np.ones((1, _FN), np.complex128),
+                                np.array([[None] * _FN], dtype=object)],
+                         ids=["str", "complex", "object"])
+def test_factored_non_numeric_dy(factored, dy):
+    with pytest.raises(TypeError, match=r"^dy must be a real numeric array"):
+        factored.matmul_backward(np.ones((1, _FM)), dy)
+
+
+def test_factored_backward_flags_are_keyword_only(factored):
+    with pytest.raises(TypeError):
+        factored.matmul_backward(np.ones((1, _FM)), np.ones((1, _FN)), True, False)
+
+
+# Corrupted factors: rejected when the factorization is built, never reaching a kernel.
+
+@pytest.mark.parametrize(("build", "msg"), [
+    (lambda: Codebook(np.array([[0, 3]], np.uint8), np.zeros((3, 1)), 2),
+     r"^codes must lie in \[0, 3\); got values in \[0, 3\]"),
+    (lambda: Codebook(np.array([[0, 70000]], np.int64), np.zeros((300, 2)), 4),
+     r"^codes must lie in \[0, 300\)"),
+    (lambda: Codebook(np.array([[-1, 0]], np.int32), np.zeros((3, 1)), 2),
+     r"^codes must lie in \[0, 3\)"),
+    (lambda: Codebook(np.array([[0x50]], np.uint8), np.zeros((5, 1)), 2, packed=True),
+     r"^packed codes must lie in \[0, 5\)"),   # the high nibble is 5
+    (lambda: Codebook(np.array([[0x05]], np.uint8), np.zeros((5, 1)), 2, packed=True),
+     r"^packed codes must lie in \[0, 5\)"),   # the low nibble is 5
+    (lambda: Codebook(np.array([[0x21, 0x13]], np.uint8), np.zeros((16, 1)), 3, packed=True),
+     r"unused high nibble"),                   # 3 blocks: the 4th nibble must be 0
+    (lambda: SparseCodes(np.array([[0, 4]]), np.zeros((1, 2)), np.zeros((4, 3))),
+     r"^indices must lie in \[0, 4\)"),
+    (lambda: SparseCodes(np.array([[-1, 0]]), np.zeros((1, 2)), np.zeros((4, 3))),
+     r"^indices must lie in \[0, 4\)"),
+    (lambda: Pruned(np.array([0, 2]), np.array([0, 1]), 3, codes=np.array([0, 2]),
+                    codebook=np.zeros(2)),
+     r"^codes must lie in \[0, 2\)"),
+], ids=["codebook_u8", "codebook_i64", "codebook_negative", "packed_high", "packed_low",
+        "packed_pad", "sparse_codes_high", "sparse_codes_negative", "pruned_codes"])
+def test_factored_codes_out_of_range(build, msg):
+    with pytest.raises(ValueError, match=msg):
+        build()
+
+
+@pytest.mark.parametrize(("indptr", "indices", "msg"), [
+    ([0, 2, 1, 3], [0, 1, 2], r"^indptr must start at 0 and never decrease"),
+    ([0, 3, 1, 3], [0, 1, 2], r"^indptr must start at 0 and never decrease"),
+    ([1, 2, 3, 3], [0, 1, 2], r"^indptr must start at 0"),
+    ([0, 1, 2, 3], [0, 5, 2], r"^indices must lie in \[0, 5\); got values in \[0, 5\]"),
+    ([0, 1, 2, 3], [0, 9, 2], r"^indices must lie in \[0, 5\)"),
+    ([0, 1, 2, 3], [0, -1, 2], r"^indices must lie in \[0, 5\)"),
+    ([0, 1, 2, 4], [0, 1, 2], r"^indices must have indptr\[-1\] = 4 entries; got 3"),
+    ([0, 1, 2, 2], [0, 1, 2], r"^indices must have indptr\[-1\] = 2 entries; got 3"),
+], ids=["decreasing", "decreasing_inside", "start", "index_n", "index_above", "index_negative",
+        "nnz_above", "nnz_below"])
+@pytest.mark.parametrize("kind", ["values", "codes"])
+def test_factored_corrupted_csr(indptr, indices, msg, kind):
+    nnz = len(indices)
+    extra = (dict(values=np.ones(nnz)) if kind == "values"
+             else dict(codes=np.zeros(nnz, np.uint8), codebook=np.ones(2)))
+    with pytest.raises(ValueError, match=msg):
+        Pruned(np.array(indptr), np.array(indices), 5, **extra)
+
+
+# The native entry points check what they are given too (check_csr and the shape checks in
+# _core.cpp): a corrupted pattern passed past the Python layer raises ValueError, not a crash.
+
+@pytest.mark.parametrize(("indptr", "indices", "msg"), [
+    ([0, 2, 1, 3], [0, 1, 2], r"CSR: indptr decreases at row 1"),
+    ([1, 2, 3, 3], [0, 1, 2], r"CSR: indptr\[0\] must be 0"),
+    ([0, 1, 2, 3], [0, 5, 2], r"CSR: column index 5 at entry 1 outside \[0, 5\)"),
+    ([0, 1, 2, 4], [0, 1, 2], r"CSR: indptr\[-1\] = 4 but there are 3 entries"),
+    ([0, 3, 3, 3], [2, 1, 4], r"CSR: column indices decrease within row 0 at entry 1"),
+])
+@pytest.mark.parametrize("index_dtype", [np.uint16, np.int32])
+@pytest.mark.parametrize("entry", ["pruned_matmul_f32", "pruned_backward_f32",
+                                   "pruned_matmul_f64"])
+def test_factored_native_csr_checks(entry, index_dtype, indptr, indices, msg):
+    dt = np.float32 if entry.endswith("f32") else np.float64
+    x = np.ones((2, 3), dt)
+    args = (np.array(indptr, np.int64), np.array(indices, index_dtype), np.ones(3, dt), 5)
+    fn = getattr(_core, entry)
+    with pytest.raises(ValueError, match=msg):
+        if entry.startswith("pruned_backward"):
+            fn(x, np.ones((2, 5), dt), *args, True, True, 1)
+        else:
+            fn(x, *args, 1)
+
+
+def test_factored_native_shape_checks():
+    f32 = np.float32
+    left, right = np.ones((4, 2), f32), np.ones((2, 3), f32)
+    with pytest.raises(ValueError, match=r"x must be 2-D with 4 columns"):
+        _core.lowrank_matmul_f32(np.ones((2, 5), f32), left, right, 1)
+    with pytest.raises(ValueError, match=r"dy must be 2-D with 3 columns"):
+        _core.lowrank_backward_f32(np.ones((2, 4), f32), np.ones((2, 4), f32), left, right,
+                                   True, True, 1)
+    with pytest.raises(ValueError, match=r"x and dy must have the same number of rows"):
+        _core.lowrank_backward_f32(np.ones((2, 4), f32), np.ones((3, 3), f32), left, right,
+                                   True, True, 1)
+    with pytest.raises(ValueError, match=r"left \(m, r\) and right \(r, n\) must chain"):
+        _core.lowrank_matmul_f32(np.ones((2, 4), f32), left, np.ones((3, 3), f32), 1)
+    codes = np.zeros((4, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"fmt must be 0"):
+        _core.codebook_matmul_f32(np.ones((1, 4), f32), codes, 7, np.ones((2, 1), f32), 3, 1)
+    with pytest.raises(ValueError, match=r"codes must be uint16 for this format"):
+        _core.codebook_matmul_f32(np.ones((1, 4), f32), codes, 2, np.ones((2, 1), f32), 3, 1)
+    with pytest.raises(ValueError, match=r"4-bit codes need at most 16 codebook entries"):
+        _core.codebook_matmul_f32(np.ones((1, 4), f32), np.zeros((4, 2), np.uint8), 0,
+                                  np.ones((17, 1), f32), 3, 1)
+    with pytest.raises(ValueError, match=r"codes have the wrong number of columns"):
+        _core.codebook_matmul_f32(np.ones((1, 4), f32), codes, 1, np.ones((2, 1), f32), 4, 1)
+    with pytest.raises(ValueError, match=r"bits must have ceil\(n / 8\) bytes per row"):
+        _core.signbits_matmul_f32(np.ones((1, 4), f32), np.zeros((2, 2), np.uint8),
+                                  np.ones(8, f32), 3, 1)
+    with pytest.raises(ValueError, match=r"indices and values must have the same shape"):
+        _core.sparse_codes_matmul_f32(np.ones((1, 4), f32), np.zeros((4, 2), np.int32),
+                                      np.ones((4, 3), f32), np.ones((5, 3), f32), 1)
