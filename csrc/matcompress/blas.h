@@ -26,6 +26,20 @@ class Gemm {
   virtual bool runs_on_caller_thread() const { return false; }
 };
 
+/// Runs body(i, thread_id) for the n_items tasks of a kernel that calls `gemm` in each: on
+/// OpenMP threads (sized for `work` multiply-adds) when the BLAS runs on the caller thread, else
+/// one after the other with the BLAS using its own threads.
+template <typename T, class Body>
+void run_gemm_tasks(const Gemm<T>& gemm, index_t n_items, int n_threads, double work,
+                    Body&& body) {
+  if (gemm.runs_on_caller_thread()) {
+    const int nt = resolve_threads(resolve_threads_for_work(n_threads, work), n_items);
+    parallel_for(0, n_items, nt, 1, body);
+  } else {
+    for (index_t i = 0; i < n_items; ++i) body(i, 0);
+  }
+}
+
 /// Adapter from a Fortran-convention (column-major, LP64) xGEMM function pointer, such as the
 /// ones SciPy exports in scipy.linalg.cython_blas. Sizes beyond `max_dim` (INT_MAX by default)
 /// are split into several calls.

@@ -37,6 +37,13 @@ namespace matcompress {
 void codebook4_gemv(const float* x, const std::uint8_t* codes, index_t row_bytes, index_t m,
                     index_t n, const float* codebook, index_t n_codes, float* y, int n_threads);
 
+/// z = t · S for S (k x n) stored as sign bits (bit j % 8 of byte j / 8 of row r set: +1, else
+/// -1; row stride `row_bytes`); t of size k, z of size n (written). The signs are applied in
+/// registers (the bits of a row flip the signs of a broadcast t[r]); threads own column tiles.
+/// Allocates nothing.
+void signs_gemv(const float* t, const std::uint8_t* bits, index_t row_bytes, index_t k,
+                index_t n, float* z, int n_threads);
+
 // ---- low rank -------------------------------------------------------------------------------
 
 template <typename T>
@@ -49,13 +56,14 @@ struct LowRankView {
 /// y (batch x n) = (x L) R. Allocates batch x r.
 template <typename T>
 void lowrank_matmul(const Gemm<T>& gemm, const LowRankView<T>& w, const T* x, index_t batch,
-                    T* y);
+                    T* y, int n_threads);
 
 /// dx = (dy Rᵀ) Lᵀ, dL = xᵀ (dy Rᵀ), dR = (x L)ᵀ dy. Allocates batch x r (twice when dR is
 /// wanted).
 template <typename T>
 void lowrank_matmul_backward(const Gemm<T>& gemm, const LowRankView<T>& w, const T* x,
-                             const T* dy, index_t batch, T* dx, T* dleft, T* dright);
+                             const T* dy, index_t batch, T* dx, T* dleft, T* dright,
+                             int n_threads);
 
 // ---- sparse codes ---------------------------------------------------------------------------
 

@@ -1,6 +1,10 @@
 // Per-instruction-set kernels of the factored products. Compiled once per instruction set
 // (MC_ISA_NS, see simd.h).
 #include "factored_tile.h"
+
+#include <algorithm>
+#include <cstring>
+
 #include "simd.h"
 
 namespace matcompress {
@@ -104,6 +108,159 @@ void codebook4_tile(const float* x, const std::uint8_t* codes, index_t row_bytes
 
 index_t codebook4_tile_width() { return 64; }
 #endif
+
+// ---- sign-bit GEMV --------------------------------------------------------------------------
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+namespace {
+// kW columns take kW / 8 bytes of a row of bits: each lane shifts its bit up to the sign
+// position, and the complement of that bit flips the sign of the broadcast t[r].
+typedef std::uint32_t uvec_s __attribute__((vector_size(kVecBytes)));
+constexpr index_t kSignVecs = 4;  // registers of columns per tile
+constexpr index_t kSignRows = 256;
+
+inline uvec_s lane_shifts() {
+  uvec_s s;
+  for (index_t e = 0; e < kW; ++e) s[e] = static_cast<std::uint32_t>(31 - e);
+  return s;
+}
+}  // namespace
+
+void signs_tile(const float* t, const std::uint8_t* bits, index_t row_bytes, index_t k,
+                index_t j0, index_t cols, float* z) {
+  const uvec_s shifts = lane_shifts();
+  const uvec_s sign = uvec_s{} + 0x80000000u;
+  for (index_t c0 = 0; c0 < cols; c0 += kSignVecs * kW) {
+    vec acc[kSignVecs] = {};
+    for (index_t r0 = 0; r0 < k; r0 += kSignRows) {
+      const index_t r1 = std::min(k, r0 + kSignRows);
+      const std::uint8_t* p = bits + r0 * row_bytes + (j0 + c0) / 8;
+      for (index_t r = r0; r < r1; ++r, p += row_bytes) {
+        std::uint32_t tbits;
+        std::memcpy(&tbits, t + r, 4);
+        const uvec_s tr = uvec_s{} + tbits;
+#pragma GCC unroll 4
+        for (index_t a = 0; a < kSignVecs; ++a) {
+          std::uint32_t word = 0;
+          std::memcpy(&word, p + a * (kW / 8), kW / 8);
+          const uvec_s up = (uvec_s{} + word) << shifts;
+          const uvec_s v = tr ^ (~up & sign);
+          acc[a] += reinterpret_cast<const vec&>(v);
+        }
+      }
+    }
+    for (index_t a = 0; a < kSignVecs; ++a)
+      *reinterpret_cast<uvec*>(z + j0 + c0 + a * kW) = acc[a];
+  }
+}
+
+index_t signs_tile_width() { return kSignVecs * kW; }
+#else
+void signs_tile(const float* t, const std::uint8_t* bits, index_t row_bytes, index_t k,
+                index_t j0, index_t cols, float* z) {
+  for (index_t c0 = 0; c0 < cols; c0 += 64) {
+    float acc[64] = {};
+    const std::uint8_t* p = bits + (j0 + c0) / 8;
+    for (index_t r = 0; r < k; ++r, p += row_bytes) {
+      const float tr = t[r];
+      for (index_t c = 0; c < 64; ++c) acc[c] += (p[c >> 3] >> (c & 7)) & 1 ? tr : -tr;
+    }
+    for (index_t c = 0; c < 64; ++c) z[j0 + c0 + c] = acc[c];
+  }
+}
+
+index_t signs_tile_width() { return 64; }
+#endif
+
+// ---- CSR tiles ------------------------------------------------------------------------------
+
+namespace {
+// <a, b> over n elements, in 16 interleaved partial sums (vectorized; a fixed order).
+template <typename T>
+T dot(const T* a, const T* b, index_t n) {
+  constexpr index_t L = 16;
+  T acc[L] = {};
+  index_t i = 0;
+  for (; i + L <= n; i += L)
+    for (index_t l = 0; l < L; ++l) acc[l] += a[i + l] * b[i + l];
+  T s = T(0);
+  for (index_t l = 0; l < L; ++l) s += acc[l];
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+}  // namespace
+
+template <typename T, typename Idx>
+void csr_tile(const std::int64_t* indptr, const void* indices, const T* values, index_t m,
+              index_t j0, index_t j1, const T* xt, index_t batch, T* yt) {
+  const Idx* idx = static_cast<const Idx*>(indices);
+  const std::uint64_t cols = static_cast<std::uint64_t>(j1 - j0);
+  for (index_t i = 0; i < m; ++i) {
+    const Idx* begin = idx + indptr[i];
+    const Idx* end = idx + indptr[i + 1];
+    if (begin == end) continue;
+    const Idx* p = j0 == 0 ? begin
+                           : std::lower_bound(begin, end, j0, [](Idx a, index_t v) {
+                               return static_cast<index_t>(a) < v;
+                             });
+    const T* xi = xt + i * batch;
+    const T* v = values + (p - idx);
+    if (batch == 1) {
+      const T x0 = xi[0];
+      for (; p < end; ++p, ++v) {
+        const std::uint64_t c = static_cast<std::uint64_t>(static_cast<index_t>(*p) - j0);
+        if (c >= cols) break;
+        yt[c] += *v * x0;
+      }
+    } else {
+      for (; p < end; ++p, ++v) {
+        const std::uint64_t c = static_cast<std::uint64_t>(static_cast<index_t>(*p) - j0);
+        if (c >= cols) break;
+        T* __restrict__ yr = yt + c * batch;
+        const T w = *v;
+#pragma GCC ivdep
+        for (index_t b = 0; b < batch; ++b) yr[b] += w * xi[b];
+      }
+    }
+  }
+}
+
+template <typename T, typename Idx>
+void csr_rows(const std::int64_t* indptr, const void* indices, const T* values, index_t n,
+              index_t i0, index_t i1, const T* xt, const T* dyt, index_t batch, T* dxt,
+              T* dvalues) {
+  const Idx* idx = static_cast<const Idx*>(indices);
+  for (index_t i = i0; i < i1; ++i) {
+    T* __restrict__ out = dxt ? dxt + i * batch : nullptr;
+    if (out) std::fill(out, out + batch, T(0));
+    const T* xi = xt + i * batch;
+    for (index_t p = indptr[i]; p < indptr[i + 1]; ++p) {
+      const index_t j = static_cast<index_t>(idx[p]);
+      if (static_cast<std::uint64_t>(j) >= static_cast<std::uint64_t>(n)) {
+        if (dvalues) dvalues[p] = T(0);
+        continue;
+      }
+      const T* g = dyt + j * batch;
+      if (out) {
+        const T w = values[p];
+#pragma GCC ivdep
+        for (index_t b = 0; b < batch; ++b) out[b] += w * g[b];
+      }
+      if (dvalues) dvalues[p] = dot(xi, g, batch);
+    }
+  }
+}
+
+#define MC_FACTORED_CSR(T, Idx)                                                                \
+  template void csr_tile<T, Idx>(const std::int64_t*, const void*, const T*, index_t, index_t, \
+                                 index_t, const T*, index_t, T*);                              \
+  template void csr_rows<T, Idx>(const std::int64_t*, const void*, const T*, index_t, index_t, \
+                                 index_t, const T*, const T*, index_t, T*, T*);
+MC_FACTORED_CSR(float, std::uint16_t)
+MC_FACTORED_CSR(float, std::int32_t)
+MC_FACTORED_CSR(double, std::uint16_t)
+MC_FACTORED_CSR(double, std::int32_t)
+#undef MC_FACTORED_CSR
 
 }  // namespace MC_ISA_NS
 }  // namespace matcompress

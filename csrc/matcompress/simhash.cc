@@ -50,19 +50,6 @@ struct Block {
   bool gram;
 };
 
-// Runs body(i, tid) for the n_items GEMM tasks: on OpenMP threads when the BLAS runs on the
-// caller thread, else one after the other with the BLAS using its own threads.
-template <typename T, class Body>
-void run_gemm_tasks(const Gemm<T>& gemm, index_t n_items, int n_threads, double work,
-                    Body&& body) {
-  if (gemm.runs_on_caller_thread()) {
-    const int nt = resolve_threads(resolve_threads_for_work(n_threads, work), n_items);
-    parallel_for(0, n_items, nt, 1, body);
-  } else {
-    for (index_t i = 0; i < n_items; ++i) body(i, 0);
-  }
-}
-
 }  // namespace
 
 index_t simhash_tile_rows(index_t k) {

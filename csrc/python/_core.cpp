@@ -656,6 +656,262 @@ py::array_t<float> codebook4_gemv(const carray<float>& x, const carray<std::uint
   return y;
 }
 
+// ---- factored products: y = x W and the backward passes (factored.h) --------------------------
+// x (batch, m) and dy (batch, n) are C-contiguous arrays of the factors' dtype (the Python layer
+// converts); the backward functions return a tuple with None for what was not asked.
+
+template <typename T>
+void require_batch(const carray<T>& x, mc::index_t m, const char* what) {
+  require(x.ndim() == 2 && x.shape(1) == m,
+          std::string(what) + " must be 2-D with " + std::to_string(m) + " columns");
+}
+
+template <typename T>
+py::object maybe(bool want, std::initializer_list<py::ssize_t> shape) {
+  return want ? py::object(py::array_t<T>(std::vector<py::ssize_t>(shape))) : py::none();
+}
+
+template <typename T>
+T* ptr(const py::object& a) {
+  return a.is_none() ? nullptr : py::cast<py::array_t<T>>(a).mutable_data();
+}
+
+// Runs f(gemm) without the GIL, the BLAS on one thread per call (the kernels split the GEMMs).
+template <typename T, class F>
+void with_gemm(F&& f) {
+  py::gil_scoped_release nogil;
+  BlasOneThread one_blas_thread;
+  const mc::FortranGemm<T> gemm(scipy_gemm_fn<T>(), INT_MAX, one_blas_thread.active());
+  f(gemm);
+}
+
+template <typename T>
+mc::LowRankView<T> lowrank_view(const carray<T>& left, const carray<T>& right) {
+  require(left.ndim() == 2 && right.ndim() == 2 && left.shape(1) == right.shape(0),
+          "left (m, r) and right (r, n) must chain");
+  require(left.shape(0) >= 1 && left.shape(1) >= 1 && right.shape(1) >= 1, "empty factor");
+  return {left.data(), right.data(), left.shape(0), left.shape(1), right.shape(1)};
+}
+
+template <typename T>
+py::array_t<T> lowrank_matmul(const carray<T>& x, const carray<T>& left, const carray<T>& right,
+                              int n_threads) {
+  const auto w = lowrank_view(left, right);
+  require_batch(x, w.m, "x");
+  py::array_t<T> y({x.shape(0), w.n});
+  with_gemm<T>([&](const auto& gemm) {
+    mc::lowrank_matmul<T>(gemm, w, x.data(), x.shape(0), y.mutable_data(), n_threads);
+  });
+  return y;
+}
+
+template <typename T>
+py::tuple lowrank_backward(const carray<T>& x, const carray<T>& dy, const carray<T>& left,
+                           const carray<T>& right, bool need_dx, bool need_grads, int n_threads) {
+  const auto w = lowrank_view(left, right);
+  require_batch(x, w.m, "x");
+  require_batch(dy, w.n, "dy");
+  require(dy.shape(0) == x.shape(0), "x and dy must have the same number of rows");
+  const py::ssize_t b = x.shape(0);
+  py::object dx = maybe<T>(need_dx, {b, w.m}), dl = maybe<T>(need_grads, {w.m, w.r}),
+             dr = maybe<T>(need_grads, {w.r, w.n});
+  T *pdx = ptr<T>(dx), *pdl = ptr<T>(dl), *pdr = ptr<T>(dr);
+  with_gemm<T>([&](const auto& gemm) {
+    mc::lowrank_matmul_backward<T>(gemm, w, x.data(), dy.data(), b, pdx, pdl, pdr, n_threads);
+  });
+  return py::make_tuple(dx, dl, dr);
+}
+
+template <typename T>
+mc::SparseCodesView<T> sparse_codes_view(const carray<int32_t>& indices, const carray<T>& values,
+                                         const carray<T>& dictionary) {
+  require(indices.ndim() == 2 && values.ndim() == 2 && dictionary.ndim() == 2,
+          "indices, values and dictionary must be 2-D");
+  require(indices.shape(0) == values.shape(0) && indices.shape(1) == values.shape(1),
+          "indices and values must have the same shape (m, s)");
+  require(indices.shape(0) >= 1 && dictionary.shape(0) >= 1 && dictionary.shape(1) >= 1,
+          "empty factor");
+  return {indices.data(), values.data(),    dictionary.data(), indices.shape(0),
+          indices.shape(1), dictionary.shape(0), dictionary.shape(1)};
+}
+
+template <typename T>
+py::array_t<T> sparse_codes_matmul(const carray<T>& x, const carray<int32_t>& indices,
+                                   const carray<T>& values, const carray<T>& dictionary,
+                                   int n_threads) {
+  const auto w = sparse_codes_view(indices, values, dictionary);
+  require_batch(x, w.m, "x");
+  py::array_t<T> y({x.shape(0), w.n});
+  with_gemm<T>([&](const auto& gemm) {
+    mc::sparse_codes_matmul<T>(gemm, w, x.data(), x.shape(0), y.mutable_data(), n_threads);
+  });
+  return y;
+}
+
+template <typename T>
+py::tuple sparse_codes_backward(const carray<T>& x, const carray<T>& dy,
+                                const carray<int32_t>& indices, const carray<T>& values,
+                                const carray<T>& dictionary, bool need_dx, bool need_grads,
+                                int n_threads) {
+  const auto w = sparse_codes_view(indices, values, dictionary);
+  require_batch(x, w.m, "x");
+  require_batch(dy, w.n, "dy");
+  require(dy.shape(0) == x.shape(0), "x and dy must have the same number of rows");
+  const py::ssize_t b = x.shape(0);
+  py::object dx = maybe<T>(need_dx, {b, w.m}), dv = maybe<T>(need_grads, {w.m, w.s}),
+             dd = maybe<T>(need_grads, {w.k, w.n});
+  T *pdx = ptr<T>(dx), *pdv = ptr<T>(dv), *pdd = ptr<T>(dd);
+  with_gemm<T>([&](const auto& gemm) {
+    mc::sparse_codes_matmul_backward<T>(gemm, w, x.data(), dy.data(), b, pdx, pdv, pdd,
+                                        n_threads);
+  });
+  return py::make_tuple(dx, dv, dd);
+}
+
+// codes: 2-D C-contiguous; fmt 0: 4-bit packed uint8, 1: uint8, 2: uint16, 3: uint32.
+template <typename T>
+mc::CodebookView<T> codebook_view(const py::array& codes, int fmt, const carray<T>& codebook,
+                                  mc::index_t n) {
+  require(fmt >= 0 && fmt <= 3, "fmt must be 0 (4-bit), 1 (uint8), 2 (uint16) or 3 (uint32)");
+  static const char* const types[] = {"uint8", "uint8", "uint16", "uint32"};
+  const py::dtype want = py::dtype(types[fmt]);
+  require(codes.dtype().is(want) || codes.dtype().equal(want),
+          std::string("codes must be ") + types[fmt] + " for this format");
+  require(codes.ndim() == 2 && (codes.flags() & py::array::c_style), "codes must be 2-D and "
+          "C-contiguous");
+  require(codebook.ndim() == 2 && codebook.shape(0) >= 1 && codebook.shape(1) >= 1,
+          "codebook must be 2-D (n_codes, block) and non-empty");
+  const mc::index_t b = codebook.shape(1), nb = n / std::max<mc::index_t>(b, 1);
+  require(n >= 1 && n % b == 0, "n must be a positive multiple of the block size");
+  require(codes.shape(0) >= 1, "codes must have at least one row");
+  require(codes.shape(1) == (fmt == 0 ? (nb + 1) / 2 : nb), "codes have the wrong number of "
+          "columns for n and the block size");
+  require(fmt != 0 || codebook.shape(0) <= 16, "4-bit codes need at most 16 codebook entries");
+  return {codes.data(), static_cast<mc::CodeFormat>(fmt), codes.shape(1), codebook.data(),
+          codebook.shape(0), b, codes.shape(0), n};
+}
+
+template <typename T>
+py::array_t<T> codebook_matmul(const carray<T>& x, const py::array& codes, int fmt,
+                               const carray<T>& codebook, mc::index_t n, int n_threads) {
+  const auto w = codebook_view(codes, fmt, codebook, n);
+  require_batch(x, w.m, "x");
+  py::array_t<T> y({x.shape(0), static_cast<py::ssize_t>(n)});
+  with_gemm<T>([&](const auto& gemm) {
+    mc::codebook_matmul<T>(gemm, w, x.data(), x.shape(0), y.mutable_data(), n_threads);
+  });
+  return y;
+}
+
+template <typename T>
+py::tuple codebook_backward(const carray<T>& x, const carray<T>& dy, const py::array& codes,
+                            int fmt, const carray<T>& codebook, mc::index_t n, bool need_dx,
+                            bool need_grads, int n_threads) {
+  const auto w = codebook_view(codes, fmt, codebook, n);
+  require_batch(x, w.m, "x");
+  require_batch(dy, w.n, "dy");
+  require(dy.shape(0) == x.shape(0), "x and dy must have the same number of rows");
+  const py::ssize_t b = x.shape(0);
+  py::object dx = maybe<T>(need_dx, {b, w.m}), dc = maybe<T>(need_grads, {w.n_codes, w.block});
+  T *pdx = ptr<T>(dx), *pdc = ptr<T>(dc);
+  with_gemm<T>([&](const auto& gemm) {
+    mc::codebook_matmul_backward<T>(gemm, w, x.data(), dy.data(), b, pdx, pdc, n_threads);
+  });
+  return py::make_tuple(dx, dc);
+}
+
+template <typename T>
+mc::SignBitsView<T> signbits_view(const carray<std::uint8_t>& bits, const carray<T>& scale,
+                                  std::uint64_t seed, mc::index_t m) {
+  require(bits.ndim() == 2 && scale.ndim() == 1, "bits must be 2-D and scale 1-D");
+  const mc::index_t n = scale.shape(0);
+  require(n >= 1 && bits.shape(0) >= 1 && m >= 1, "empty factor");
+  require(bits.shape(1) == (n + 7) / 8, "bits must have ceil(n / 8) bytes per row");
+  return {bits.data(), scale.data(), seed, m, bits.shape(0), n};
+}
+
+template <typename T>
+py::array_t<T> signbits_matmul(const carray<T>& x, const carray<std::uint8_t>& bits,
+                               const carray<T>& scale, std::uint64_t seed, int n_threads) {
+  require(x.ndim() == 2, "x must be 2-D");
+  const auto w = signbits_view(bits, scale, seed, x.shape(1));
+  py::array_t<T> y({x.shape(0), static_cast<py::ssize_t>(w.n)});
+  with_gemm<T>([&](const auto& gemm) {
+    mc::signbits_matmul<T>(gemm, w, x.data(), x.shape(0), y.mutable_data(), n_threads);
+  });
+  return y;
+}
+
+template <typename T>
+py::tuple signbits_backward(const carray<T>& x, const carray<T>& dy,
+                            const carray<std::uint8_t>& bits, const carray<T>& scale,
+                            std::uint64_t seed, bool need_dx, bool need_grads, int n_threads) {
+  require(x.ndim() == 2, "x must be 2-D");
+  const auto w = signbits_view(bits, scale, seed, x.shape(1));
+  require_batch(dy, w.n, "dy");
+  require(dy.shape(0) == x.shape(0), "x and dy must have the same number of rows");
+  const py::ssize_t b = x.shape(0);
+  py::object dx = maybe<T>(need_dx, {b, w.m}), ds = maybe<T>(need_grads, {w.n});
+  T *pdx = ptr<T>(dx), *pds = ptr<T>(ds);
+  with_gemm<T>([&](const auto& gemm) {
+    mc::signbits_matmul_backward<T>(gemm, w, x.data(), dy.data(), b, pdx, pds, n_threads);
+  });
+  return py::make_tuple(dx, ds);
+}
+
+// CSR: indptr int64 (m + 1), indices uint16 or int32 (nnz), values (nnz); the pattern is checked
+// (a corrupted one raises ValueError).
+template <typename T>
+mc::PrunedView<T> pruned_view(const carray<int64_t>& indptr, const py::array& indices,
+                              const carray<T>& values, mc::index_t n) {
+  require(indptr.ndim() == 1 && indptr.shape(0) >= 2, "indptr must be 1-D with m + 1 >= 2 entries");
+  require(indices.ndim() == 1 && values.ndim() == 1 && indices.shape(0) == values.shape(0),
+          "indices and values must be 1-D of the same length");
+  require(indices.flags() & py::array::c_style, "indices must be contiguous");
+  const bool i16 = indices.dtype().equal(py::dtype::of<std::uint16_t>());
+  require(i16 || indices.dtype().equal(py::dtype::of<std::int32_t>()),
+          "indices must be uint16 or int32");
+  require(n >= 1 && n < (mc::index_t(1) << 31), "n out of range");
+  const mc::index_t m = indptr.shape(0) - 1, nnz = indices.shape(0);
+  if (i16)
+    mc::check_csr(indptr.data(), static_cast<const std::uint16_t*>(indices.data()), m, n, nnz);
+  else
+    mc::check_csr(indptr.data(), static_cast<const std::int32_t*>(indices.data()), m, n, nnz);
+  return {indptr.data(), indices.data(), i16, values.data(), m, n};
+}
+
+template <typename T>
+py::array_t<T> pruned_matmul(const carray<T>& x, const carray<int64_t>& indptr,
+                             const py::array& indices, const carray<T>& values, mc::index_t n,
+                             int n_threads) {
+  const auto w = pruned_view(indptr, indices, values, n);
+  require_batch(x, w.m, "x");
+  py::array_t<T> y({x.shape(0), static_cast<py::ssize_t>(n)});
+  {
+    py::gil_scoped_release nogil;
+    mc::pruned_matmul<T>(w, x.data(), x.shape(0), y.mutable_data(), n_threads);
+  }
+  return y;
+}
+
+template <typename T>
+py::tuple pruned_backward(const carray<T>& x, const carray<T>& dy, const carray<int64_t>& indptr,
+                          const py::array& indices, const carray<T>& values, mc::index_t n,
+                          bool need_dx, bool need_grads, int n_threads) {
+  const auto w = pruned_view(indptr, indices, values, n);
+  require_batch(x, w.m, "x");
+  require_batch(dy, w.n, "dy");
+  require(dy.shape(0) == x.shape(0), "x and dy must have the same number of rows");
+  const py::ssize_t b = x.shape(0);
+  py::object dx = maybe<T>(need_dx, {b, w.m}), dv = maybe<T>(need_grads, {values.shape(0)});
+  T *pdx = ptr<T>(dx), *pdv = ptr<T>(dv);
+  {
+    py::gil_scoped_release nogil;
+    mc::pruned_matmul_backward<T>(w, x.data(), dy.data(), b, pdx, pdv, n_threads);
+  }
+  return py::make_tuple(dx, dv);
+}
+
 // Test hook: row-major GEMM through the injected BLAS with a chosen split size, so the
 // splitting of sizes past the 32-bit BLAS interface is exercised on small matrices.
 template <typename T>
@@ -768,6 +1024,26 @@ PYBIND11_MODULE(_core, m) {
         py::arg("n_threads"));
   m.def("codebook4_gemv", &codebook4_gemv, py::arg("x"), py::arg("codes"), py::arg("n"),
         py::arg("codebook"), py::arg("n_threads"));
+  m.def("lowrank_matmul_f32", &lowrank_matmul<float>);
+  m.def("lowrank_matmul_f64", &lowrank_matmul<double>);
+  m.def("lowrank_backward_f32", &lowrank_backward<float>);
+  m.def("lowrank_backward_f64", &lowrank_backward<double>);
+  m.def("sparse_codes_matmul_f32", &sparse_codes_matmul<float>);
+  m.def("sparse_codes_matmul_f64", &sparse_codes_matmul<double>);
+  m.def("sparse_codes_backward_f32", &sparse_codes_backward<float>);
+  m.def("sparse_codes_backward_f64", &sparse_codes_backward<double>);
+  m.def("codebook_matmul_f32", &codebook_matmul<float>);
+  m.def("codebook_matmul_f64", &codebook_matmul<double>);
+  m.def("codebook_backward_f32", &codebook_backward<float>);
+  m.def("codebook_backward_f64", &codebook_backward<double>);
+  m.def("signbits_matmul_f32", &signbits_matmul<float>);
+  m.def("signbits_matmul_f64", &signbits_matmul<double>);
+  m.def("signbits_backward_f32", &signbits_backward<float>);
+  m.def("signbits_backward_f64", &signbits_backward<double>);
+  m.def("pruned_matmul_f32", &pruned_matmul<float>);
+  m.def("pruned_matmul_f64", &pruned_matmul<double>);
+  m.def("pruned_backward_f32", &pruned_backward<float>);
+  m.def("pruned_backward_f64", &pruned_backward<double>);
   m.def("codes_to_csr_f32", &codes_to_csr<float>);
   m.def("codes_to_csr_f64", &codes_to_csr<double>);
   m.def("gemm_f32", &gemm<float>);

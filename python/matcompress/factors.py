@@ -29,6 +29,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from . import _core
 from ._validation import check_int
 
 __all__ = ["Factorization", "LowRank", "SparseCodes", "Codebook", "SignBits", "Pruned", "load",
@@ -38,9 +39,6 @@ __all__ = ["Factorization", "LowRank", "SparseCodes", "Codebook", "SignBits", "P
 FORMAT_VERSION = 1
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-# Columns of W produced at a time by the matmul of the forms that have no cheaper route than
-# decoding W: the decoded block is m x this, never all of W.
-_COLUMN_TILE = 256
 
 
 def _float_array(a, name, ndim):
@@ -70,6 +68,15 @@ def index_dtype(upper):
         if upper <= np.iinfo(dt).max + 1:
             return np.dtype(dt)
     return np.dtype(np.int64)
+
+
+def _sfx(dtype):
+    return "f32" if np.dtype(dtype) == np.float32 else "f64"
+
+
+def _native(name, dtype):
+    """The native kernel ``name`` for a compute dtype (float32 or float64)."""
+    return getattr(_core, f"{name}_{_sfx(dtype)}")
 
 
 def _check_x(x, m, dtype):
@@ -106,17 +113,76 @@ class Factorization(abc.ABC):
     def to_dense(self) -> np.ndarray:
         """W as a dense (m, n) array."""
 
+    #: The float fields a gradient is taken for (the discrete ones -- codes, indices, bits,
+    #: the sparsity pattern, the seed -- stay fixed).
+    trainable_fields: ClassVar[tuple[str, ...]] = ()
+
     @abc.abstractmethod
     def _matmul(self, x2d: np.ndarray) -> np.ndarray:
-        """x2d (b, m) @ W."""
+        """x2d (b, m), C-contiguous, of the compute dtype: x2d @ W."""
+
+    @abc.abstractmethod
+    def _backward(self, x2d, dy2d, need_dx, need_grads) -> tuple:
+        """(dx2d or None, {field: gradient in the compute dtype} or {})."""
+
+    def _cached(self, key, make):
+        """A derived array kept with the factorization (e.g. factors in the compute dtype)."""
+        cache = self.__dict__.setdefault("_native_cache", {})
+        if key not in cache:
+            cache[key] = make()
+        return cache[key]
+
+    def _as(self, name, dtype):
+        """Field ``name`` as a C-contiguous array of ``dtype`` (cached when converted)."""
+        a = getattr(self, name)
+        if a.dtype == dtype:
+            return a
+        return self._cached((name, np.dtype(dtype).str), lambda: np.ascontiguousarray(a, dtype))
 
     def matmul(self, x):
-        """``x @ W`` for x of shape (..., m), from the factors."""
+        """``x @ W`` for x of shape (..., m), computed from the factors by the native kernels
+        (W is never built; see ``csrc/matcompress/factored.h`` for each form's route). The
+        result has the dtype of ``x`` and W combined (float32 only when both are)."""
         m, n = self.shape
         x = _check_x(x, m, self.dtype)
         lead = x.shape[:-1]
-        y = self._matmul(x.reshape(-1, m))
+        y = self._matmul(np.ascontiguousarray(x.reshape(-1, m)))
         return y.reshape(lead + (n,))
+
+    def matmul_backward(self, x, dy, *, need_dx=True, need_grads=True):
+        """Gradients of ``L = sum(dy * (x @ W))``: ``(dx, grads)``.
+
+        ``dx = dy @ W.T`` has the shape of x (None when ``need_dx`` is false); ``grads`` maps
+        each name in :attr:`trainable_fields` to the gradient of L with respect to that field
+        (same shape and dtype as the field; empty when ``need_grads`` is false), the discrete
+        parts held fixed: both low-rank sides; sparse-code values on their fixed support and
+        the dictionary; codebook entries (a segment sum over the code map); sign-bit scales;
+        pruned values (or their codebook). Computed from the factors, never building W.
+
+        Raises
+        ------
+        ValueError
+            When x does not end in m or dy does not have the shape ``x.shape[:-1] + (n,)``.
+        """
+        m, n = self.shape
+        x = _check_x(x, m, self.dtype)
+        dy = np.asarray(dy)
+        if dy.dtype.kind not in "biuf":
+            raise TypeError(f"dy must be a real numeric array; got dtype {dy.dtype}")
+        if dy.shape != x.shape[:-1] + (n,):
+            raise ValueError(f"dy must have shape {x.shape[:-1] + (n,)} (x's leading shape, then "
+                             f"n = {n}); got {dy.shape}")
+        ct = np.result_type(x.dtype, dy.dtype if dy.dtype.kind == "f" else np.float64)
+        x2 = np.ascontiguousarray(x.reshape(-1, m), ct)
+        dy2 = np.ascontiguousarray(dy.reshape(-1, n), ct)
+        dx, grads = self._backward(x2, dy2, bool(need_dx), bool(need_grads))
+        if dx is not None:
+            dx = dx.reshape(x.shape)
+        out = {}
+        for name, g in grads.items():
+            field = getattr(self, name)
+            out[name] = np.asarray(g, field.dtype).reshape(field.shape)
+        return dx, out
 
     def __matmul__(self, other):  # W @ other
         return self.to_dense() @ other
@@ -213,8 +279,16 @@ class LowRank(Factorization):
     def to_dense(self):
         return self.left @ self.right
 
+    trainable_fields: ClassVar[tuple[str, ...]] = ("left", "right")
+
     def _matmul(self, x):
-        return (x @ self.left) @ self.right
+        return _native("lowrank_matmul", x.dtype)(x, self._as("left", x.dtype),
+                                                  self._as("right", x.dtype), 0)
+
+    def _backward(self, x, dy, need_dx, need_grads):
+        dx, dl, dr = _native("lowrank_backward", x.dtype)(
+            x, dy, self._as("left", x.dtype), self._as("right", x.dtype), need_dx, need_grads, 0)
+        return dx, ({"left": dl, "right": dr} if need_grads else {})
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -256,10 +330,20 @@ class SparseCodes(Factorization):
     def to_dense(self):
         return np.asarray(self.codes_csr() @ self.dictionary, dtype=self.dtype)
 
+    trainable_fields: ClassVar[tuple[str, ...]] = ("values", "dictionary")
+
+    def _args(self, dtype):
+        return (self._as("indices", np.int32), self._as("values", dtype),
+                self._as("dictionary", dtype))
+
     def _matmul(self, x):
-        # x @ (C D) = (C^T x^T)^T D: a sparse product, then a small dense one.
-        xc = np.asarray((self.codes_csr().T @ x.T).T)
-        return xc.astype(np.result_type(x.dtype, self.dtype), copy=False) @ self.dictionary
+        # x @ (C D) = (x C) D: a scatter into (batch, k), then one GEMM.
+        return _native("sparse_codes_matmul", x.dtype)(x, *self._args(x.dtype), 0)
+
+    def _backward(self, x, dy, need_dx, need_grads):
+        dx, dv, dd = _native("sparse_codes_backward", x.dtype)(x, dy, *self._args(x.dtype),
+                                                               need_dx, need_grads, 0)
+        return dx, ({"values": dv, "dictionary": dd} if need_grads else {})
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -338,22 +422,36 @@ class Codebook(Factorization):
     def to_dense(self):
         return self._decode(0, self.n_cols)
 
-    def _matmul(self, x):
-        b = self.block_size
-        if (x.shape[0] == 1 and self.packed and b == 1 and x.dtype == np.float32
-                and self.dtype == np.float32):
-            # Inference: the 4-bit codes decoded in registers, never a decoded column block.
-            from . import _core
+    trainable_fields: ClassVar[tuple[str, ...]] = ("codebook",)
 
-            y = _core.codebook4_gemv(np.ascontiguousarray(x[0]), self.codes, self.n_cols,
+    def _native_codes(self):
+        """(codes as the kernels read them, format): 0 4-bit packed, 1 uint8, 2 uint16,
+        3 uint32 (signed codes are viewed as unsigned: they are checked non-negative)."""
+        if self.packed:
+            return self.codes, 0
+        c = self.codes
+        fmt = {1: 1, 2: 2, 4: 3}.get(c.dtype.itemsize)
+        if fmt is None:  # 64-bit codes: converted once
+            c = self._cached("codes", lambda: self.codes.astype(index_dtype(self.n_codes)))
+            fmt = {1: 1, 2: 2, 4: 3}[c.dtype.itemsize]
+        return c.view(f"u{c.dtype.itemsize}"), fmt
+
+    def _matmul(self, x):
+        if (x.shape[0] == 1 and self.packed and self.block_size == 1
+                and x.dtype == np.float32 and self.dtype == np.float32):
+            # Inference: the 4-bit codes decoded in registers (codebook4_gemv).
+            y = _core.codebook4_gemv(x[0], self.codes, self.n_cols,
                                      np.ascontiguousarray(self.codebook[:, 0]), 0)
             return y[None, :]
-        tile = max(b, _COLUMN_TILE // b * b)
-        out = np.empty((x.shape[0], self.n_cols), np.result_type(x.dtype, self.dtype))
-        for j in range(0, self.n_cols, tile):
-            stop = min(self.n_cols, j + tile)
-            out[:, j:stop] = x @ self._decode(j, stop)
-        return out
+        codes, fmt = self._native_codes()
+        return _native("codebook_matmul", x.dtype)(x, codes, fmt, self._as("codebook", x.dtype),
+                                                   self.n_cols, 0)
+
+    def _backward(self, x, dy, need_dx, need_grads):
+        codes, fmt = self._native_codes()
+        dx, dc = _native("codebook_backward", x.dtype)(
+            x, dy, codes, fmt, self._as("codebook", x.dtype), self.n_cols, need_dx, need_grads, 0)
+        return dx, ({"codebook": dc} if need_grads else {})
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -404,15 +502,25 @@ class SignBits(Factorization):
     def to_dense(self):
         return (self.projection() @ self.signs()) * self.scale
 
+    trainable_fields: ClassVar[tuple[str, ...]] = ("scale",)
+
     def _matmul(self, x):
-        return ((x @ self.projection()) @ self.signs()) * self.scale
+        # x R by GEMM over tiles of R regenerated per thread, then the sign product.
+        return _native("signbits_matmul", x.dtype)(x, self.bits, self._as("scale", x.dtype),
+                                                   self.seed, 0)
+
+    def _backward(self, x, dy, need_dx, need_grads):
+        dx, ds = _native("signbits_backward", x.dtype)(
+            x, dy, self.bits, self._as("scale", x.dtype), self.seed, need_dx, need_grads, 0)
+        return dx, ({"scale": ds} if need_grads else {})
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class Pruned(Factorization):
     """The kept entries of W in CSR form: ``indptr`` (m + 1), column ``indices`` (nnz) and either
     ``values`` (nnz) or ``codes`` (nnz) into a scalar ``codebook`` (pruning then quantizing, as
-    Deep Compression)."""
+    Deep Compression). The entries of each row are stored in column order (sorted on
+    construction when they are not; duplicates are kept and add up)."""
 
     indptr: np.ndarray
     indices: np.ndarray
@@ -449,6 +557,14 @@ class Pruned(Factorization):
             codes = _int_array(codes, "codes", 1, upper=codebook.shape[0])
             if codes.shape[0] != nnz:
                 raise ValueError(f"codes must have {nnz} entries; got {codes.shape[0]}")
+        if nnz > 1:  # column indices are kept in order within each row (a stable sort)
+            rows = np.repeat(np.arange(indptr.shape[0] - 1), np.diff(indptr.astype(np.int64)))
+            step = np.diff(indices.astype(np.int64))
+            if np.any((step < 0) & (rows[1:] == rows[:-1])):
+                order = np.lexsort((indices, rows))
+                indices = indices[order]
+                values = values[order] if values is not None else None
+                codes = codes[order] if codes is not None else None
         object.__setattr__(self, "n_cols", n_cols)
         _freeze(self, indptr=indptr, indices=indices, values=values, codes=codes,
                 codebook=codebook)
@@ -487,8 +603,30 @@ class Pruned(Factorization):
     def to_dense(self):
         return self.to_csr().toarray()
 
+    @property
+    def trainable_fields(self):
+        return ("values",) if self.values is not None else ("codebook",)
+
+    def _args(self, dtype):
+        indptr = self._as("indptr", np.int64)
+        indices = self._as("indices", np.uint16 if self.n_cols <= 65536 else np.int32)
+        values = (self._as("values", dtype) if self.values is not None
+                  else np.ascontiguousarray(self.codebook[self.codes], dtype))
+        return indptr, indices, values
+
     def _matmul(self, x):
-        return np.asarray((self.to_csr().T @ x.T).T)
+        # Per tile of columns: each row's entries in the tile add w * x[:, i] (x transposed).
+        return _native("pruned_matmul", x.dtype)(x, *self._args(x.dtype), self.n_cols, 0)
+
+    def _backward(self, x, dy, need_dx, need_grads):
+        dx, dv = _native("pruned_backward", x.dtype)(x, dy, *self._args(x.dtype), self.n_cols,
+                                                     need_dx, need_grads, 0)
+        if not need_grads:
+            return dx, {}
+        if self.values is not None:
+            return dx, {"values": dv}
+        return dx, {"codebook": np.bincount(self.codes.astype(np.intp, copy=False), weights=dv,
+                                            minlength=self.codebook.shape[0])}
 
 
 _KINDS = {cls.kind: cls for cls in (LowRank, SparseCodes, Codebook, SignBits, Pruned)}
