@@ -339,7 +339,7 @@ void BM_lowrank(benchmark::State& state) {
   const auto& x = input(batch, false);
   std::vector<float> y(static_cast<size_t>(batch * kN));
   for (auto _ : state) {
-    mc::lowrank_matmul<float>(*gemm, f.view, x.data(), batch, y.data());
+    mc::lowrank_matmul<float>(*gemm, f.view, x.data(), batch, y.data(), kThreads);
     benchmark::DoNotOptimize(y.data());
   }
   counters(state, batch, f.stored, false);
@@ -413,7 +413,7 @@ void BM_lowrank_backward(benchmark::State& state) {
   std::vector<float> dx(static_cast<size_t>(batch * kM)), dl(f.left.size()), dr(f.right.size());
   for (auto _ : state) {
     mc::lowrank_matmul_backward<float>(*gemm, f.view, x.data(), dy.data(), batch, dx.data(),
-                                       dl.data(), dr.data());
+                                       dl.data(), dr.data(), kThreads);
     benchmark::DoNotOptimize(dx.data());
     benchmark::DoNotOptimize(dl.data());
     benchmark::DoNotOptimize(dr.data());
