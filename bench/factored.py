@@ -637,7 +637,9 @@ def run_memory(A, forms, batch=MEMORY_BATCH, one_process=False, out=print):
                 got.update(_memory_child([p], batch))
                 out(f"  {name} {ratio}: done")
         results = [(name, ratio, got[p]) for p, (name, ratio) in zip(paths, names)]
-    mib = lambda b: f"{b / 2**20:.1f} MiB"  # noqa: E731
+    def mib(b):
+        return f"{b / 2**20:.1f} MiB" if abs(b) >= 2**20 or b == 0 else f"{b / 2**10:.0f} KiB"
+
     head = ["form", "ratio", "stored", "output y", "peak RSS growth", "growth beyond y",
             "beyond y / stored", "kept conversions"]
     body, how = [], "?"

@@ -28,6 +28,12 @@
 // memory-bound batch-1 product reaches); GFLOP/s = 2 batch m n (4 batch m n for backward) per
 // second, the work of the equivalent dense product, so forms and dense compare directly;
 // ratio = dense bytes / stored bytes.
+// The dense rows use the BLAS this program links (CMake's FindBLAS, OpenBLAS preferred), not
+// numpy's: compare the forms with them within one run. At batch 1 compare with BM_dense_gemv:
+// an sgemm with one row can be several times slower than sgemv (OpenBLAS 0.3.21 does not
+// forward it). bench/factored.py makes the comparison with numpy.
+//
+//   bench_factored --benchmark_filter='batch:(1|32)/' --benchmark_min_time=0.5
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
