@@ -58,6 +58,23 @@ def test_gemm_matches_numpy(shape, max_dim, trans_a, trans_b, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("trans_a", [False, True], ids=["N", "T"])
+@pytest.mark.parametrize("trans_b", [False, True], ids=["N", "T"])
+@pytest.mark.parametrize("shape", [(1, 13, 6), (11, 1, 8), (1, 1, 5), (1, 40, 1), (7, 1, 1)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_one_row_or_column_goes_through_gemv(shape, trans_a, trans_b, dtype):
+    # C with one row or one column: the adapter calls xGEMV, every transposition mapped.
+    m, n, k = shape
+    rng = np.random.default_rng([m, n, k, trans_a, trans_b, 1])
+    a, b, ref = _operands(rng, m, n, k, trans_a, trans_b, dtype)
+    c = GEMM[dtype](a, b, trans_a, trans_b, BIG, use_gemv=True)
+    assert c.shape == (m, n) and c.dtype == dtype
+    assert_allclose(c, ref, rtol=0, atol=ATOL[dtype])
+    # ... and agrees with the GEMM route
+    assert_allclose(c, GEMM[dtype](a, b, trans_a, trans_b, BIG), rtol=0, atol=ATOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("max_dim", [1, 2, 3, 7])
 def test_split_equals_unsplit_up_to_rounding(max_dim, dtype):
     # Same inputs with and without splitting: identical up to the summation order over k.

@@ -13,6 +13,7 @@ void FortranGemm<T>::operator()(bool trans_a, bool trans_b, index_t m, index_t n
   if (m == 0 || n == 0) return;
   MC_CHECK(lda <= INT_MAX && ldb <= INT_MAX && ldc <= INT_MAX,
            "gemm: leading dimension exceeds the 32-bit BLAS interface");
+  if (try_gemv(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)) return;
   // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
   const char ta = trans_a ? 'T' : 'N';
   const char tb = trans_b ? 'T' : 'N';
@@ -38,6 +39,36 @@ void FortranGemm<T>::operator()(bool trans_a, bool trans_b, index_t m, index_t n
       }
     }
   }
+}
+
+// One row of C: c = op(A) op(B) with op(A) a row vector; one column: op(B) a column vector.
+// Row-major B (k x n, ldb) reads in column-major order as an n x k matrix (ld ldb), so
+// c = op(B)^T a is xGEMV('N') on it, and a transposed B (n x k) is xGEMV('T').
+template <typename T>
+bool FortranGemm<T>::try_gemv(bool trans_a, bool trans_b, index_t m, index_t n, index_t k,
+                              T alpha, const T* a, index_t lda, const T* b, index_t ldb, T beta,
+                              T* c, index_t ldc) const {
+  if (gemv_ == nullptr || k == 0 || (m != 1 && n != 1)) return false;
+  if (m > max_dim_ || n > max_dim_ || k > max_dim_ || k > INT_MAX) return false;
+  const int ik = static_cast<int>(k), one = 1;
+  if (m == 1) {  // c (n) = op(B)^T v, v = op(A)'s row: a[p] or a[p * lda]
+    const int incv = static_cast<int>(trans_a ? std::max<index_t>(lda, 1) : 1);
+    const int in = static_cast<int>(n), ildb = static_cast<int>(std::max<index_t>(ldb, 1));
+    if (!trans_b)
+      gemv_("N", &in, &ik, &alpha, b, &ildb, a, &incv, &beta, c, &one);
+    else
+      gemv_("T", &ik, &in, &alpha, b, &ildb, a, &incv, &beta, c, &one);
+    return true;
+  }
+  // n == 1: c (m, stride ldc) = op(A) v, v = op(B)'s column: b[p * ldb] or b[p]
+  const int incv = static_cast<int>(trans_b ? 1 : std::max<index_t>(ldb, 1));
+  const int im = static_cast<int>(m), ilda = static_cast<int>(std::max<index_t>(lda, 1));
+  const int incc = static_cast<int>(std::max<index_t>(ldc, 1));
+  if (!trans_a)
+    gemv_("T", &ik, &im, &alpha, a, &ilda, b, &incv, &beta, c, &incc);
+  else
+    gemv_("N", &im, &ik, &alpha, a, &ilda, b, &incv, &beta, c, &incc);
+  return true;
 }
 
 template class FortranGemm<float>;

@@ -50,9 +50,17 @@ class FortranGemm final : public Gemm<T> {
                       const int* k, const T* alpha, const T* a, const int* lda, const T* b,
                       const int* ldb, const T* beta, T* c, const int* ldc);
 
+  /// xGEMV with the Fortran convention: products with one row or one column of C go there.
+  using GemvFn = void (*)(const char* trans, const int* m, const int* n, const T* alpha,
+                          const T* a, const int* lda, const T* x, const int* incx, const T* beta,
+                          T* y, const int* incy);
+
   /// `caller_thread`: the caller guarantees the BLAS runs each call on the calling thread.
-  explicit FortranGemm(Fn fn, index_t max_dim = INT_MAX, bool caller_thread = false)
-      : fn_(fn), max_dim_(max_dim), caller_thread_(caller_thread) {
+  /// `gemv` (optional): the matching xGEMV, used when C has one row or one column (a GEMM
+  /// kernel would pack the whole matrix operand for a single vector).
+  explicit FortranGemm(Fn fn, index_t max_dim = INT_MAX, bool caller_thread = false,
+                       GemvFn gemv = nullptr)
+      : fn_(fn), gemv_(gemv), max_dim_(max_dim), caller_thread_(caller_thread) {
     MC_CHECK(fn_ != nullptr, "FortranGemm: null BLAS function");
     MC_CHECK(max_dim_ >= 1 && max_dim_ <= INT_MAX, "FortranGemm: max_dim out of range");
   }
@@ -63,7 +71,12 @@ class FortranGemm final : public Gemm<T> {
   bool runs_on_caller_thread() const override { return caller_thread_; }
 
  private:
+  bool try_gemv(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha,
+                const T* a, index_t lda, const T* b, index_t ldb, T beta, T* c,
+                index_t ldc) const;
+
   Fn fn_;
+  GemvFn gemv_;
   index_t max_dim_;
   bool caller_thread_;
 };

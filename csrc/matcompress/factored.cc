@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "factored_tile.h"
@@ -16,6 +17,7 @@ constexpr index_t kTileRows = 256;   // rows of a decoded tile of W (the GEMM's 
 constexpr index_t kTileCols = 256;   // columns of a decoded tile of W (about: whole blocks)
 constexpr index_t kMaxGroups = 16;   // partial sums of a codebook gradient (fixed by m only)
 constexpr index_t kGemmPanel = 256;  // columns (or rows) of C per task of a split GEMM
+constexpr index_t kCsrGroups = 8;    // row groups of a batch-1 CSR product (partial ys)
 
 index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
 
@@ -145,8 +147,9 @@ void decoded_backward(const Gemm<T>& gemm, index_t m, index_t n, index_t tile_co
 
 // ---- codebook decoding ----------------------------------------------------------------------
 
-// The code of block c in row i, clamped into the codebook (a code outside it, which the callers
-// reject up front, can never read outside the codebook).
+// The code of block c in row i. Codes of 4 and 8 bits index a codebook padded to 16 / 256
+// entries; wider ones are clamped into it. Either way a code outside the codebook (which the
+// callers reject up front) can never read outside it.
 template <typename Code>
 struct CodeReader {
   const Code* codes;
@@ -154,56 +157,113 @@ struct CodeReader {
   index_t last;
   index_t operator()(index_t i, index_t c) const {
     const index_t v = static_cast<index_t>(codes[i * stride + c]);
-    return v < last ? v : last;
+    if constexpr (sizeof(Code) == 1) {
+      return v;
+    } else {
+      return v < last ? v : last;
+    }
   }
 };
 
 struct Code4Reader {
   const std::uint8_t* codes;
   index_t stride;
-  index_t last;
   index_t operator()(index_t i, index_t c) const {
-    const index_t v = (codes[i * stride + c / 2] >> ((c & 1) * 4)) & 15;
-    return v < last ? v : last;
+    return (codes[i * stride + c / 2] >> ((c & 1) * 4)) & 15;
   }
 };
 
-template <typename T, class Reader>
-void decode_tile(const CodebookView<T>& w, const Reader& code, index_t i0, index_t i1,
+// Rows [i0, i1), columns [j0, j1) of W into out; B: the block size when fixed at compile time.
+template <index_t B, typename T, class Reader>
+void decode_tile(const T* cb, index_t block, const Reader& code, index_t i0, index_t i1,
                  index_t j0, index_t j1, T* out) {
-  const index_t b = w.block, cols = j1 - j0, c0 = j0 / b, c1 = j1 / b;
-  const T* cb = w.codebook;
+  const index_t b = B > 0 ? B : block, cols = j1 - j0, c0 = j0 / b, c1 = j1 / b;
   for (index_t i = i0; i < i1; ++i) {
     T* row = out + (i - i0) * cols;
-    if (b == 1) {
+    if constexpr (B == 1) {
       for (index_t c = c0; c < c1; ++c) row[c - c0] = cb[code(i, c)];
+    } else if constexpr (B > 1) {
+      for (index_t c = c0; c < c1; ++c) {
+        const T* src = cb + code(i, c) * B;
+        T* dst = row + (c - c0) * B;
+        for (index_t e = 0; e < B; ++e) dst[e] = src[e];
+      }
     } else {
-      for (index_t c = c0; c < c1; ++c) std::memcpy(row + (c - c0) * b, cb + code(i, c) * b,
-                                                    sizeof(T) * static_cast<std::size_t>(b));
+      for (index_t c = c0; c < c1; ++c)
+        std::memcpy(row + (c - c0) * b, cb + code(i, c) * b, sizeof(T) * static_cast<std::size_t>(b));
     }
   }
 }
 
-// Calls f(reader) with the reader of w's code format.
+// Calls f(decode, reader) with a tile decoder of w's code format and block size, reading the
+// codebook `cb` (padded, see CodeReader).
 template <typename T, class F>
-void with_reader(const CodebookView<T>& w, F&& f) {
+void with_decoder(const CodebookView<T>& w, const T* cb, F&& f) {
+  const auto go = [&](const auto& reader) {
+    using Reader = std::decay_t<decltype(reader)>;
+    if constexpr (std::is_same_v<T, float> &&
+                  (std::is_same_v<Reader, Code4Reader> ||
+                   std::is_same_v<Reader, CodeReader<std::uint8_t>>)) {
+      if (w.block == 2 && std::is_same_v<Reader, Code4Reader>) {  // 4-bit pairs: the same
+        const DecodeTileFn fn = decode4b2_tile_kernel(active_isa());
+        f([&](index_t i0, index_t i1, index_t j0, index_t j1, T* out) {
+          fn(static_cast<const std::uint8_t*>(w.codes), w.row_stride, i0, i1, j0, j1 - j0, cb,
+             out);
+        }, reader);
+        return;
+      }
+      if (w.block == 1) {  // scalar 4- and 8-bit codes: vectorized lookups
+        const DecodeTileFn fn =
+            decode_tile_kernel(active_isa(), std::is_same_v<Reader, Code4Reader>);
+        f([&](index_t i0, index_t i1, index_t j0, index_t j1, T* out) {
+          fn(static_cast<const std::uint8_t*>(w.codes), w.row_stride, i0, i1, j0, j1 - j0, cb,
+             out);
+        }, reader);
+        return;
+      }
+    }
+    const auto with_block = [&](auto block_tag) {
+      constexpr index_t B = decltype(block_tag)::value;
+      f([&](index_t i0, index_t i1, index_t j0, index_t j1, T* out) {
+        decode_tile<B>(cb, w.block, reader, i0, i1, j0, j1, out);
+      }, reader);
+    };
+    switch (w.block) {
+      case 1: with_block(std::integral_constant<index_t, 1>{}); break;
+      case 2: with_block(std::integral_constant<index_t, 2>{}); break;
+      case 4: with_block(std::integral_constant<index_t, 4>{}); break;
+      case 8: with_block(std::integral_constant<index_t, 8>{}); break;
+      default: with_block(std::integral_constant<index_t, 0>{}); break;
+    }
+  };
   const index_t last = w.n_codes - 1;
   switch (w.format) {
     case CodeFormat::u4:
-      f(Code4Reader{static_cast<const std::uint8_t*>(w.codes), w.row_stride, last});
+      go(Code4Reader{static_cast<const std::uint8_t*>(w.codes), w.row_stride});
       break;
     case CodeFormat::u8:
-      f(CodeReader<std::uint8_t>{static_cast<const std::uint8_t*>(w.codes), w.row_stride, last});
+      go(CodeReader<std::uint8_t>{static_cast<const std::uint8_t*>(w.codes), w.row_stride, last});
       break;
     case CodeFormat::u16:
-      f(CodeReader<std::uint16_t>{static_cast<const std::uint16_t*>(w.codes), w.row_stride,
-                                  last});
+      go(CodeReader<std::uint16_t>{static_cast<const std::uint16_t*>(w.codes), w.row_stride,
+                                   last});
       break;
     case CodeFormat::u32:
-      f(CodeReader<std::uint32_t>{static_cast<const std::uint32_t*>(w.codes), w.row_stride,
-                                  last});
+      go(CodeReader<std::uint32_t>{static_cast<const std::uint32_t*>(w.codes), w.row_stride,
+                                   last});
       break;
   }
+}
+
+// The codebook the decoders read: 4- and 8-bit codes get it padded with zeros to 16 / 256
+// entries (into `pad`), wider codes read it in place.
+template <typename T>
+const T* padded_codebook(const CodebookView<T>& w, std::vector<T>& pad) {
+  const index_t full = w.format == CodeFormat::u4 ? 16 : w.format == CodeFormat::u8 ? 256 : 0;
+  if (full == 0 || w.n_codes >= full) return w.codebook;
+  pad.assign(static_cast<std::size_t>(full * w.block), T(0));
+  std::copy(w.codebook, w.codebook + w.n_codes * w.block, pad.begin());
+  return pad.data();
 }
 
 template <typename T>
@@ -519,11 +579,9 @@ void codebook_matmul(const Gemm<T>& gemm, const CodebookView<T>& w, const T* x, 
       return;
     }
   }
-  with_reader(w, [&](const auto& reader) {
-    decoded_matmul(gemm, w.m, w.n, codebook_tile_cols(w), x, batch, y, n_threads,
-                   [&](index_t i0, index_t i1, index_t j0, index_t j1, T* out) {
-                     decode_tile(w, reader, i0, i1, j0, j1, out);
-                   });
+  std::vector<T> pad;
+  with_decoder(w, padded_codebook(w, pad), [&](const auto& decode, const auto&) {
+    decoded_matmul(gemm, w.m, w.n, codebook_tile_cols(w), x, batch, y, n_threads, decode);
   });
 }
 
@@ -534,16 +592,17 @@ void codebook_matmul_backward(const Gemm<T>& gemm, const CodebookView<T>& w, con
   if (!dx && !dcodebook) return;
   const index_t b = w.block, entries = w.n_codes * b;
   const index_t n_groups = std::min(kMaxGroups, ceil_div(w.m, kTileRows));
-  std::vector<T> partial(dcodebook ? static_cast<std::size_t>(n_groups * entries) : 0);
-  with_reader(w, [&](const auto& reader) {
+  std::vector<T> pad;
+  const T* cb = padded_codebook(w, pad);
+  const index_t padded_entries = std::max<index_t>(
+      entries, (w.format == CodeFormat::u4 ? 16 : w.format == CodeFormat::u8 ? 256 : 0) * b);
+  std::vector<T> partial(dcodebook ? static_cast<std::size_t>(n_groups * padded_entries) : 0);
+  with_decoder(w, cb, [&](const auto& decode, const auto& reader) {
     decoded_backward(
         gemm, w.m, w.n, codebook_tile_cols(w), x, dy, batch, dx, dcodebook != nullptr,
-        n_threads,
-        [&](index_t i0, index_t i1, index_t j0, index_t j1, T* out) {
-          decode_tile(w, reader, i0, i1, j0, j1, out);
-        },
+        n_threads, decode,
         [&](index_t g, index_t i0, index_t i1, index_t j0, index_t j1, const T* G) {
-          T* part = partial.data() + g * entries;
+          T* part = partial.data() + g * padded_entries;
           const index_t cols = j1 - j0, c0 = j0 / b, c1 = j1 / b;
           for (index_t i = i0; i < i1; ++i) {
             const T* row = G + (i - i0) * cols;
@@ -559,7 +618,7 @@ void codebook_matmul_backward(const Gemm<T>& gemm, const CodebookView<T>& w, con
   if (dcodebook) {
     std::fill(dcodebook, dcodebook + entries, T(0));
     for (index_t g = 0; g < n_groups; ++g)
-      for (index_t e = 0; e < entries; ++e) dcodebook[e] += partial[g * entries + e];
+      for (index_t e = 0; e < entries; ++e) dcodebook[e] += partial[g * padded_entries + e];
   }
 }
 
@@ -646,13 +705,37 @@ void pruned_matmul(const PrunedView<T>& w, const T* x, index_t batch, T* y, int 
   check_pruned(w, batch);
   if (batch == 0) return;
   const index_t m = w.m, n = w.n;
-  const T* xt = x;
-  std::vector<T> xt_buf;
-  if (batch > 1) {
-    xt_buf.resize(static_cast<std::size_t>(m * batch));
-    transpose(x, batch, m, m, xt_buf.data(), n_threads);
-    xt = xt_buf.data();
+  if (batch == 1) {  // one pass over the entries into a y per fixed group of rows, then summed
+    const index_t groups = std::min<index_t>(kCsrGroups, m);
+    std::vector<T> part(static_cast<std::size_t>(groups * n), T(0));
+    const double work = double(w.indptr[m]) + double(groups * n);
+    const auto* idx16 = static_cast<const std::uint16_t*>(w.indices);
+    const auto* idx32 = static_cast<const std::int32_t*>(w.indices);
+    parallel_for(0, groups, resolve_threads_for_work(n_threads, work, 2e6), 1,
+                 [&](index_t g, int) {
+      T* yg = part.data() + g * n;
+      for (index_t i = g * m / groups; i < (g + 1) * m / groups; ++i) {
+        const T xi = x[i];
+        for (index_t p = w.indptr[i]; p < w.indptr[i + 1]; ++p) {
+          const index_t j = w.indices16 ? index_t(idx16[p]) : index_t(idx32[p]);
+          if (static_cast<std::uint64_t>(j) < static_cast<std::uint64_t>(n))
+            yg[j] += w.values[p] * xi;
+        }
+      }
+    });
+    parallel_for(0, ceil_div(n, 1024), resolve_threads_for_work(n_threads, double(groups * n), 2e6),
+                 1, [&](index_t t, int) {
+      for (index_t j = t * 1024; j < std::min(n, t * 1024 + 1024); ++j) {
+        T acc = part[static_cast<std::size_t>(j)];
+        for (index_t g = 1; g < groups; ++g) acc += part[static_cast<std::size_t>(g * n + j)];
+        y[j] = acc;
+      }
+    });
+    return;
   }
+  std::vector<T> xt_buf(static_cast<std::size_t>(m * batch));
+  transpose(x, batch, m, m, xt_buf.data(), n_threads);
+  const T* xt = xt_buf.data();
   const index_t tile = csr_tile_cols(n, batch, sizeof(T));
   const index_t tasks = ceil_div(n, tile);
   const CsrTileFn<T> kern = csr_tile_kernel<T>(active_isa(), w.indices16);

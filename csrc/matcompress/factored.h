@@ -157,8 +157,10 @@ struct PrunedView {
   index_t m, n;
 };
 
-/// y = x W: x transposed to m x batch, then per tile of 256 columns (owned by one thread) each
-/// row's entries in the tile add w * x[:, i] into the tile of yᵀ. Allocates (m + n) x batch.
+/// y = x W: x transposed to m x batch, then per tile of columns (owned by one thread; the tile
+/// of yᵀ about 128 KiB) each row's entries in the tile add w * x[:, i] into it. Allocates
+/// (m + n) x batch. Batch 1: one pass over the entries into a partial y per group of rows (8
+/// fixed groups), summed in order; allocates 8 n.
 template <typename T>
 void pruned_matmul(const PrunedView<T>& w, const T* x, index_t batch, T* y, int n_threads);
 

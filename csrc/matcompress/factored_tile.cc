@@ -5,6 +5,10 @@
 #include <algorithm>
 #include <cstring>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include "simd.h"
 
 namespace matcompress {
@@ -108,6 +112,132 @@ void codebook4_tile(const float* x, const std::uint8_t* codes, index_t row_bytes
 
 index_t codebook4_tile_width() { return 64; }
 #endif
+
+// ---- decoding tiles of scalar codebooks -----------------------------------------------------
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+namespace {
+// Output positions 2e and 2e + 1 take the low and high nibble of byte e: interleave the two
+// looked-up registers.
+template <int Half>
+inline vec interleave(vec lo, vec hi) {
+  ivec sel;
+  for (index_t e = 0; e < kW; ++e)
+    sel[e] = static_cast<int32_t>(e % 2 ? kW + Half * kW / 2 + e / 2 : Half * kW / 2 + e / 2);
+  return __builtin_shuffle(lo, hi, sel);
+}
+}  // namespace
+
+void decode4_tile(const std::uint8_t* codes, index_t row_stride, index_t i0, index_t i1,
+                  index_t c0, index_t cols, const float* cbp, float* out) {
+  vec cb[16 / kW];
+  for (index_t h = 0; h < 16 / kW; ++h) cb[h] = *reinterpret_cast<const uvec*>(cbp + h * kW);
+  const index_t full = cols / (2 * kW) * (2 * kW);
+  for (index_t i = i0; i < i1; ++i) {
+    const std::uint8_t* p = codes + i * row_stride + c0 / 2;
+    float* o = out + (i - i0) * cols;
+    for (index_t c = 0; c < full; c += 2 * kW) {
+      const bvec b = *reinterpret_cast<const ubvec*>(p + c / 2);
+      const vec lo = lookup(cb, __builtin_convertvector(b & std::uint8_t(15), ivec));
+      const vec hi = lookup(cb, __builtin_convertvector(b >> 4, ivec));
+      *reinterpret_cast<uvec*>(o + c) = interleave<0>(lo, hi);
+      *reinterpret_cast<uvec*>(o + c + kW) = interleave<1>(lo, hi);
+    }
+    for (index_t c = full; c < cols; ++c) o[c] = cbp[(p[c / 2] >> ((c & 1) * 4)) & 15];
+  }
+}
+
+void decode8_tile(const std::uint8_t* codes, index_t row_stride, index_t i0, index_t i1,
+                  index_t c0, index_t cols, const float* cb, float* out) {
+  const index_t full = cols / kW * kW;
+#if defined(__AVX512F__)
+  __m512 tab[16];
+  for (int h = 0; h < 16; ++h) tab[h] = _mm512_loadu_ps(cb + 16 * h);
+#endif
+  for (index_t i = i0; i < i1; ++i) {
+    const std::uint8_t* p = codes + i * row_stride + c0;
+    float* o = out + (i - i0) * cols;
+#if defined(__AVX512F__)
+    // 256 entries in 16 registers: a two-register permute per 32 entries, the results merged
+    // by the top 3 bits of the code (a gather is several times slower on AMD Zen 4).
+    for (index_t c = 0; c < full; c += kW) {
+      const __m512i idx = _mm512_cvtepu8_epi32(
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + c)));
+      const __m512i group = _mm512_srli_epi32(idx, 5);
+      __m512 r = _mm512_permutex2var_ps(tab[0], idx, tab[1]);
+      for (int g = 1; g < 8; ++g) {
+        const __mmask16 k = _mm512_cmpeq_epi32_mask(group, _mm512_set1_epi32(g));
+        r = _mm512_mask_mov_ps(r, k, _mm512_permutex2var_ps(tab[2 * g], idx, tab[2 * g + 1]));
+      }
+      _mm512_storeu_ps(o + c, r);
+    }
+#else
+    for (index_t c = 0; c < full; c += kW) {
+      const __m256i idx = _mm256_cvtepu8_epi32(
+          _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + c)));
+      _mm256_storeu_ps(o + c, _mm256_i32gather_ps(cb, idx, 4));
+    }
+#endif
+    for (index_t c = full; c < cols; ++c) o[c] = cb[p[c]];
+  }
+}
+#else
+void decode4_tile(const std::uint8_t* codes, index_t row_stride, index_t i0, index_t i1,
+                  index_t c0, index_t cols, const float* cb, float* out) {
+  for (index_t i = i0; i < i1; ++i) {
+    const std::uint8_t* p = codes + i * row_stride + c0 / 2;
+    float* o = out + (i - i0) * cols;
+    for (index_t c = 0; c < cols; ++c) o[c] = cb[(p[c / 2] >> ((c & 1) * 4)) & 15];
+  }
+}
+
+void decode8_tile(const std::uint8_t* codes, index_t row_stride, index_t i0, index_t i1,
+                  index_t c0, index_t cols, const float* cb, float* out) {
+  for (index_t i = i0; i < i1; ++i) {
+    const std::uint8_t* p = codes + i * row_stride + c0;
+    float* o = out + (i - i0) * cols;
+    for (index_t c = 0; c < cols; ++c) o[c] = cb[p[c]];
+  }
+}
+#endif
+
+// Blocks of 2 from 4-bit codes: a code's two entries go to two neighbouring lanes.
+void decode4b2_tile(const std::uint8_t* codes, index_t row_stride, index_t i0, index_t i1,
+                    index_t c0, index_t cols, const float* cb, float* out) {
+  index_t full = 0;
+#if defined(__AVX512F__)
+  // 16 floats = 8 codes = 4 bytes per register: lane e takes nibble e / 2, entry e % 2 of the
+  // 32 floats of the codebook (a two-register permute).
+  full = cols / 16 * 16;
+  const __m512 t0 = _mm512_loadu_ps(cb), t1 = _mm512_loadu_ps(cb + 16);
+  alignas(64) static const std::int32_t kShift[16] = {0, 0, 4, 4, 8, 8, 12, 12,
+                                                      16, 16, 20, 20, 24, 24, 28, 28};
+  alignas(64) static const std::int32_t kOdd[16] = {0, 1, 0, 1, 0, 1, 0, 1,
+                                                    0, 1, 0, 1, 0, 1, 0, 1};
+  const __m512i shift = _mm512_load_si512(kShift), odd = _mm512_load_si512(kOdd);
+  const __m512i nib = _mm512_set1_epi32(15);
+#endif
+  for (index_t i = i0; i < i1; ++i) {
+    const std::uint8_t* p = codes + i * row_stride;
+    float* o = out + (i - i0) * cols;
+#if defined(__AVX512F__)
+    for (index_t c = 0; c < full; c += 16) {
+      std::uint32_t word;
+      std::memcpy(&word, p + (c0 + c) / 4, 4);
+      const __m512i code = _mm512_and_si512(
+          _mm512_srlv_epi32(_mm512_set1_epi32(static_cast<int>(word)), shift), nib);
+      const __m512i idx = _mm512_add_epi32(_mm512_slli_epi32(code, 1), odd);
+      _mm512_storeu_ps(o + c, _mm512_permutex2var_ps(t0, idx, t1));
+    }
+#endif
+    for (index_t c = full; c < cols; c += 2) {
+      const index_t blk = (c0 + c) / 2;
+      const index_t code = (p[blk / 2] >> ((blk & 1) * 4)) & 15;
+      o[c] = cb[2 * code];
+      o[c + 1] = cb[2 * code + 1];
+    }
+  }
+}
 
 // ---- sign-bit GEMV --------------------------------------------------------------------------
 

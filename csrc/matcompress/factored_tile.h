@@ -33,8 +33,20 @@ using CsrRowsFn = void (*)(const std::int64_t* indptr, const void* indices, cons
                            index_t n, index_t i0, index_t i1, const T* xt, const T* dyt,
                            index_t batch, T* dxt, T* dvalues);
 
+/// Rows [i0, i1) of a scalar float codebook matrix, code columns [c0, c0 + cols), decoded into
+/// out (row stride cols). codes: row i at codes + i * row_stride (bytes); 4-bit: c0 even, cb 16
+/// entries; 8-bit: cb 256 entries (padded: every byte value is a valid index).
+using DecodeTileFn = void (*)(const std::uint8_t* codes, index_t row_stride, index_t i0,
+                              index_t i1, index_t c0, index_t cols, const float* cb, float* out);
+
 #define MC_DECLARE_FACTORED_TILE(NS)                                                         \
   namespace NS {                                                                             \
+  void decode4_tile(const std::uint8_t* codes, index_t row_stride, index_t i0, index_t i1,   \
+                    index_t c0, index_t cols, const float* cb, float* out);                  \
+  void decode8_tile(const std::uint8_t* codes, index_t row_stride, index_t i0, index_t i1,   \
+                    index_t c0, index_t cols, const float* cb, float* out);                  \
+  void decode4b2_tile(const std::uint8_t* codes, index_t row_stride, index_t i0, index_t i1, \
+                      index_t c0, index_t cols, const float* cb, float* out);                \
   void codebook4_tile(const float* x, const std::uint8_t* codes, index_t row_bytes,          \
                       index_t m, index_t j0, index_t cols, const float* cb, float* y);       \
   index_t codebook4_tile_width();                                                            \
@@ -68,6 +80,26 @@ inline Codebook4Kernel codebook4_kernel(Isa isa) {
 #endif
   (void)isa;
   return {&isa_generic::codebook4_tile, isa_generic::codebook4_tile_width()};
+}
+
+/// The same for 4-bit codes into blocks of 2 (cb: 16 x 2 entries; cols counts floats, c0 the
+/// first float column, both even; the codes of a row start at nibble c0 / 2).
+inline DecodeTileFn decode4b2_tile_kernel(Isa isa) {
+#ifdef MATCOMPRESS_HAVE_ISA_KERNELS
+  if (isa == Isa::avx512) return &isa_avx512::decode4b2_tile;
+  if (isa == Isa::avx2) return &isa_avx2::decode4b2_tile;
+#endif
+  (void)isa;
+  return &isa_generic::decode4b2_tile;
+}
+
+inline DecodeTileFn decode_tile_kernel(Isa isa, bool four_bit) {
+#ifdef MATCOMPRESS_HAVE_ISA_KERNELS
+  if (isa == Isa::avx512) return four_bit ? &isa_avx512::decode4_tile : &isa_avx512::decode8_tile;
+  if (isa == Isa::avx2) return four_bit ? &isa_avx2::decode4_tile : &isa_avx2::decode8_tile;
+#endif
+  (void)isa;
+  return four_bit ? &isa_generic::decode4_tile : &isa_generic::decode8_tile;
 }
 
 struct SignsKernel {

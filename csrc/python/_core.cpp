@@ -47,6 +47,13 @@ typename mc::FortranGemm<T>::Fn scipy_gemm_fn() {
   return fn;
 }
 
+template <typename T>
+typename mc::FortranGemm<T>::GemvFn scipy_gemv_fn() {
+  static const auto fn = reinterpret_cast<typename mc::FortranGemm<T>::GemvFn>(
+      scipy_blas<T>(sizeof(T) == 4 ? "sgemv" : "dgemv"));
+  return fn;
+}
+
 // xPOSV from SciPy's LAPACK (scipy.linalg.cython_lapack), the same library as its BLAS.
 template <typename T>
 typename mc::FortranPosv<T>::Fn scipy_posv_fn() {
@@ -681,7 +688,8 @@ template <typename T, class F>
 void with_gemm(F&& f) {
   py::gil_scoped_release nogil;
   BlasOneThread one_blas_thread;
-  const mc::FortranGemm<T> gemm(scipy_gemm_fn<T>(), INT_MAX, one_blas_thread.active());
+  const mc::FortranGemm<T> gemm(scipy_gemm_fn<T>(), INT_MAX, one_blas_thread.active(),
+                                scipy_gemv_fn<T>());
   f(gemm);
 }
 
@@ -916,7 +924,7 @@ py::tuple pruned_backward(const carray<T>& x, const carray<T>& dy, const carray<
 // splitting of sizes past the 32-bit BLAS interface is exercised on small matrices.
 template <typename T>
 py::array_t<T> gemm(const carray<T>& a, const carray<T>& b, bool trans_a, bool trans_b,
-                    mc::index_t max_dim) {
+                    mc::index_t max_dim, bool use_gemv) {
   require(a.ndim() == 2 && b.ndim() == 2, "a and b must be 2-D");
   const mc::index_t m = trans_a ? a.shape(1) : a.shape(0);
   const mc::index_t k = trans_a ? a.shape(0) : a.shape(1);
@@ -928,7 +936,8 @@ py::array_t<T> gemm(const carray<T>& a, const carray<T>& b, bool trans_a, bool t
   std::fill(cp, cp + m * n, T(0));
   {
     py::gil_scoped_release nogil;
-    mc::FortranGemm<T> split(scipy_gemm_fn<T>(), max_dim);
+    mc::FortranGemm<T> split(scipy_gemm_fn<T>(), max_dim, false,
+                             use_gemv ? scipy_gemv_fn<T>() : nullptr);
     split(trans_a, trans_b, m, n, k, T(1), a.data(), a.shape(1), b.data(), b.shape(1), T(0), cp,
           n);
   }
@@ -958,6 +967,8 @@ PYBIND11_MODULE(_core, m) {
   // Resolve the BLAS capsules now, while the GIL is held (the kernels run without it).
   scipy_gemm_fn<float>();
   scipy_gemm_fn<double>();
+  scipy_gemv_fn<float>();
+  scipy_gemv_fn<double>();
   scipy_posv_fn<float>();
   scipy_posv_fn<double>();
   blas_thread_fns();
@@ -1046,8 +1057,10 @@ PYBIND11_MODULE(_core, m) {
   m.def("pruned_backward_f64", &pruned_backward<double>);
   m.def("codes_to_csr_f32", &codes_to_csr<float>);
   m.def("codes_to_csr_f64", &codes_to_csr<double>);
-  m.def("gemm_f32", &gemm<float>);
-  m.def("gemm_f64", &gemm<double>);
+  m.def("gemm_f32", &gemm<float>, py::arg("a"), py::arg("b"), py::arg("trans_a"),
+        py::arg("trans_b"), py::arg("max_dim"), py::arg("use_gemv") = false);
+  m.def("gemm_f64", &gemm<double>, py::arg("a"), py::arg("b"), py::arg("trans_a"),
+        py::arg("trans_b"), py::arg("max_dim"), py::arg("use_gemv") = false);
   m.def("parallel_raise", &parallel_raise, py::arg("n"), py::arg("fail_at"), py::arg("n_threads"));
 
   m.def("active_isa", [] { return std::string(mc::isa_name(mc::active_isa())); },
