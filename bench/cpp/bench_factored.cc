@@ -16,8 +16,9 @@
 // Pruning then quantizing (uint8 codes into a codebook) has no kernel of its own in factored.h:
 // bench/factored.py times it through the Python face.
 //
-//   BM_dense/batch/threads                y = x W, sgemm with `threads` BLAS threads
-//   BM_dense_gemv/threads                 y = x W at batch 1 by sgemv
+//   BM_dense/batch/threads                y = x W, sgemm with `threads` BLAS threads (through
+//                                         FortranGemm without its sgemv route)
+//   BM_dense_gemv/threads                 y = x W at batch 1 by sgemv: the batch-1 baseline
 //   BM_<form>/ratio/batch/gemm            the form's product on kThreads OpenMP threads; gemm=1:
 //                                         BLAS held to one thread and called from inside the
 //                                         OpenMP regions (the numpy face), gemm=0: BLAS with
@@ -49,7 +50,8 @@
 #include "matcompress/factored.h"
 
 extern "C" {
-// Fortran SGEMV (LP64), for the dense batch-1 baseline.
+// Fortran SGEMV (LP64): the dense batch-1 baseline, and FortranGemm's route for products with
+// one row or column.
 void sgemv_(const char* trans, const int* m, const int* n, const float* alpha, const float* a,
             const int* lda, const float* x, const int* incx, const float* beta, float* y,
             const int* incy);
@@ -268,12 +270,13 @@ const Pruned& pruned(int ratio) {
 
 /// The GEMM of a benchmark: gemm=1, BLAS held to one thread and called on the OpenMP threads
 /// (as the numpy face does); gemm=0, BLAS with kThreads threads between the OpenMP regions.
+/// Products with one row or column go to sgemv, as in the numpy face.
 std::unique_ptr<mc::FortranGemm<float>> make_gemm(benchmark::State& state, bool inner) {
   if (!mcbench::set_blas_threads(inner ? 1 : kThreads) && inner) {
     state.SkipWithError("gemm=1 needs OpenBLAS (openblas_set_num_threads) to hold it to 1 thread");
     return nullptr;
   }
-  return std::make_unique<mc::FortranGemm<float>>(&sgemm_, INT_MAX, inner);
+  return std::make_unique<mc::FortranGemm<float>>(&sgemm_, INT_MAX, inner, &sgemv_);
 }
 
 void counters(benchmark::State& state, mc::index_t batch, double stored, bool backward) {
