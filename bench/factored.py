@@ -453,7 +453,10 @@ def run_gemv(size, rounds, settle, out=print):
     lines += ["", f"Target (DESIGN.md §7): 4-bit codebook GEMV at batch 1 >= {TARGET_GEMV:g}x "
                   f"faster than the dense float32 GEMV: {ratio:.2f}x, "
                   f"{'met' if ratio >= TARGET_GEMV else '**missed**'}."]
-    summary = dict(ratio=ratio, met=ratio >= TARGET_GEMV)
+    if size != 4096:
+        lines.append(f"(The target is stated for 4096 x 4096; at {size} x {size} the dense W "
+                     f"is {W.nbytes / 2**20:.0f} MiB, so the comparison differs.)")
+    summary = dict(ratio=ratio, met=ratio >= TARGET_GEMV, size=size)
     return "\n".join(lines), summary, [_table_load(res)]
 
 
@@ -738,7 +741,9 @@ def format_summary(summary):
     g = summary["gemv"]
     if g is not None:
         lines.append(f"- 4-bit codebook GEMV at batch 1 >= {TARGET_GEMV:g}x faster than dense: "
-                     f"{g['ratio']:.2f}x, {'met' if g['met'] else '**missed**'}")
+                     f"{g['ratio']:.2f}x, {'met' if g['met'] else '**missed**'}"
+                     + ("" if g["size"] == 4096 else f" (at {g['size']} x {g['size']}, not the "
+                        "4096 x 4096 of the target)"))
     big = [r for r in summary["forward"] if r["batch"] >= 32]
     if big:
         missed = [r for r in big if not r["met"]]
