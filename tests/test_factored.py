@@ -912,12 +912,12 @@ def test_property_sparse_codes(m, n, lead, dtype, isa_name, seed, s, k, dup, idx
 @_PROPERTY
 @given(m=_dims, n=_dims, lead=_leads, dtype=_dtypes, isa_name=_isas, seed=st.integers(0, 2**32),
        b=st.sampled_from([1, 2, 3, 4, 8]), packed=st.booleans(), n_codes=st.integers(1, 400),
-       code_dtype=st.sampled_from([np.uint8, np.uint16, np.int32, np.int64]))
+       code_dtype=st.sampled_from([np.uint8, np.uint16, np.int8, np.int16, np.int32, np.int64]))
 def test_property_codebook(m, n, lead, dtype, isa_name, seed, b, packed, n_codes, code_dtype):
     if packed:
         n_codes = min(n_codes, 16)
-    elif code_dtype is np.uint8 and n_codes > 256:
-        code_dtype = np.uint16
+    elif n_codes > np.iinfo(code_dtype).max + 1:
+        code_dtype = np.int16 if code_dtype is np.int8 else np.uint16
     _check_random_case(lambda rng, m, n, dt: make_codebook(
         rng, m, n, dt, b=b, n_codes=n_codes, code_dtype=code_dtype, packed=packed),
         m, n, lead, dtype, isa_name, seed)
