@@ -16,7 +16,8 @@ namespace {
 constexpr index_t kTileRows = 256;   // rows of a decoded tile of W (the GEMM's inner dimension)
 constexpr index_t kTileCols = 256;   // columns of a decoded tile of W (about: whole blocks)
 constexpr index_t kMaxGroups = 16;   // partial sums of a codebook gradient (fixed by m only)
-constexpr index_t kGemmPanel = 256;  // columns (or rows) of C per task of a split GEMM
+constexpr index_t kGemmPanel = 128;  // columns of C per task of a split GEMM
+constexpr index_t kGemmRows = 32;    // or rows, when C is narrow
 constexpr index_t kCsrGroups = 8;    // row groups of a batch-1 CSR product (partial ys)
 
 index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
@@ -42,9 +43,9 @@ void parallel_gemm(const Gemm<T>& gemm, bool ta, bool tb, index_t m, index_t n, 
       const T* bp = tb ? b + j0 * ldb : b + j0;
       gemm(ta, tb, m, w, k, alpha, a, lda, bp, ldb, beta, c + j0, ldc);
     });
-  } else if (m >= 2 * 64) {
-    run_gemm_tasks(gemm, ceil_div(m, 64), n_threads, work, [&](index_t t, int) {
-      const index_t i0 = t * 64, h = std::min<index_t>(64, m - i0);
+  } else if (m >= 2 * kGemmRows) {
+    run_gemm_tasks(gemm, ceil_div(m, kGemmRows), n_threads, work, [&](index_t t, int) {
+      const index_t i0 = t * kGemmRows, h = std::min<index_t>(kGemmRows, m - i0);
       const T* ap = ta ? a + i0 : a + i0 * lda;
       gemm(ta, tb, h, n, k, alpha, ap, lda, b, ldb, beta, c + i0 * ldc, ldc);
     });
@@ -354,6 +355,15 @@ void check_pruned(const PrunedView<T>& w, index_t batch) {
   MC_CHECK(w.m >= 1 && w.n >= 1 && batch >= 0, "pruned product: empty matrix or batch < 0");
   MC_CHECK(w.n <= (index_t(1) << 31) - 1 && (!w.indices16 || w.n <= 65536),
            "pruned product: too many columns for the index type");
+  MC_CHECK(w.values != nullptr ||
+               ((w.code_bytes == 1 || w.code_bytes == 2) && w.codebook && w.n_codes >= 1),
+           "pruned product: give values, or 1- or 2-byte codes with a codebook");
+}
+
+template <typename T>
+CsrValues<T> csr_values(const PrunedView<T>& w) {
+  if (w.values) return {w.values, nullptr, 0, nullptr, 0};
+  return {nullptr, w.codes, w.code_bytes, w.codebook, w.n_codes - 1};
 }
 
 // Columns per tile of yᵀ: the tile (columns x batch) about 128 KiB, at least 8 tiles when n
@@ -467,27 +477,49 @@ template <typename T>
 void check_sparse_codes(const SparseCodesView<T>& w, index_t batch) {
   MC_CHECK(w.m >= 1 && w.n >= 1 && w.k >= 1 && w.s >= 0 && batch >= 0,
            "sparse-code product: empty matrix or batch < 0");
+  MC_CHECK(w.k < (index_t(1) << 31), "sparse-code product: too many atoms");
 }
 
-// xc (batch x k) = x C: threads own rows of xc. Indices outside [0, k) are skipped.
+// C (m x k) in CSR form with each row's entries sorted by atom (a stable insertion sort of the
+// s entries), and where each entry came from.
 template <typename T>
-void times_codes(const SparseCodesView<T>& w, const T* x, index_t batch, T* xc, int n_threads) {
-  const int nt = resolve_threads_for_work(n_threads, double(batch) * double(w.m * w.s + w.k),
-                                          4e6);
-  parallel_for(0, batch, nt, 1, [&](index_t b, int) {
-    T* out = xc + b * w.k;
-    std::fill(out, out + w.k, T(0));
-    const T* xb = x + b * w.m;
-    for (index_t i = 0; i < w.m; ++i) {
-      const T xi = xb[i];
-      const std::int32_t* idx = w.indices + i * w.s;
-      const T* val = w.values + i * w.s;
-      for (index_t t = 0; t < w.s; ++t)
-        if (static_cast<std::uint32_t>(idx[t]) < static_cast<std::uint64_t>(w.k))
-          out[idx[t]] += xi * val[t];
-    }
-  });
-}
+struct SortedCodes {
+  std::vector<std::int64_t> indptr;
+  std::vector<std::int32_t> indices;
+  std::vector<T> values;
+  std::vector<std::int32_t> from;  // position within the row of the original entry
+
+  SortedCodes(const SparseCodesView<T>& w, int n_threads)
+      : indptr(static_cast<std::size_t>(w.m + 1)),
+        indices(static_cast<std::size_t>(w.m * w.s)),
+        values(static_cast<std::size_t>(w.m * w.s)),
+        from(static_cast<std::size_t>(w.m * w.s)) {
+    const index_t s = w.s;
+    for (index_t i = 0; i <= w.m; ++i) indptr[static_cast<std::size_t>(i)] = i * s;
+    parallel_for(0, w.m, resolve_threads_for_work(n_threads, double(w.m * s * s), 4e6), 256,
+                 [&](index_t i, int) {
+      std::int32_t* idx = indices.data() + i * s;
+      T* val = values.data() + i * s;
+      std::int32_t* src = from.data() + i * s;
+      for (index_t t = 0; t < s; ++t) {
+        const std::int32_t a = w.indices[i * s + t];
+        const T v = w.values[i * s + t];
+        index_t u = t;
+        for (; u > 0 && idx[u - 1] > a; --u) {
+          idx[u] = idx[u - 1], val[u] = val[u - 1], src[u] = src[u - 1];
+        }
+        idx[u] = a, val[u] = v, src[u] = static_cast<std::int32_t>(t);
+      }
+    });
+  }
+
+  PrunedView<T> view(const SparseCodesView<T>& w) const {
+    PrunedView<T> c{indptr.data(), indices.data(), false, values.data()};
+    c.m = w.m;
+    c.n = w.k;
+    return c;
+  }
+};
 
 }  // namespace
 
@@ -496,8 +528,9 @@ void sparse_codes_matmul(const Gemm<T>& gemm, const SparseCodesView<T>& w, const
                          index_t batch, T* y, int n_threads) {
   check_sparse_codes(w, batch);
   if (batch == 0) return;
+  const SortedCodes<T> codes(w, n_threads);
   std::vector<T> xc(static_cast<std::size_t>(batch * w.k));
-  times_codes(w, x, batch, xc.data(), n_threads);
+  pruned_matmul(codes.view(w), x, batch, xc.data(), n_threads);
   parallel_gemm(gemm, false, false, batch, w.n, w.k, T(1), xc.data(), w.k, w.dictionary, w.n,
                 T(0), y, w.n, n_threads);
 }
@@ -508,50 +541,20 @@ void sparse_codes_matmul_backward(const Gemm<T>& gemm, const SparseCodesView<T>&
                                   int n_threads) {
   check_sparse_codes(w, batch);
   const index_t k = w.k;
-  const auto valid = [k](std::int32_t j) {
-    return static_cast<std::uint32_t>(j) < static_cast<std::uint64_t>(k);
-  };
+  const SortedCodes<T> codes(w, n_threads);
+  const PrunedView<T> c = codes.view(w);
   if (dx || dvalues) {
     std::vector<T> g(static_cast<std::size_t>(batch * k));  // dy Dᵀ
     if (batch > 0)
       parallel_gemm(gemm, false, true, batch, k, w.n, T(1), dy, w.n, w.dictionary, w.n, T(0),
                     g.data(), k, n_threads);
-    const double gather = double(batch) * double(w.m * w.s);
-    if (dx) {  // threads own rows of dx
-      parallel_for(0, batch, resolve_threads_for_work(n_threads, gather, 4e6), 1,
-                   [&](index_t b, int) {
-        const T* gb = g.data() + b * k;
-        T* out = dx + b * w.m;
-        for (index_t i = 0; i < w.m; ++i) {
-          const std::int32_t* idx = w.indices + i * w.s;
-          const T* val = w.values + i * w.s;
-          T acc = T(0);
-          for (index_t t = 0; t < w.s; ++t)
-            if (valid(idx[t])) acc += val[t] * gb[idx[t]];
-          out[i] = acc;
-        }
-      });
-    }
-    if (dvalues) {  // dot products of columns: on transposed copies (rows contiguous)
-      std::vector<T> xt(static_cast<std::size_t>(w.m * batch)), gt(static_cast<std::size_t>(k * batch));
-      transpose(x, batch, w.m, w.m, xt.data(), n_threads);
-      transpose(g.data(), batch, k, k, gt.data(), n_threads);
-      parallel_for(0, ceil_div(w.m, 64), resolve_threads_for_work(n_threads, gather, 4e6), 1,
-                   [&](index_t c, int) {
-        for (index_t i = c * 64; i < std::min(w.m, c * 64 + 64); ++i) {
-          const T* xi = xt.data() + i * batch;
-          for (index_t t = 0; t < w.s; ++t) {
-            const std::int32_t j = w.indices[i * w.s + t];
-            T acc = T(0);
-            if (valid(j)) {
-              const T* gj = gt.data() + j * batch;
-              for (index_t b = 0; b < batch; ++b) acc += xi[b] * gj[b];
-            }
-            dvalues[i * w.s + t] = acc;
-          }
-        }
-      });
-    }
+    std::vector<T> dv(dvalues ? static_cast<std::size_t>(w.m * w.s) : 0);
+    pruned_matmul_backward(c, x, g.data(), batch, dx, dvalues ? dv.data() : nullptr, n_threads);
+    if (dvalues)
+      for (index_t i = 0; i < w.m; ++i)
+        for (index_t t = 0; t < w.s; ++t)
+          dvalues[i * w.s + codes.from[static_cast<std::size_t>(i * w.s + t)]] =
+              dv[static_cast<std::size_t>(i * w.s + t)];
   }
   if (ddictionary) {
     if (batch == 0) {
@@ -559,7 +562,7 @@ void sparse_codes_matmul_backward(const Gemm<T>& gemm, const SparseCodesView<T>&
       return;
     }
     std::vector<T> xc(static_cast<std::size_t>(batch * k));
-    times_codes(w, x, batch, xc.data(), n_threads);
+    pruned_matmul(c, x, batch, xc.data(), n_threads);
     parallel_gemm(gemm, true, false, k, w.n, batch, T(1), xc.data(), k, dy, w.n, T(0),
                   ddictionary, w.n, n_threads);
   }
@@ -709,19 +712,13 @@ void pruned_matmul(const PrunedView<T>& w, const T* x, index_t batch, T* y, int 
     const index_t groups = std::min<index_t>(kCsrGroups, m);
     std::vector<T> part(static_cast<std::size_t>(groups * n), T(0));
     const double work = double(w.indptr[m]) + double(groups * n);
-    const auto* idx16 = static_cast<const std::uint16_t*>(w.indices);
-    const auto* idx32 = static_cast<const std::int32_t*>(w.indices);
+    const CsrTileFn<T> kern = csr_tile_kernel<T>(active_isa(), w.indices16);
+    const CsrValues<T> vals = csr_values(w);
     parallel_for(0, groups, resolve_threads_for_work(n_threads, work, 2e6), 1,
                  [&](index_t g, int) {
-      T* yg = part.data() + g * n;
-      for (index_t i = g * m / groups; i < (g + 1) * m / groups; ++i) {
-        const T xi = x[i];
-        for (index_t p = w.indptr[i]; p < w.indptr[i + 1]; ++p) {
-          const index_t j = w.indices16 ? index_t(idx16[p]) : index_t(idx32[p]);
-          if (static_cast<std::uint64_t>(j) < static_cast<std::uint64_t>(n))
-            yg[j] += w.values[p] * xi;
-        }
-      }
+      const index_t r0 = g * m / groups, r1 = (g + 1) * m / groups;
+      kern(w.indptr + r0, w.indices, vals, r1 - r0, 0, n, x + r0, 1,
+           part.data() + g * n);
     });
     parallel_for(0, ceil_div(n, 1024), resolve_threads_for_work(n_threads, double(groups * n), 2e6),
                  1, [&](index_t t, int) {
@@ -739,6 +736,7 @@ void pruned_matmul(const PrunedView<T>& w, const T* x, index_t batch, T* y, int 
   const index_t tile = csr_tile_cols(n, batch, sizeof(T));
   const index_t tasks = ceil_div(n, tile);
   const CsrTileFn<T> kern = csr_tile_kernel<T>(active_isa(), w.indices16);
+  const CsrValues<T> vals = csr_values(w);
   const double work = double(w.indptr[m]) * double(batch) + double(m) * double(tasks) * 8;
   ThreadBuffers<T> bufs(max_threads(n_threads));
   parallel_for(0, tasks, resolve_threads_for_work(n_threads, work, 4e6), 1,
@@ -746,7 +744,7 @@ void pruned_matmul(const PrunedView<T>& w, const T* x, index_t batch, T* y, int 
     const index_t j0 = task * tile, cols = std::min(tile, n - j0);
     T* yt = bufs.get(tid, cols * batch);
     std::fill(yt, yt + cols * batch, T(0));
-    kern(w.indptr, w.indices, w.values, m, j0, j0 + cols, xt, batch, yt);
+    kern(w.indptr, w.indices, vals, m, j0, j0 + cols, xt, batch, yt);
     for (index_t b = 0; b < batch; ++b)
       for (index_t c = 0; c < cols; ++c) y[b * n + j0 + c] = yt[c * batch + b];
   });
@@ -780,11 +778,12 @@ void pruned_matmul_backward(const PrunedView<T>& w, const T* x, const T* dy, ind
     }
   }
   const CsrRowsFn<T> kern = csr_rows_kernel<T>(active_isa(), w.indices16);
+  const CsrValues<T> vals = csr_values(w);
   const index_t chunk = 64;
   const double work = double(nnz) * double(batch) * 2;
   parallel_for(0, ceil_div(m, chunk), resolve_threads_for_work(n_threads, work, 4e6), 1,
                [&](index_t c, int) {
-    kern(w.indptr, w.indices, w.values, n, c * chunk, std::min(m, c * chunk + chunk), xt, dyt,
+    kern(w.indptr, w.indices, vals, n, c * chunk, std::min(m, c * chunk + chunk), xt, dyt,
          batch, dxt, dvalues);
   });
   if (dx && batch > 1) transpose(dxt, m, batch, batch, dx, n_threads);

@@ -75,15 +75,15 @@ struct SparseCodesView {
   index_t m, s, k, n;
 };
 
-/// y = (x C) D: a scatter into batch x k, then one GEMM. Allocates batch x k.
+/// y = (x C) D: C as a CSR matrix (each row's entries sorted by atom, a copy), x C by the CSR
+/// product below, then one GEMM. Allocates batch x k, (m + k) x batch and the sorted copy.
 template <typename T>
 void sparse_codes_matmul(const Gemm<T>& gemm, const SparseCodesView<T>& w, const T* x,
                          index_t batch, T* y, int n_threads);
 
 /// g = dy Dᵀ (batch x k); dx[:, i] = sum_t values[i, t] g[:, indices[i, t]];
-/// dvalues[i, t] = <x[:, i], g[:, indices[i, t]]>; dD = (x C)ᵀ dy. Allocates batch x k for g,
-/// (k + m) x batch for transposed copies when dx or dvalues are wanted, batch x k for x C when
-/// dD is wanted.
+/// dvalues[i, t] = <x[:, i], g[:, indices[i, t]]> (the CSR backward on the sorted copy);
+/// dD = (x C)ᵀ dy. Allocates batch x k twice, (m + k) x batch and the sorted copy.
 template <typename T>
 void sparse_codes_matmul_backward(const Gemm<T>& gemm, const SparseCodesView<T>& w, const T* x,
                                   const T* dy, index_t batch, T* dx, T* dvalues, T* ddictionary,
@@ -153,8 +153,12 @@ struct PrunedView {
   const std::int64_t* indptr;  ///< m + 1
   const void* indices;         ///< nnz column indices, non-decreasing within each row
   bool indices16;              ///< uint16 indices, else int32
-  const T* values;             ///< nnz
-  index_t m, n;
+  const T* values;             ///< nnz values, or null when the entries are coded:
+  const void* codes = nullptr;  ///< nnz uint8 (code_bytes 1) or uint16 (2) codes into
+  int code_bytes = 0;
+  const T* codebook = nullptr;  ///< n_codes scalars (pruning then quantizing)
+  index_t n_codes = 0;
+  index_t m = 0, n = 0;
 };
 
 /// y = x W: x transposed to m x batch, then per tile of columns (owned by one thread; the tile

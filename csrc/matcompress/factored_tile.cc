@@ -320,10 +320,39 @@ T dot(const T* a, const T* b, index_t n) {
 }
 }  // namespace
 
-template <typename T, typename Idx>
-void csr_tile(const std::int64_t* indptr, const void* indices, const T* values, index_t m,
-              index_t j0, index_t j1, const T* xt, index_t batch, T* yt) {
-  const Idx* idx = static_cast<const Idx*>(indices);
+template <typename T>
+struct DirectValues {
+  const T* v;
+  T operator[](index_t p) const { return v[p]; }
+};
+
+template <typename T, typename Code>
+struct CodedValues {
+  const Code* codes;
+  const T* cb;
+  index_t last;
+  T operator[](index_t p) const {
+    const index_t c = codes[p];
+    return cb[c < last ? c : last];
+  }
+};
+
+// Calls f(reader) with the value reader of `values`.
+template <typename T, class F>
+void with_values(const CsrValues<T>& values, F&& f) {
+  if (values.code_bytes == 1)
+    f(CodedValues<T, std::uint8_t>{static_cast<const std::uint8_t*>(values.codes),
+                                   values.codebook, values.last_code});
+  else if (values.code_bytes == 2)
+    f(CodedValues<T, std::uint16_t>{static_cast<const std::uint16_t*>(values.codes),
+                                    values.codebook, values.last_code});
+  else
+    f(DirectValues<T>{values.values});
+}
+
+template <typename T, typename Idx, class V>
+void csr_tile_impl(const std::int64_t* indptr, const Idx* idx, const V& val, index_t m,
+                   index_t j0, index_t j1, const T* xt, index_t batch, T* yt) {
   const std::uint64_t cols = static_cast<std::uint64_t>(j1 - j0);
   for (index_t i = 0; i < m; ++i) {
     const Idx* begin = idx + indptr[i];
@@ -334,20 +363,19 @@ void csr_tile(const std::int64_t* indptr, const void* indices, const T* values, 
                                return static_cast<index_t>(a) < v;
                              });
     const T* xi = xt + i * batch;
-    const T* v = values + (p - idx);
     if (batch == 1) {
       const T x0 = xi[0];
-      for (; p < end; ++p, ++v) {
+      for (; p < end; ++p) {
         const std::uint64_t c = static_cast<std::uint64_t>(static_cast<index_t>(*p) - j0);
         if (c >= cols) break;
-        yt[c] += *v * x0;
+        yt[c] += val[p - idx] * x0;
       }
     } else {
-      for (; p < end; ++p, ++v) {
+      for (; p < end; ++p) {
         const std::uint64_t c = static_cast<std::uint64_t>(static_cast<index_t>(*p) - j0);
         if (c >= cols) break;
         T* __restrict__ yr = yt + c * batch;
-        const T w = *v;
+        const T w = val[p - idx];
 #pragma GCC ivdep
         for (index_t b = 0; b < batch; ++b) yr[b] += w * xi[b];
       }
@@ -355,11 +383,10 @@ void csr_tile(const std::int64_t* indptr, const void* indices, const T* values, 
   }
 }
 
-template <typename T, typename Idx>
-void csr_rows(const std::int64_t* indptr, const void* indices, const T* values, index_t n,
-              index_t i0, index_t i1, const T* xt, const T* dyt, index_t batch, T* dxt,
-              T* dvalues) {
-  const Idx* idx = static_cast<const Idx*>(indices);
+template <typename T, typename Idx, class V>
+void csr_rows_impl(const std::int64_t* indptr, const Idx* idx, const V& val, index_t n,
+                   index_t i0, index_t i1, const T* xt, const T* dyt, index_t batch, T* dxt,
+                   T* dvalues) {
   for (index_t i = i0; i < i1; ++i) {
     T* __restrict__ out = dxt ? dxt + i * batch : nullptr;
     if (out) std::fill(out, out + batch, T(0));
@@ -372,7 +399,7 @@ void csr_rows(const std::int64_t* indptr, const void* indices, const T* values, 
       }
       const T* g = dyt + j * batch;
       if (out) {
-        const T w = values[p];
+        const T w = val[p];
 #pragma GCC ivdep
         for (index_t b = 0; b < batch; ++b) out[b] += w * g[b];
       }
@@ -381,11 +408,30 @@ void csr_rows(const std::int64_t* indptr, const void* indices, const T* values, 
   }
 }
 
+template <typename T, typename Idx>
+void csr_tile(const std::int64_t* indptr, const void* indices, const CsrValues<T>& values,
+              index_t m, index_t j0, index_t j1, const T* xt, index_t batch, T* yt) {
+  with_values(values, [&](const auto& val) {
+    csr_tile_impl(indptr, static_cast<const Idx*>(indices), val, m, j0, j1, xt, batch, yt);
+  });
+}
+
+template <typename T, typename Idx>
+void csr_rows(const std::int64_t* indptr, const void* indices, const CsrValues<T>& values,
+              index_t n, index_t i0, index_t i1, const T* xt, const T* dyt, index_t batch,
+              T* dxt, T* dvalues) {
+  with_values(values, [&](const auto& val) {
+    csr_rows_impl(indptr, static_cast<const Idx*>(indices), val, n, i0, i1, xt, dyt, batch, dxt,
+                  dvalues);
+  });
+}
+
 #define MC_FACTORED_CSR(T, Idx)                                                                \
-  template void csr_tile<T, Idx>(const std::int64_t*, const void*, const T*, index_t, index_t, \
-                                 index_t, const T*, index_t, T*);                              \
-  template void csr_rows<T, Idx>(const std::int64_t*, const void*, const T*, index_t, index_t, \
-                                 index_t, const T*, const T*, index_t, T*, T*);
+  template void csr_tile<T, Idx>(const std::int64_t*, const void*, const CsrValues<T>&,       \
+                                 index_t, index_t, index_t, const T*, index_t, T*);            \
+  template void csr_rows<T, Idx>(const std::int64_t*, const void*, const CsrValues<T>&,       \
+                                 index_t, index_t, index_t, const T*, const T*, index_t, T*,   \
+                                 T*);
 MC_FACTORED_CSR(float, std::uint16_t)
 MC_FACTORED_CSR(float, std::int32_t)
 MC_FACTORED_CSR(double, std::uint16_t)

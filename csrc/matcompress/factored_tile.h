@@ -18,18 +18,31 @@ using Codebook4TileFn = void (*)(const float* x, const std::uint8_t* codes, inde
 using SignsTileFn = void (*)(const float* t, const std::uint8_t* bits, index_t row_bytes,
                              index_t k, index_t j0, index_t cols, float* z);
 
+/// The values of CSR entries: `values[p]`, or `codebook[codes[p]]` for 1- or 2-byte codes
+/// (clamped to `last_code`, so a corrupted code cannot read past the codebook).
+template <typename T>
+struct CsrValues {
+  const T* values;         ///< null when coded
+  const void* codes;       ///< uint8 (code_bytes 1) or uint16 (2)
+  int code_bytes;
+  const T* codebook;
+  index_t last_code;
+};
+
 /// CSR product tile: yt[(j - j0) * batch + b] += values[p] * xt[i * batch + b] for every entry
 /// p = (i, j) of rows [0, m) with j in [j0, j1) (indices non-decreasing within rows; a row's scan
 /// stops at the first entry outside the tile, so corrupted rows never write outside it).
 template <typename T>
-using CsrTileFn = void (*)(const std::int64_t* indptr, const void* indices, const T* values,
+using CsrTileFn = void (*)(const std::int64_t* indptr, const void* indices,
+                           const CsrValues<T>& values,
                            index_t m, index_t j0, index_t j1, const T* xt, index_t batch, T* yt);
 
 /// CSR backward over rows [i0, i1): dxt[i * batch + b] = sum_p values[p] dyt[j_p * batch + b]
 /// and dvalues[p] = <xt[i, :], dyt[j_p, :]> (either output may be null; entries with j_p >= n
 /// are skipped).
 template <typename T>
-using CsrRowsFn = void (*)(const std::int64_t* indptr, const void* indices, const T* values,
+using CsrRowsFn = void (*)(const std::int64_t* indptr, const void* indices,
+                           const CsrValues<T>& values,
                            index_t n, index_t i0, index_t i1, const T* xt, const T* dyt,
                            index_t batch, T* dxt, T* dvalues);
 
@@ -54,10 +67,12 @@ using DecodeTileFn = void (*)(const std::uint8_t* codes, index_t row_stride, ind
                   index_t j0, index_t cols, float* z);                                       \
   index_t signs_tile_width();                                                                \
   template <typename T, typename Idx>                                                        \
-  void csr_tile(const std::int64_t* indptr, const void* indices, const T* values, index_t m, \
+  void csr_tile(const std::int64_t* indptr, const void* indices, const CsrValues<T>& values,  \
+                index_t m,                                                                   \
                 index_t j0, index_t j1, const T* xt, index_t batch, T* yt);                  \
   template <typename T, typename Idx>                                                        \
-  void csr_rows(const std::int64_t* indptr, const void* indices, const T* values, index_t n, \
+  void csr_rows(const std::int64_t* indptr, const void* indices, const CsrValues<T>& values,  \
+                index_t n,                                                                   \
                 index_t i0, index_t i1, const T* xt, const T* dyt, index_t batch, T* dxt,    \
                 T* dvalues);                                                                 \
   }

@@ -867,32 +867,56 @@ py::tuple signbits_backward(const carray<T>& x, const carray<T>& dy,
   return py::make_tuple(dx, ds);
 }
 
-// CSR: indptr int64 (m + 1), indices uint16 or int32 (nnz), values (nnz); the pattern is checked
-// (a corrupted one raises ValueError).
+// CSR: indptr int64 (m + 1), indices uint16 or int32 (nnz), and values (nnz) or codes (nnz,
+// uint8 or uint16) into a 1-D codebook; the pattern is checked (a corrupted one raises
+// ValueError).
 template <typename T>
 mc::PrunedView<T> pruned_view(const carray<int64_t>& indptr, const py::array& indices,
-                              const carray<T>& values, mc::index_t n) {
+                              const std::optional<carray<T>>& values,
+                              const std::optional<py::array>& codes,
+                              const std::optional<carray<T>>& codebook, mc::index_t n) {
   require(indptr.ndim() == 1 && indptr.shape(0) >= 2, "indptr must be 1-D with m + 1 >= 2 entries");
-  require(indices.ndim() == 1 && values.ndim() == 1 && indices.shape(0) == values.shape(0),
-          "indices and values must be 1-D of the same length");
-  require(indices.flags() & py::array::c_style, "indices must be contiguous");
+  require(indices.ndim() == 1 && (indices.flags() & py::array::c_style),
+          "indices must be 1-D and contiguous");
   const bool i16 = indices.dtype().equal(py::dtype::of<std::uint16_t>());
   require(i16 || indices.dtype().equal(py::dtype::of<std::int32_t>()),
           "indices must be uint16 or int32");
   require(n >= 1 && n < (mc::index_t(1) << 31), "n out of range");
+  require(values.has_value() != codes.has_value(), "give values or codes, not both");
   const mc::index_t m = indptr.shape(0) - 1, nnz = indices.shape(0);
+  mc::PrunedView<T> w{indptr.data(), indices.data(), i16, nullptr};
+  w.m = m;
+  w.n = n;
+  if (values) {
+    require(values->ndim() == 1 && values->shape(0) == nnz, "values must have one entry per index");
+    w.values = values->data();
+  } else {
+    require(codebook.has_value() && codebook->ndim() == 1 && codebook->shape(0) >= 1,
+            "codes need a non-empty 1-D codebook");
+    require(codes->ndim() == 1 && codes->shape(0) == nnz && (codes->flags() & py::array::c_style),
+            "codes must be 1-D, contiguous, one per index");
+    const bool c8 = codes->dtype().equal(py::dtype::of<std::uint8_t>());
+    require(c8 || codes->dtype().equal(py::dtype::of<std::uint16_t>()),
+            "codes must be uint8 or uint16");
+    w.codes = codes->data();
+    w.code_bytes = c8 ? 1 : 2;
+    w.codebook = codebook->data();
+    w.n_codes = codebook->shape(0);
+  }
   if (i16)
     mc::check_csr(indptr.data(), static_cast<const std::uint16_t*>(indices.data()), m, n, nnz);
   else
     mc::check_csr(indptr.data(), static_cast<const std::int32_t*>(indices.data()), m, n, nnz);
-  return {indptr.data(), indices.data(), i16, values.data(), m, n};
+  return w;
 }
 
 template <typename T>
 py::array_t<T> pruned_matmul(const carray<T>& x, const carray<int64_t>& indptr,
-                             const py::array& indices, const carray<T>& values, mc::index_t n,
+                             const py::array& indices, const std::optional<carray<T>>& values,
+                             const std::optional<py::array>& codes,
+                             const std::optional<carray<T>>& codebook, mc::index_t n,
                              int n_threads) {
-  const auto w = pruned_view(indptr, indices, values, n);
+  const auto w = pruned_view(indptr, indices, values, codes, codebook, n);
   require_batch(x, w.m, "x");
   py::array_t<T> y({x.shape(0), static_cast<py::ssize_t>(n)});
   {
@@ -902,16 +926,19 @@ py::array_t<T> pruned_matmul(const carray<T>& x, const carray<int64_t>& indptr,
   return y;
 }
 
+// dvalues holds one gradient per entry (the caller sums them per code for a coded matrix).
 template <typename T>
 py::tuple pruned_backward(const carray<T>& x, const carray<T>& dy, const carray<int64_t>& indptr,
-                          const py::array& indices, const carray<T>& values, mc::index_t n,
-                          bool need_dx, bool need_grads, int n_threads) {
-  const auto w = pruned_view(indptr, indices, values, n);
+                          const py::array& indices, const std::optional<carray<T>>& values,
+                          const std::optional<py::array>& codes,
+                          const std::optional<carray<T>>& codebook, mc::index_t n, bool need_dx,
+                          bool need_grads, int n_threads) {
+  const auto w = pruned_view(indptr, indices, values, codes, codebook, n);
   require_batch(x, w.m, "x");
   require_batch(dy, w.n, "dy");
   require(dy.shape(0) == x.shape(0), "x and dy must have the same number of rows");
   const py::ssize_t b = x.shape(0);
-  py::object dx = maybe<T>(need_dx, {b, w.m}), dv = maybe<T>(need_grads, {values.shape(0)});
+  py::object dx = maybe<T>(need_dx, {b, w.m}), dv = maybe<T>(need_grads, {indices.shape(0)});
   T *pdx = ptr<T>(dx), *pdv = ptr<T>(dv);
   {
     py::gil_scoped_release nogil;

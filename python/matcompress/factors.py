@@ -608,11 +608,18 @@ class Pruned(Factorization):
         return ("values",) if self.values is not None else ("codebook",)
 
     def _args(self, dtype):
+        """(indptr, indices, values, codes, codebook) as the kernels read them: values or
+        uint8/uint16 codes (read through the codebook, never decoded into an array)."""
         indptr = self._as("indptr", np.int64)
         indices = self._as("indices", np.uint16 if self.n_cols <= 65536 else np.int32)
-        values = (self._as("values", dtype) if self.values is not None
-                  else np.ascontiguousarray(self.codebook[self.codes], dtype))
-        return indptr, indices, values
+        if self.values is not None:
+            return indptr, indices, self._as("values", dtype), None, None
+        codes = self.codes
+        if codes.dtype not in (np.uint8, np.uint16):
+            codes = self._as("codes", index_dtype(self.codebook.shape[0]))
+        if codes.dtype not in (np.uint8, np.uint16):  # over 65,536 codes: decoded per call
+            return indptr, indices, np.ascontiguousarray(self.codebook[codes], dtype), None, None
+        return indptr, indices, None, codes, self._as("codebook", dtype)
 
     def _matmul(self, x):
         # Per tile of columns: each row's entries in the tile add w * x[:, i] (x transposed).
