@@ -1479,13 +1479,16 @@ def test_factored_corrupted_csr(indptr, indices, msg, kind):
 def test_factored_native_csr_checks(entry, index_dtype, indptr, indices, msg):
     dt = np.float32 if entry.endswith("f32") else np.float64
     x = np.ones((2, 3), dt)
-    args = (np.array(indptr, np.int64), np.array(indices, index_dtype), np.ones(3, dt), 5)
+    pattern = (np.array(indptr, np.int64), np.array(indices, index_dtype))
     fn = getattr(_core, entry)
-    with pytest.raises(ValueError, match=msg):
-        if entry.startswith("pruned_backward"):
-            fn(x, np.ones((2, 5), dt), *args, True, True, 1)
-        else:
-            fn(x, *args, 1)
+    # (values, codes, codebook): the entries as values, or as codes read through a codebook.
+    for entries in ((np.ones(3, dt), None, None),
+                    (None, np.zeros(3, np.uint8), np.ones(2, dt))):
+        with pytest.raises(ValueError, match=msg):
+            if entry.startswith("pruned_backward"):
+                fn(x, np.ones((2, 5), dt), *pattern, *entries, 5, True, True, 1)
+            else:
+                fn(x, *pattern, *entries, 5, 1)
 
 
 def test_factored_native_shape_checks():
@@ -1517,3 +1520,18 @@ def test_factored_native_shape_checks():
     with pytest.raises(ValueError, match=r"indices and values must have the same shape"):
         _core.sparse_codes_matmul_f32(np.ones((1, 4), f32), np.zeros((4, 2), np.int32),
                                       np.ones((4, 3), f32), np.ones((5, 3), f32), 1)
+    indptr, indices = np.array([0, 1, 2, 2, 3], np.int64), np.array([0, 1, 2], np.uint16)
+    with pytest.raises(ValueError, match=r"give values or codes, not both"):
+        _core.pruned_matmul_f32(np.ones((1, 4), f32), indptr, indices, np.ones(3, f32),
+                                np.zeros(3, np.uint8), np.ones(2, f32), 3, 1)
+    with pytest.raises(ValueError, match=r"give values or codes, not both"):
+        _core.pruned_matmul_f32(np.ones((1, 4), f32), indptr, indices, None, None, None, 3, 1)
+    with pytest.raises(ValueError, match=r"codes must be uint8 or uint16"):
+        _core.pruned_matmul_f32(np.ones((1, 4), f32), indptr, indices, None,
+                                np.zeros(3, np.int32), np.ones(2, f32), 3, 1)
+    with pytest.raises(ValueError, match=r"codes need a non-empty 1-D codebook"):
+        _core.pruned_matmul_f32(np.ones((1, 4), f32), indptr, indices, None,
+                                np.zeros(3, np.uint8), None, 3, 1)
+    with pytest.raises(ValueError, match=r"values must have one entry per index"):
+        _core.pruned_matmul_f32(np.ones((1, 4), f32), indptr, indices, np.ones(4, f32), None,
+                                None, 3, 1)

@@ -363,6 +363,15 @@ FORMS = {
     "pruned_empty": lambda rng, m, n, dt: make_pruned(rng, m, n, dt, density=0.0),
 }
 
+#: Every variant, as parameters: the ones that hit a known bug are expected to fail.
+_S0_BUG = pytest.mark.xfail(
+    strict=True, raises=ValueError,
+    reason="SparseCodes with s = 0 terms per row (allowed by the constructor; W = 0): the native "
+           "sparse-code kernels go through the CSR kernels with no values array and raise "
+           "'pruned product: give values, or 1- or 2-byte codes with a codebook'")
+FORM_PARAMS = [pytest.param(f, marks=_S0_BUG) if f == "sparse_codes_s0" else f
+               for f in sorted(FORMS)]
+
 #: One variant per form: for the tests that do not need every variant.
 MAIN_FORMS = ["low_rank", "sparse_codes_dup_zero_u8", "codebook_4bit_b2", "codebook_u16_b2",
               "sign_bits", "pruned_values_u8_i32ptr_unsorted", "pruned_codes"]
@@ -458,7 +467,7 @@ def about(what):
 
 
 @pytest.mark.parametrize("m, n", SHAPES)
-@pytest.mark.parametrize("form", sorted(FORMS))
+@pytest.mark.parametrize("form", FORM_PARAMS)
 def test_products_and_gradients_match_numpy(isa, form, m, n, dtype):
     # Batches 1 (the GEMV and register paths), 3 and 64 of one factorization.
     case = make_case(form, m, n, dtype)
@@ -478,7 +487,7 @@ def test_products_and_gradients_match_numpy(isa, form, m, n, dtype):
 @pytest.mark.parametrize("x_dtype, w_dtype", [(np.float64, np.float32), (np.float32, np.float64)],
                          ids=["x64-W32", "x32-W64"])
 @pytest.mark.parametrize("batch", [1, 5])
-@pytest.mark.parametrize("form", sorted(FORMS))
+@pytest.mark.parametrize("form", FORM_PARAMS)
 def test_mixed_dtypes_follow_result_type(form, batch, x_dtype, w_dtype):
     # y and dx have np.result_type(x, W) (float64 here); gradients keep the dtype of their field.
     case = make_case(form, 13, 65, w_dtype)
@@ -507,7 +516,7 @@ def test_matmul_of_integer_x_is_float64(form, x_dtype):
 
 
 @pytest.mark.parametrize("lead", [(2, 3), (), (1,), (2, 1, 2)], ids=str)
-@pytest.mark.parametrize("form", sorted(FORMS))
+@pytest.mark.parametrize("form", FORM_PARAMS)
 def test_leading_dims(form, lead, dtype):
     case = make_case(form, 13, 20, dtype)
     W = case.W
@@ -558,7 +567,7 @@ def test_strided_and_fortran_inputs(form, dtype):
         check_against_reference(case, xv, dyv, y, dx, g)
 
 
-@pytest.mark.parametrize("form", sorted(FORMS))
+@pytest.mark.parametrize("form", FORM_PARAMS)
 def test_need_dx_and_need_grads(form):
     case = make_case(form, 20, 33, np.float32)
     W = case.W
@@ -581,7 +590,7 @@ def test_need_dx_and_need_grads(form):
 
 
 @pytest.mark.parametrize("lead", [(0,), (2, 0)], ids=str)
-@pytest.mark.parametrize("form", sorted(FORMS))
+@pytest.mark.parametrize("form", FORM_PARAMS)
 def test_empty_batch(form, lead, dtype):
     W = make_case(form, 7, 9, dtype).W
     m, n = W.shape
@@ -598,7 +607,7 @@ def test_empty_batch(form, lead, dtype):
         assert_array_equal(g, np.zeros_like(field))  # no term: exactly 0
 
 
-@pytest.mark.parametrize("form", sorted(FORMS))
+@pytest.mark.parametrize("form", FORM_PARAMS)
 def test_gradients_match_central_differences(form):
     # L(f) = sum(dy * (x @ W(f).to_dense())) is linear in every trainable field f, so the
     # central difference with h = 0.5 is exact up to rounding: each L is a sum of depth
@@ -642,7 +651,7 @@ def test_gradients_match_central_differences(form):
 
 
 @pytest.mark.parametrize("batch", [1, 64])
-@pytest.mark.parametrize("form", sorted(FORMS))
+@pytest.mark.parametrize("form", FORM_PARAMS)
 def test_repeatable_and_blas_thread_independent(form, batch):
     case = make_case(form, 300, 513, np.float32)
     W = case.W
@@ -822,11 +831,9 @@ def test_matmul_follows_the_shared_factor_arrays():
 
 @pytest.mark.xfail(strict=True, reason="SparseCodes accepts s = 0 terms per row, but codes_csr() "
                    "(and so to_dense()) raises ZeroDivisionError: np.arange(0, m * s + 1, s)")
-def test_sparse_codes_with_no_terms_per_row():
-    # Allowed by the constructor (and by the native kernels): W = 0.
+def test_sparse_codes_with_no_terms_per_row_to_dense():
+    # Allowed by the constructor: W = 0.
     W = SparseCodes(np.zeros((3, 0), np.int32), np.zeros((3, 0)), np.ones((4, 5)))
-    x = np.ones((2, 3))
-    assert_array_equal(W.matmul(x), np.zeros((2, 5)))
     assert_array_equal(W.to_dense(), np.zeros((3, 5)))
 
 
@@ -901,7 +908,7 @@ def test_property_low_rank(m, n, lead, dtype, isa_name, seed, r):
 
 @_PROPERTY
 @given(m=_dims, n=_dims, lead=_leads, dtype=_dtypes, isa_name=_isas, seed=st.integers(0, 2**32),
-       s=st.integers(0, 6), k=st.integers(1, 60), dup=st.booleans(),
+       s=st.integers(1, 6), k=st.integers(1, 60), dup=st.booleans(),
        idx=st.sampled_from([np.uint8, np.uint16, np.int32, np.int64]))
 def test_property_sparse_codes(m, n, lead, dtype, isa_name, seed, s, k, dup, idx):
     _check_random_case(lambda rng, m, n, dt: make_sparse_codes(
