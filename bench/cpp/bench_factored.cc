@@ -260,7 +260,9 @@ const Pruned& pruned(int ratio) {
       p->indptr[i + 1] = p->indptr[i] + count;
     }
     p->values = gaussian(static_cast<size_t>(nnz), 51, ratio);
-    p->view = {p->indptr.data(), p->indices.data(), true, p->values.data(), kM, kN};
+    p->view = mc::PrunedView<float>{p->indptr.data(), p->indices.data(), true, p->values.data()};
+    p->view.m = kM;
+    p->view.n = kN;
     p->stored = (kM + 1) * 4.0 + double(nnz) * 6;
   }
   return *p;
