@@ -1,0 +1,437 @@
+// CPU kernels of the matcompress TensorFlow ops: check the inputs, hand TensorFlow's buffers to
+// the core (csrc/matcompress/factored.h) and turn its errors into InvalidArgument. No algorithm
+// code here. GEMMs run through Eigen on the calling thread (EigenGemm); the core's OpenMP threads
+// are capped to the size of TensorFlow's intra-op pool, so the two never run at full width at
+// once.
+#define EIGEN_DONT_PARALLELIZE  // Eigen's products stay on the thread that calls them
+#include <Eigen/Core>
+
+#include <cstdint>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+#include "matcompress/blas.h"
+#include "matcompress/factored.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace {
+
+namespace mc = matcompress;
+namespace tf = tensorflow;
+using tf::OpKernelContext;
+using tf::Tensor;
+
+// An InvalidArgument status whose message concatenates the arguments.
+template <typename... Args>
+absl::Status bad(const Args&... args) {
+  return absl::InvalidArgumentError(absl::StrCat(args...));
+}
+
+// Row-major GEMM by Eigen, on the calling thread.
+template <typename T>
+class EigenGemm final : public mc::Gemm<T> {
+ public:
+  void operator()(bool ta, bool tb, mc::index_t m, mc::index_t n, mc::index_t k, T alpha,
+                  const T* a, mc::index_t lda, const T* b, mc::index_t ldb, T beta, T* c,
+                  mc::index_t ldc) const override {
+    using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    using Stride = Eigen::OuterStride<>;
+    using CMap = Eigen::Map<const Mat, 0, Stride>;
+    if (m == 0 || n == 0) return;
+    Eigen::Map<Mat, 0, Stride> C(c, m, n, Stride(ldc));
+    if (beta == T(0))
+      C.setZero();
+    else if (beta != T(1))
+      C *= beta;
+    if (k == 0) return;
+    const CMap A(a, ta ? k : m, ta ? m : k, Stride(lda));
+    const CMap B(b, tb ? n : k, tb ? k : n, Stride(ldb));
+    if (!ta && !tb)
+      C.noalias() += alpha * A * B;
+    else if (!ta && tb)
+      C.noalias() += alpha * A * B.transpose();
+    else if (ta && !tb)
+      C.noalias() += alpha * A.transpose() * B;
+    else
+      C.noalias() += alpha * A.transpose() * B.transpose();
+  }
+  bool runs_on_caller_thread() const override { return true; }
+};
+
+int intra_op_threads(OpKernelContext* ctx) {
+  const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+  return workers != nullptr && workers->num_threads > 0 ? workers->num_threads : 1;
+}
+
+// Runs f(), turning the core's exceptions into op errors.
+template <class F>
+void run_core(OpKernelContext* ctx, F&& f) {
+  try {
+    f();
+  } catch (const std::invalid_argument& e) {
+    ctx->CtxFailure(bad(e.what()));
+  } catch (const std::exception& e) {
+    ctx->CtxFailure(absl::InternalError(e.what()));
+  }
+}
+
+#define MC_REQUIRE(ctx, cond, ...) \
+  OP_REQUIRES(ctx, cond, bad(__VA_ARGS__))
+
+// Output i of the given shape (null, with the op failed, when it cannot be allocated).
+template <typename T>
+T* output(OpKernelContext* ctx, int i, const tf::TensorShape& shape) {
+  Tensor* out = nullptr;
+  const absl::Status s = ctx->allocate_output(i, shape, &out);
+  if (!s.ok()) {
+    ctx->CtxFailure(s);
+    return nullptr;
+  }
+  return out->flat<T>().data();
+}
+
+bool is_matrix(const Tensor& t) { return t.dims() == 2; }
+
+// x (batch, m) and, for the gradient ops, dy (batch, n).
+bool check_x_dy(OpKernelContext* ctx, const Tensor& x, const Tensor* dy, int64_t m, int64_t n) {
+  if (!is_matrix(x) || x.dim_size(1) != m) {
+    ctx->CtxFailure(bad("x must have shape (batch, ", m, "); got ",
+                                                x.shape().DebugString()));
+    return false;
+  }
+  if (dy && (!is_matrix(*dy) || dy->dim_size(0) != x.dim_size(0) || dy->dim_size(1) != n)) {
+    ctx->CtxFailure(bad("dy must have shape (", x.dim_size(0), ", ", n,
+                                                "); got ", dy->shape().DebugString()));
+    return false;
+  }
+  return true;
+}
+
+// ---- codebook -------------------------------------------------------------------------------
+
+template <typename T, typename Code>
+class CodebookOp : public tf::OpKernel {
+ public:
+  explicit CodebookOp(tf::OpKernelConstruction* c, bool grad) : OpKernel(c), grad_(grad) {
+    OP_REQUIRES_OK(c, c->GetAttr("n", &n_));
+    OP_REQUIRES_OK(c, c->GetAttr("packed", &packed_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const int o = grad_ ? 1 : 0;
+    const Tensor& x = ctx->input(0);
+    const Tensor& codes = ctx->input(1 + o);
+    const Tensor& cb = ctx->input(2 + o);
+    MC_REQUIRE(ctx, is_matrix(cb) && cb.dim_size(0) >= 1 && cb.dim_size(1) >= 1,
+               "codebook must be a non-empty matrix (n_codes, block); got ",
+               cb.shape().DebugString());
+    const int64_t n_codes = cb.dim_size(0), block = cb.dim_size(1);
+    MC_REQUIRE(ctx, n_ % block == 0, "n = ", n_, " must be a multiple of the block size ", block);
+    const int64_t blocks = n_ / block;
+    MC_REQUIRE(ctx, !packed_ || (std::is_same_v<Code, std::uint8_t> && n_codes <= 16),
+               "packed codes are uint8 with at most 16 codebook entries; got ", n_codes);
+    const int64_t cols = packed_ ? (blocks + 1) / 2 : blocks;
+    MC_REQUIRE(ctx, is_matrix(codes) && codes.dim_size(1) == cols && codes.dim_size(0) >= 1,
+               "codes must have shape (m, ", cols, ") for n = ", n_, ", block ", block,
+               packed_ ? ", packed" : "", "; got ", codes.shape().DebugString());
+    const int64_t m = codes.dim_size(0);
+    if (!check_x_dy(ctx, x, grad_ ? &ctx->input(1) : nullptr, m, n_)) return;
+    // Every code must index the codebook (a clear error, not a silently clamped lookup).
+    const auto flat = codes.flat<Code>();
+    int64_t lo = 0, hi = 0;
+    for (int64_t i = 0; i < flat.size(); ++i) {
+      const int64_t v = static_cast<int64_t>(flat(i));
+      if (packed_) {
+        hi = std::max<int64_t>(hi, std::max<int64_t>(v & 15, v >> 4));
+      } else {
+        lo = std::min(lo, v);
+        hi = std::max(hi, v);
+      }
+    }
+    MC_REQUIRE(ctx, lo >= 0 && hi < n_codes, "codes must lie in [0, ", n_codes,
+               "); got values in [",
+               lo, ", ", hi, "]");
+    mc::CodebookView<T> w{codes.data(),
+                          packed_ ? mc::CodeFormat::u4
+                          : sizeof(Code) == 1 ? mc::CodeFormat::u8
+                          : sizeof(Code) == 2 ? mc::CodeFormat::u16
+                                              : mc::CodeFormat::u32,
+                          cols, cb.flat<T>().data(), n_codes, block, m, n_};
+    const int64_t batch = x.dim_size(0);
+    const int threads = intra_op_threads(ctx);
+    const EigenGemm<T> gemm;
+    if (!grad_) {
+      T* y = output<T>(ctx, 0, tf::TensorShape({batch, n_}));
+      if (!ctx->status().ok()) return;
+      run_core(ctx, [&] {
+        mc::codebook_matmul<T>(gemm, w, x.flat<T>().data(), batch, y, threads);
+      });
+      return;
+    }
+    T* dx = output<T>(ctx, 0, x.shape());
+    T* dcb = output<T>(ctx, 1, cb.shape());
+    if (!ctx->status().ok()) return;
+    run_core(ctx, [&] {
+      mc::codebook_matmul_backward<T>(gemm, w, x.flat<T>().data(), ctx->input(1).flat<T>().data(),
+                                      batch, dx, dcb, threads);
+    });
+  }
+
+ private:
+  bool grad_;
+  int64_t n_ = 0;
+  bool packed_ = false;
+};
+
+template <typename T, typename Code>
+struct CodebookMatMul : CodebookOp<T, Code> {
+  explicit CodebookMatMul(tf::OpKernelConstruction* c) : CodebookOp<T, Code>(c, false) {}
+};
+template <typename T, typename Code>
+struct CodebookMatMulGrad : CodebookOp<T, Code> {
+  explicit CodebookMatMulGrad(tf::OpKernelConstruction* c) : CodebookOp<T, Code>(c, true) {}
+};
+
+// ---- sparse codes ---------------------------------------------------------------------------
+
+template <typename T>
+class SparseCodesOp : public tf::OpKernel {
+ public:
+  SparseCodesOp(tf::OpKernelConstruction* c, bool grad) : OpKernel(c), grad_(grad) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const int o = grad_ ? 1 : 0;
+    const Tensor& x = ctx->input(0);
+    const Tensor& idx = ctx->input(1 + o);
+    const Tensor& val = ctx->input(2 + o);
+    const Tensor& dict = ctx->input(3 + o);
+    MC_REQUIRE(ctx, is_matrix(dict) && dict.dim_size(0) >= 1 && dict.dim_size(1) >= 1,
+               "dictionary must be a non-empty matrix (k, n); got ", dict.shape().DebugString());
+    MC_REQUIRE(ctx, is_matrix(idx) && idx.shape() == val.shape() && idx.dim_size(0) >= 1,
+               "indices and values must be matrices of the same shape (m, s); got ",
+               idx.shape().DebugString(), " and ", val.shape().DebugString());
+    const int64_t k = dict.dim_size(0), n = dict.dim_size(1);
+    const int64_t m = idx.dim_size(0), s = idx.dim_size(1);
+    if (!check_x_dy(ctx, x, grad_ ? &ctx->input(1) : nullptr, m, n)) return;
+    const auto flat = idx.flat<int32_t>();
+    for (int64_t i = 0; i < flat.size(); ++i)
+      MC_REQUIRE(ctx, flat(i) >= 0 && flat(i) < k, "indices must lie in [0, ", k, "); got ",
+                 flat(i), " at position ", i);
+    const mc::SparseCodesView<T> w{flat.data(), val.flat<T>().data(), dict.flat<T>().data(),
+                                   m, s, k, n};
+    const int64_t batch = x.dim_size(0);
+    const int threads = intra_op_threads(ctx);
+    const EigenGemm<T> gemm;
+    if (!grad_) {
+      T* y = output<T>(ctx, 0, tf::TensorShape({batch, n}));
+      if (!ctx->status().ok()) return;
+      run_core(ctx, [&] {
+        mc::sparse_codes_matmul<T>(gemm, w, x.flat<T>().data(), batch, y, threads);
+      });
+      return;
+    }
+    T* dx = output<T>(ctx, 0, x.shape());
+    T* dv = output<T>(ctx, 1, val.shape());
+    T* dd = output<T>(ctx, 2, dict.shape());
+    if (!ctx->status().ok()) return;
+    run_core(ctx, [&] {
+      mc::sparse_codes_matmul_backward<T>(gemm, w, x.flat<T>().data(),
+                                          ctx->input(1).flat<T>().data(), batch, dx, dv, dd,
+                                          threads);
+    });
+  }
+
+ private:
+  bool grad_;
+};
+
+template <typename T>
+struct SparseCodesMatMul : SparseCodesOp<T> {
+  explicit SparseCodesMatMul(tf::OpKernelConstruction* c) : SparseCodesOp<T>(c, false) {}
+};
+template <typename T>
+struct SparseCodesMatMulGrad : SparseCodesOp<T> {
+  explicit SparseCodesMatMulGrad(tf::OpKernelConstruction* c) : SparseCodesOp<T>(c, true) {}
+};
+
+// ---- sign bits ------------------------------------------------------------------------------
+
+template <typename T>
+class SignBitsOp : public tf::OpKernel {
+ public:
+  SignBitsOp(tf::OpKernelConstruction* c, bool grad) : OpKernel(c), grad_(grad) {
+    int64_t seed = 0;
+    OP_REQUIRES_OK(c, c->GetAttr("seed", &seed));
+    seed_ = static_cast<std::uint64_t>(seed);  // the seed's 64 bits, as Python's uint64
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const int o = grad_ ? 1 : 0;
+    const Tensor& x = ctx->input(0);
+    const Tensor& bits = ctx->input(1 + o);
+    const Tensor& scale = ctx->input(2 + o);
+    MC_REQUIRE(ctx, scale.dims() == 1 && scale.dim_size(0) >= 1,
+               "scale must be a non-empty vector (n,); got ", scale.shape().DebugString());
+    const int64_t n = scale.dim_size(0);
+    MC_REQUIRE(ctx, is_matrix(bits) && bits.dim_size(0) >= 1 && bits.dim_size(1) == (n + 7) / 8,
+               "bits must have shape (k, ", (n + 7) / 8, ") for n = ", n, "; got ",
+               bits.shape().DebugString());
+    MC_REQUIRE(ctx, is_matrix(x) && x.dim_size(1) >= 1, "x must be a matrix (batch, m); got ",
+               x.shape().DebugString());
+    const int64_t m = x.dim_size(1);
+    if (!check_x_dy(ctx, x, grad_ ? &ctx->input(1) : nullptr, m, n)) return;
+    const mc::SignBitsView<T> w{bits.flat<std::uint8_t>().data(), scale.flat<T>().data(), seed_,
+                                m, bits.dim_size(0), n};
+    const int64_t batch = x.dim_size(0);
+    const int threads = intra_op_threads(ctx);
+    const EigenGemm<T> gemm;
+    if (!grad_) {
+      T* y = output<T>(ctx, 0, tf::TensorShape({batch, n}));
+      if (!ctx->status().ok()) return;
+      run_core(ctx, [&] {
+        mc::signbits_matmul<T>(gemm, w, x.flat<T>().data(), batch, y, threads);
+      });
+      return;
+    }
+    T* dx = output<T>(ctx, 0, x.shape());
+    T* ds = output<T>(ctx, 1, scale.shape());
+    if (!ctx->status().ok()) return;
+    run_core(ctx, [&] {
+      mc::signbits_matmul_backward<T>(gemm, w, x.flat<T>().data(), ctx->input(1).flat<T>().data(),
+                                      batch, dx, ds, threads);
+    });
+  }
+
+ private:
+  bool grad_;
+  std::uint64_t seed_ = 0;
+};
+
+template <typename T>
+struct SignBitsMatMul : SignBitsOp<T> {
+  explicit SignBitsMatMul(tf::OpKernelConstruction* c) : SignBitsOp<T>(c, false) {}
+};
+template <typename T>
+struct SignBitsMatMulGrad : SignBitsOp<T> {
+  explicit SignBitsMatMulGrad(tf::OpKernelConstruction* c) : SignBitsOp<T>(c, true) {}
+};
+
+// ---- pruned ---------------------------------------------------------------------------------
+
+template <typename T, typename Idx>
+class PrunedOp : public tf::OpKernel {
+ public:
+  PrunedOp(tf::OpKernelConstruction* c, bool grad) : OpKernel(c), grad_(grad) {
+    OP_REQUIRES_OK(c, c->GetAttr("n", &n_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const int o = grad_ ? 1 : 0;
+    const Tensor& x = ctx->input(0);
+    const Tensor& indptr = ctx->input(1 + o);
+    const Tensor& indices = ctx->input(2 + o);
+    const Tensor& values = ctx->input(3 + o);
+    MC_REQUIRE(ctx, indptr.dims() == 1 && indptr.dim_size(0) >= 2,
+               "indptr must be a vector of m + 1 >= 2 offsets; got ", indptr.shape().DebugString());
+    MC_REQUIRE(ctx, indices.dims() == 1 && indices.shape() == values.shape(),
+               "indices and values must be vectors of the same length; got ",
+               indices.shape().DebugString(), " and ", values.shape().DebugString());
+    MC_REQUIRE(ctx, n_ < (int64_t(1) << 31) && (sizeof(Idx) == 4 || n_ <= 65536),
+               "n = ", n_, " is too large for ", sizeof(Idx) == 2 ? "uint16" : "int32",
+               " indices");
+    const int64_t m = indptr.dim_size(0) - 1;
+    if (!check_x_dy(ctx, x, grad_ ? &ctx->input(1) : nullptr, m, n_)) return;
+    const int64_t* ip = indptr.flat<int64_t>().data();
+    const Idx* ix = indices.flat<Idx>().data();
+    run_core(ctx, [&] { mc::check_csr(ip, ix, m, n_, indices.dim_size(0)); });
+    if (!ctx->status().ok()) return;
+    mc::PrunedView<T> w{ip, ix, sizeof(Idx) == 2, values.flat<T>().data()};
+    w.m = m;
+    w.n = n_;
+    const int64_t batch = x.dim_size(0);
+    const int threads = intra_op_threads(ctx);
+    if (!grad_) {
+      T* y = output<T>(ctx, 0, tf::TensorShape({batch, n_}));
+      if (!ctx->status().ok()) return;
+      run_core(ctx, [&] { mc::pruned_matmul<T>(w, x.flat<T>().data(), batch, y, threads); });
+      return;
+    }
+    T* dx = output<T>(ctx, 0, x.shape());
+    T* dv = output<T>(ctx, 1, values.shape());
+    if (!ctx->status().ok()) return;
+    run_core(ctx, [&] {
+      mc::pruned_matmul_backward<T>(w, x.flat<T>().data(), ctx->input(1).flat<T>().data(), batch,
+                                    dx, dv, threads);
+    });
+  }
+
+ private:
+  bool grad_;
+  int64_t n_ = 0;
+};
+
+template <typename T, typename Idx>
+struct PrunedMatMul : PrunedOp<T, Idx> {
+  explicit PrunedMatMul(tf::OpKernelConstruction* c) : PrunedOp<T, Idx>(c, false) {}
+};
+template <typename T, typename Idx>
+struct PrunedMatMulGrad : PrunedOp<T, Idx> {
+  explicit PrunedMatMulGrad(tf::OpKernelConstruction* c) : PrunedOp<T, Idx>(c, true) {}
+};
+
+// ---- registration ---------------------------------------------------------------------------
+
+#define MC_REGISTER_T(T)                                                                         \
+  REGISTER_KERNEL_BUILDER(                                                                       \
+      Name("Matcompress>SparseCodesMatMul").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"),       \
+      SparseCodesMatMul<T>);                                                                     \
+  REGISTER_KERNEL_BUILDER(                                                                       \
+      Name("Matcompress>SparseCodesMatMulGrad").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"),   \
+      SparseCodesMatMulGrad<T>);                                                                 \
+  REGISTER_KERNEL_BUILDER(                                                                       \
+      Name("Matcompress>SignBitsMatMul").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"),          \
+      SignBitsMatMul<T>);                                                                        \
+  REGISTER_KERNEL_BUILDER(                                                                       \
+      Name("Matcompress>SignBitsMatMulGrad").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"),      \
+      SignBitsMatMulGrad<T>);
+
+#define MC_REGISTER_CODES(T, C, TFC)                                                             \
+  REGISTER_KERNEL_BUILDER(Name("Matcompress>CodebookMatMul")                                     \
+                              .Device(tf::DEVICE_CPU)                                            \
+                              .TypeConstraint<T>("T")                                            \
+                              .TypeConstraint<TFC>("Tcodes"),                                    \
+                          CodebookMatMul<T, C>);                                                 \
+  REGISTER_KERNEL_BUILDER(Name("Matcompress>CodebookMatMulGrad")                                 \
+                              .Device(tf::DEVICE_CPU)                                            \
+                              .TypeConstraint<T>("T")                                            \
+                              .TypeConstraint<TFC>("Tcodes"),                                    \
+                          CodebookMatMulGrad<T, C>);
+
+#define MC_REGISTER_IDX(T, I)                                                                    \
+  REGISTER_KERNEL_BUILDER(                                                                       \
+      Name("Matcompress>PrunedMatMul").Device(tf::DEVICE_CPU).TypeConstraint<T>("T")             \
+          .TypeConstraint<I>("Tidx"),                                                            \
+      PrunedMatMul<T, I>);                                                                       \
+  REGISTER_KERNEL_BUILDER(                                                                       \
+      Name("Matcompress>PrunedMatMulGrad").Device(tf::DEVICE_CPU).TypeConstraint<T>("T")         \
+          .TypeConstraint<I>("Tidx"),                                                            \
+      PrunedMatMulGrad<T, I>);
+
+MC_REGISTER_T(float)
+MC_REGISTER_T(double)
+MC_REGISTER_CODES(float, std::uint8_t, std::uint8_t)
+MC_REGISTER_CODES(float, std::uint16_t, std::uint16_t)
+MC_REGISTER_CODES(float, std::int32_t, std::int32_t)
+MC_REGISTER_CODES(double, std::uint8_t, std::uint8_t)
+MC_REGISTER_CODES(double, std::uint16_t, std::uint16_t)
+MC_REGISTER_CODES(double, std::int32_t, std::int32_t)
+MC_REGISTER_IDX(float, std::uint16_t)
+MC_REGISTER_IDX(float, std::int32_t)
+MC_REGISTER_IDX(double, std::uint16_t)
+MC_REGISTER_IDX(double, std::int32_t)
+
+}  // namespace

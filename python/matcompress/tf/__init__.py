@@ -1,0 +1,17 @@
+"""matcompress's TensorFlow face: ``import matcompress.tf as mctf``.
+
+Importing this module imports TensorFlow (``import matcompress`` never does) and loads the op
+library when it is there, so that SavedModels holding matcompress ops load after
+``import matcompress.tf``; when it is missing or was built for another TensorFlow, the
+ImportError comes from the first op call (or :func:`load_library`), with the versions and what
+to do.
+"""
+
+from .ops import factor_tensors, factored_matmul, load_library
+
+__all__ = ["factored_matmul", "factor_tensors", "load_library"]
+
+try:
+    load_library()
+except ImportError:
+    pass

@@ -1,0 +1,205 @@
+"""TensorFlow ops over the native kernels: the factored products and their gradients.
+
+The op library (``_tf_ops.so``, built with the package when TensorFlow was importable at build
+time) is loaded on first use, or by :func:`load_library`. Every op runs on the CPU device; its
+gradient is registered with ``tf.RegisterGradient`` (first order: the gradient ops have no
+gradient of their own).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from .. import factors as _factors
+
+__all__ = ["load_library", "factored_matmul", "factor_tensors"]
+
+_LIB = None
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _major_minor(version):
+    return tuple(version.split(".")[:2])
+
+
+def load_library():
+    """Load the op library (once) and return it.
+
+    Raises
+    ------
+    ImportError
+        When the library is missing (matcompress was built without TensorFlow in sight) or was
+        built for another TensorFlow than the one installed; the message names both versions and
+        what to do.
+    """
+    global _LIB
+    if _LIB is not None:
+        return _LIB
+    installed = tf.__version__
+    try:  # written by the build next to the library (which may not be beside this file in an
+        # editable install)
+        from . import _build_info
+
+        built = _build_info.TF_VERSION
+        path = os.path.join(os.path.dirname(os.path.abspath(_build_info.__file__)), "_tf_ops.so")
+    except ImportError:
+        built, path = None, os.path.join(_HERE, "_tf_ops.so")
+    if built is None or not os.path.exists(path):
+        raise ImportError(
+            f"matcompress has no TensorFlow op library (TensorFlow {installed} is installed, but "
+            "none was importable when matcompress was built). Install TensorFlow first, then "
+            "rebuild matcompress where the build sees it: pip install 'tensorflow-cpu==2.21.*' "
+            "&& pip install --no-build-isolation --force-reinstall --no-deps <matcompress source>")
+    if _major_minor(built) != _major_minor(installed):
+        raise ImportError(
+            f"matcompress's TensorFlow op library was built for TensorFlow {built}, but TensorFlow "
+            f"{installed} is installed. Install TensorFlow {'.'.join(_major_minor(built))}.* "
+            f"(pip install 'tensorflow-cpu=={'.'.join(_major_minor(built))}.*'), or rebuild "
+            "matcompress against the installed TensorFlow.")
+    try:
+        _LIB = tf.load_op_library(path)
+    except (tf.errors.NotFoundError, OSError) as exc:
+        raise ImportError(f"matcompress's TensorFlow op library ({path}, built for TensorFlow "
+                          f"{built}) does not load into TensorFlow {installed}: {exc}") from exc
+    return _LIB
+
+
+# ---- gradients ---------------------------------------------------------------------------------
+
+@tf.RegisterGradient("Matcompress>CodebookMatMul")
+def _codebook_grad(op, dy):
+    x, codes, codebook = op.inputs
+    dx, dcb = load_library().matcompress_codebook_mat_mul_grad(
+        x, dy, codes, codebook, n=op.get_attr("n"), packed=op.get_attr("packed"))
+    return [dx, None, dcb]
+
+
+@tf.RegisterGradient("Matcompress>SparseCodesMatMul")
+def _sparse_codes_grad(op, dy):
+    x, indices, values, dictionary = op.inputs
+    dx, dv, dd = load_library().matcompress_sparse_codes_mat_mul_grad(x, dy, indices, values,
+                                                                      dictionary)
+    return [dx, None, dv, dd]
+
+
+@tf.RegisterGradient("Matcompress>SignBitsMatMul")
+def _sign_bits_grad(op, dy):
+    x, bits, scale = op.inputs
+    dx, ds = load_library().matcompress_sign_bits_mat_mul_grad(x, dy, bits, scale,
+                                                               seed=op.get_attr("seed"))
+    return [dx, None, ds]
+
+
+@tf.RegisterGradient("Matcompress>PrunedMatMul")
+def _pruned_grad(op, dy):
+    x, indptr, indices, values = op.inputs
+    dx, dv = load_library().matcompress_pruned_mat_mul_grad(x, dy, indptr, indices, values,
+                                                n=op.get_attr("n"))
+    return [dx, None, None, dv]
+
+
+# ---- factorizations as tensors ------------------------------------------------------------------
+
+_FIELDS = {
+    "low_rank": ("left", "right"),
+    "sparse_codes": ("indices", "values", "dictionary"),
+    "codebook": ("codes", "codebook", "n_cols", "packed"),
+    "sign_bits": ("bits", "scale", "seed"),
+    "pruned": ("indptr", "indices", "n_cols", "values", "codes", "codebook"),
+}
+
+
+def factor_tensors(factorization, dtype=None):
+    """The parts of a :class:`matcompress.factors.Factorization` as the ops take them: a dict
+    with ``"kind"``, the arrays converted to the ops' index types (int32 atom indices, uint8 /
+    uint16 / int32 codes, int64 row offsets, uint16 or int32 column indices) and the float parts
+    in ``dtype`` (default: the factorization's), plus the static fields (``n_cols``, ``packed``,
+    ``seed``). Float parts can be replaced by ``tf.Variable`` objects to train them."""
+    f = factorization
+    if not isinstance(f, _factors.Factorization):
+        raise TypeError("factorization must be a matcompress Factorization; got "
+                        f"{type(f).__name__}")
+    dt = np.dtype(dtype or f.dtype)
+    out = {"kind": f.kind}
+    if isinstance(f, _factors.LowRank):
+        out.update(left=f.left.astype(dt), right=f.right.astype(dt))
+    elif isinstance(f, _factors.SparseCodes):
+        out.update(indices=f.indices.astype(np.int32), values=f.values.astype(dt),
+                   dictionary=f.dictionary.astype(dt))
+    elif isinstance(f, _factors.Codebook):
+        codes = f.codes
+        if not f.packed and codes.dtype not in (np.uint8, np.uint16, np.int32):
+            if f.n_codes > 2**31 - 1:
+                raise ValueError("codebook: more than 2^31 - 1 codes cannot be indexed by int32")
+            codes = codes.astype(np.uint16 if f.n_codes <= 65536 else np.int32)
+        out.update(codes=codes, codebook=f.codebook.astype(dt), n_cols=f.n_cols,
+                   packed=f.packed)
+    elif isinstance(f, _factors.SignBits):
+        out.update(bits=f.bits, scale=f.scale.astype(dt), seed=f.seed)
+    elif isinstance(f, _factors.Pruned):
+        indices = f.indices.astype(np.uint16 if f.n_cols <= 65536 else np.int32)
+        out.update(indptr=f.indptr.astype(np.int64), indices=indices, n_cols=f.n_cols)
+        if f.values is not None:
+            out.update(values=f.values.astype(dt))
+        else:
+            out.update(codes=f.codes.astype(np.int32), codebook=f.codebook.astype(dt))
+    else:  # a user-defined Factorization: no native product
+        raise TypeError(f"no TensorFlow op for factorizations of kind {f.kind!r}")
+    return out
+
+
+def _signed_seed(seed):
+    seed = int(seed)
+    return seed - 2**64 if seed >= 2**63 else seed
+
+
+def factored_matmul(x, factors, name=None):
+    """``x @ W`` for x of shape (..., m), from the factors, as TensorFlow ops with gradients for
+    ``x`` and every float part (low-rank sides; sparse-code values and dictionary; codebook
+    entries, as a segment sum; sign-bit scales; pruned values or their codebook).
+
+    ``factors`` is a :class:`matcompress.factors.Factorization` (its arrays become constants in
+    the dtype of x) or a mapping as :func:`factor_tensors` returns, whose float parts may be
+    ``tf.Variable`` objects of the dtype of x.
+    """
+    with tf.name_scope(name or "factored_matmul"):
+        x = tf.convert_to_tensor(x)
+        if x.dtype not in (tf.float32, tf.float64):
+            x = tf.cast(x, tf.float32 if x.dtype in (tf.float16, tf.bfloat16) else tf.float64)
+        if isinstance(factors, _factors.Factorization):
+            factors = factor_tensors(factors, x.dtype.as_numpy_dtype)
+        if not isinstance(factors, Mapping) or "kind" not in factors:
+            raise TypeError("factors must be a Factorization or a mapping with a 'kind' key")
+        kind = factors["kind"]
+        if kind not in _FIELDS:
+            raise ValueError(f"unknown factorization kind {kind!r}; known: {sorted(_FIELDS)}")
+        get = factors.get
+        lead = tf.shape(x)[:-1]
+        known = x.shape.rank is not None and x.shape[-1] is not None
+        m = x.shape[-1] if known else tf.shape(x)[-1]
+        x2 = tf.reshape(x, [-1, m])
+        lib = load_library() if kind != "low_rank" else None
+        if kind == "low_rank":
+            y = tf.matmul(tf.matmul(x2, get("left")), get("right"))
+        elif kind == "sparse_codes":
+            y = lib.matcompress_sparse_codes_mat_mul(x2, get("indices"), get("values"),
+                                                     get("dictionary"))
+        elif kind == "codebook":
+            y = lib.matcompress_codebook_mat_mul(x2, get("codes"), get("codebook"),
+                                                 n=int(get("n_cols")),
+                                                 packed=bool(get("packed", False)))
+        elif kind == "sign_bits":
+            y = lib.matcompress_sign_bits_mat_mul(x2, get("bits"), get("scale"),
+                                                  seed=_signed_seed(get("seed")))
+        else:  # pruned
+            values = get("values")
+            if values is None:  # codes into a codebook: the gradient reaches it through gather
+                values = tf.gather(get("codebook"), get("codes"))
+            y = lib.matcompress_pruned_mat_mul(x2, get("indptr"), get("indices"), values,
+                                               n=int(get("n_cols")))
+        n = y.shape[-1] if y.shape[-1] is not None else tf.shape(y)[-1]
+        return tf.reshape(y, tf.concat([lead, [n]], axis=0))
