@@ -7,7 +7,13 @@ ImportError comes from the first op call (or :func:`load_library`), with the ver
 to do.
 """
 
-from .ops import factor_tensors, factored_matmul, load_library
+try:
+    import tensorflow  # noqa: F401
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("matcompress.tf needs TensorFlow 2.21: pip install 'matcompress[tf]' "
+                      "(or pip install 'tensorflow-cpu==2.21.*')") from exc
+
+from .ops import factor_tensors, factored_matmul, load_library  # noqa: E402
 
 __all__ = ["factored_matmul", "factor_tensors", "load_library"]
 
