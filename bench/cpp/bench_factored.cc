@@ -340,166 +340,121 @@ void BM_dense_backward(benchmark::State& state) {
   counters(state, batch, kDenseBytes, true);
 }
 
-// ---- forward --------------------------------------------------------------------------------
+// ---- forward and backward -------------------------------------------------------------------
+
+// Times call(gemm, x, batch, outputs...) on form f: state.range(1) is the batch, range(2) the GEMM
+// mode (forms without GEMM pass needs_gemm = false). `outputs` are sized by the caller.
+template <class Form, class Call>
+void run(benchmark::State& state, const Form& f, bool needs_gemm, bool backward,
+         std::vector<std::vector<float>> outputs, Call call) {
+  const mc::index_t batch = state.range(1);
+  std::unique_ptr<mc::FortranGemm<float>> gemm;
+  if (needs_gemm) {
+    gemm = make_gemm(state, state.range(2) != 0);
+    if (!gemm) return;
+  }
+  const auto& x = input(batch, false);
+  const auto& dy = input(batch, true);
+  for (auto _ : state) {
+    call(gemm.get(), x.data(), dy.data(), batch, outputs);
+    for (auto& o : outputs) benchmark::DoNotOptimize(o.data());
+  }
+  counters(state, batch, f.stored, backward);
+}
+
+std::vector<float> zeros(std::size_t n) { return std::vector<float>(n); }
+std::size_t rows_of(benchmark::State& state, mc::index_t cols) {
+  return static_cast<std::size_t>(state.range(1) * cols);
+}
 
 void BM_lowrank(benchmark::State& state) {
   const auto& f = lowrank(static_cast<int>(state.range(0)));
-  const mc::index_t batch = state.range(1);
-  auto gemm = make_gemm(state, state.range(2) != 0);
-  if (!gemm) return;
-  const auto& x = input(batch, false);
-  std::vector<float> y(static_cast<size_t>(batch * kN));
-  for (auto _ : state) {
-    mc::lowrank_matmul<float>(*gemm, f.view, x.data(), batch, y.data(), kThreads);
-    benchmark::DoNotOptimize(y.data());
-  }
-  counters(state, batch, f.stored, false);
+  run(state, f, true, false, {zeros(rows_of(state, kN))},
+      [&](auto* g, const float* x, const float*, mc::index_t b, auto& o) {
+        mc::lowrank_matmul<float>(*g, f.view, x, b, o[0].data(), kThreads);
+      });
 }
 
 void BM_sparse_codes(benchmark::State& state) {
   const auto& f = sparse_codes(static_cast<int>(state.range(0)));
-  const mc::index_t batch = state.range(1);
-  auto gemm = make_gemm(state, state.range(2) != 0);
-  if (!gemm) return;
-  const auto& x = input(batch, false);
-  std::vector<float> y(static_cast<size_t>(batch * kN));
-  for (auto _ : state) {
-    mc::sparse_codes_matmul<float>(*gemm, f.view, x.data(), batch, y.data(), kThreads);
-    benchmark::DoNotOptimize(y.data());
-  }
-  counters(state, batch, f.stored, false);
+  run(state, f, true, false, {zeros(rows_of(state, kN))},
+      [&](auto* g, const float* x, const float*, mc::index_t b, auto& o) {
+        mc::sparse_codes_matmul<float>(*g, f.view, x, b, o[0].data(), kThreads);
+      });
 }
 
 void BM_codebook(benchmark::State& state) {
   const int variant = static_cast<int>(state.range(0));
   const auto& f = codebook(variant);
-  const mc::index_t batch = state.range(1);
-  auto gemm = make_gemm(state, state.range(2) != 0);
-  if (!gemm) return;
   state.SetLabel(kCodebooks[variant].name);
-  const auto& x = input(batch, false);
-  std::vector<float> y(static_cast<size_t>(batch * kN));
-  for (auto _ : state) {
-    mc::codebook_matmul<float>(*gemm, f.view, x.data(), batch, y.data(), kThreads);
-    benchmark::DoNotOptimize(y.data());
-  }
-  counters(state, batch, f.stored, false);
+  run(state, f, true, false, {zeros(rows_of(state, kN))},
+      [&](auto* g, const float* x, const float*, mc::index_t b, auto& o) {
+        mc::codebook_matmul<float>(*g, f.view, x, b, o[0].data(), kThreads);
+      });
 }
 
 void BM_signbits(benchmark::State& state) {
   const auto& f = signbits(static_cast<int>(state.range(0)));
-  const mc::index_t batch = state.range(1);
-  auto gemm = make_gemm(state, state.range(2) != 0);
-  if (!gemm) return;
-  const auto& x = input(batch, false);
-  std::vector<float> y(static_cast<size_t>(batch * kN));
-  for (auto _ : state) {
-    mc::signbits_matmul<float>(*gemm, f.view, x.data(), batch, y.data(), kThreads);
-    benchmark::DoNotOptimize(y.data());
-  }
-  counters(state, batch, f.stored, false);
+  run(state, f, true, false, {zeros(rows_of(state, kN))},
+      [&](auto* g, const float* x, const float*, mc::index_t b, auto& o) {
+        mc::signbits_matmul<float>(*g, f.view, x, b, o[0].data(), kThreads);
+      });
 }
 
 void BM_pruned(benchmark::State& state) {
   const auto& f = pruned(static_cast<int>(state.range(0)));
-  const mc::index_t batch = state.range(1);
-  const auto& x = input(batch, false);
-  std::vector<float> y(static_cast<size_t>(batch * kN));
-  for (auto _ : state) {
-    mc::pruned_matmul<float>(f.view, x.data(), batch, y.data(), kThreads);
-    benchmark::DoNotOptimize(y.data());
-  }
-  counters(state, batch, f.stored, false);
+  run(state, f, false, false, {zeros(rows_of(state, kN))},
+      [&](auto*, const float* x, const float*, mc::index_t b, auto& o) {
+        mc::pruned_matmul<float>(f.view, x, b, o[0].data(), kThreads);
+      });
 }
-
-// ---- backward -------------------------------------------------------------------------------
 
 void BM_lowrank_backward(benchmark::State& state) {
   const auto& f = lowrank(static_cast<int>(state.range(0)));
-  const mc::index_t batch = state.range(1);
-  auto gemm = make_gemm(state, state.range(2) != 0);
-  if (!gemm) return;
-  const auto& x = input(batch, false);
-  const auto& dy = input(batch, true);
-  std::vector<float> dx(static_cast<size_t>(batch * kM)), dl(f.left.size()), dr(f.right.size());
-  for (auto _ : state) {
-    mc::lowrank_matmul_backward<float>(*gemm, f.view, x.data(), dy.data(), batch, dx.data(),
-                                       dl.data(), dr.data(), kThreads);
-    benchmark::DoNotOptimize(dx.data());
-    benchmark::DoNotOptimize(dl.data());
-    benchmark::DoNotOptimize(dr.data());
-  }
-  counters(state, batch, f.stored, true);
+  run(state, f, true, true,
+      {zeros(rows_of(state, kM)), zeros(f.left.size()), zeros(f.right.size())},
+      [&](auto* g, const float* x, const float* dy, mc::index_t b, auto& o) {
+        mc::lowrank_matmul_backward<float>(*g, f.view, x, dy, b, o[0].data(), o[1].data(),
+                                           o[2].data(), kThreads);
+      });
 }
 
 void BM_sparse_codes_backward(benchmark::State& state) {
   const auto& f = sparse_codes(static_cast<int>(state.range(0)));
-  const mc::index_t batch = state.range(1);
-  auto gemm = make_gemm(state, state.range(2) != 0);
-  if (!gemm) return;
-  const auto& x = input(batch, false);
-  const auto& dy = input(batch, true);
-  std::vector<float> dx(static_cast<size_t>(batch * kM)), dv(f.values.size()),
-      dd(f.dictionary.size());
-  for (auto _ : state) {
-    mc::sparse_codes_matmul_backward<float>(*gemm, f.view, x.data(), dy.data(), batch,
-                                            dx.data(), dv.data(), dd.data(), kThreads);
-    benchmark::DoNotOptimize(dx.data());
-    benchmark::DoNotOptimize(dv.data());
-    benchmark::DoNotOptimize(dd.data());
-  }
-  counters(state, batch, f.stored, true);
+  run(state, f, true, true,
+      {zeros(rows_of(state, kM)), zeros(f.values.size()), zeros(f.dictionary.size())},
+      [&](auto* g, const float* x, const float* dy, mc::index_t b, auto& o) {
+        mc::sparse_codes_matmul_backward<float>(*g, f.view, x, dy, b, o[0].data(), o[1].data(),
+                                                o[2].data(), kThreads);
+      });
 }
 
 void BM_codebook_backward(benchmark::State& state) {
   const int variant = static_cast<int>(state.range(0));
   const auto& f = codebook(variant);
-  const mc::index_t batch = state.range(1);
-  auto gemm = make_gemm(state, state.range(2) != 0);
-  if (!gemm) return;
   state.SetLabel(kCodebooks[variant].name);
-  const auto& x = input(batch, false);
-  const auto& dy = input(batch, true);
-  std::vector<float> dx(static_cast<size_t>(batch * kM)), dc(f.codebook.size());
-  for (auto _ : state) {
-    mc::codebook_matmul_backward<float>(*gemm, f.view, x.data(), dy.data(), batch, dx.data(),
-                                        dc.data(), kThreads);
-    benchmark::DoNotOptimize(dx.data());
-    benchmark::DoNotOptimize(dc.data());
-  }
-  counters(state, batch, f.stored, true);
+  run(state, f, true, true, {zeros(rows_of(state, kM)), zeros(f.codebook.size())},
+      [&](auto* g, const float* x, const float* dy, mc::index_t b, auto& o) {
+        mc::codebook_matmul_backward<float>(*g, f.view, x, dy, b, o[0].data(), o[1].data(),
+                                            kThreads);
+      });
 }
 
 void BM_signbits_backward(benchmark::State& state) {
   const auto& f = signbits(static_cast<int>(state.range(0)));
-  const mc::index_t batch = state.range(1);
-  auto gemm = make_gemm(state, state.range(2) != 0);
-  if (!gemm) return;
-  const auto& x = input(batch, false);
-  const auto& dy = input(batch, true);
-  std::vector<float> dx(static_cast<size_t>(batch * kM)), ds(f.scale.size());
-  for (auto _ : state) {
-    mc::signbits_matmul_backward<float>(*gemm, f.view, x.data(), dy.data(), batch, dx.data(),
-                                        ds.data(), kThreads);
-    benchmark::DoNotOptimize(dx.data());
-    benchmark::DoNotOptimize(ds.data());
-  }
-  counters(state, batch, f.stored, true);
+  run(state, f, true, true, {zeros(rows_of(state, kM)), zeros(f.scale.size())},
+      [&](auto* g, const float* x, const float* dy, mc::index_t b, auto& o) {
+        mc::signbits_matmul_backward<float>(*g, f.view, x, dy, b, o[0].data(), o[1].data(),
+                                            kThreads);
+      });
 }
 
 void BM_pruned_backward(benchmark::State& state) {
   const auto& f = pruned(static_cast<int>(state.range(0)));
-  const mc::index_t batch = state.range(1);
-  const auto& x = input(batch, false);
-  const auto& dy = input(batch, true);
-  std::vector<float> dx(static_cast<size_t>(batch * kM)), dv(f.values.size());
-  for (auto _ : state) {
-    mc::pruned_matmul_backward<float>(f.view, x.data(), dy.data(), batch, dx.data(), dv.data(),
-                                      kThreads);
-    benchmark::DoNotOptimize(dx.data());
-    benchmark::DoNotOptimize(dv.data());
-  }
-  counters(state, batch, f.stored, true);
+  run(state, f, false, true, {zeros(rows_of(state, kM)), zeros(f.values.size())},
+      [&](auto*, const float* x, const float* dy, mc::index_t b, auto& o) {
+        mc::pruned_matmul_backward<float>(f.view, x, dy, b, o[0].data(), o[1].data(), kThreads);
+      });
 }
 
 // ---- registration ---------------------------------------------------------------------------
