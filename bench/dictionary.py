@@ -715,12 +715,7 @@ def main(argv=None):
 
     t0 = time.perf_counter()
     _ob._import_spams()  # so that its thread pools are listed
-    header = _ob.format_environment(_ob.environment(), command)
-    source = _ob.source_state()
-    if source:
-        header += f"\n- matcompress source: {source}"
-    print(header, flush=True)
-    print(flush=True)
+    header = _ob.print_header(command)
     res = run(quick=args.quick, out=sys.stdout, memory=not args.no_memory,
               wait_idle=args.wait_idle)
     elapsed = time.perf_counter() - t0

@@ -351,6 +351,17 @@ class Timing:
     load: _ob.ForeignLoad = dataclasses.field(default_factory=_ob.ForeignLoad)
 
 
+def _timed_call(fn, prepare=None):
+    """Seconds of one call of fn (after prepare(), untimed); the result is dropped at once."""
+    if prepare:
+        prepare()
+    t0 = time.perf_counter()
+    r = fn()
+    dt = time.perf_counter() - t0
+    del r
+    return dt
+
+
 def interleave(routes, rounds, settle, *, out=print):
     """routes: {name: (fn, prepare or None)}; prepare() runs before every call, untimed (e.g. an
     instruction-set switch). Rounds over every route, best time each."""
@@ -362,22 +373,11 @@ def interleave(routes, rounds, settle, *, out=print):
                 continue
             settle()
             if rnd == 0:  # warm-up: threads, pages, caches; decides whether the route is slow
-                if prepare:
-                    prepare()
-                t0 = time.perf_counter()
-                r = fn()
-                dt = time.perf_counter() - t0
-                del r
-                t.slow = dt > SLOW_SECONDS
+                t.slow = _timed_call(fn, prepare) > SLOW_SECONDS
             spent, calls = 0.0, 0
             with t.load:
                 while True:
-                    if prepare:
-                        prepare()
-                    t0 = time.perf_counter()
-                    r = fn()
-                    dt = time.perf_counter() - t0
-                    del r
+                    dt = _timed_call(fn, prepare)
                     spent, calls = spent + dt, calls + 1
                     t.best = min(t.best, dt)
                     if t.slow or (calls >= 3 and spent >= MIN_TIME) or calls >= MAX_CALLS:
@@ -789,12 +789,7 @@ def main(argv=None):
     command = shlex.join(["python", "bench/factored.py"]
                          + (sys.argv[1:] if argv is None else list(argv)))
     t0 = time.perf_counter()
-    header = _ob.format_environment(_ob.environment(), command)
-    source = _ob.source_state()
-    if source:
-        header += f"\n- matcompress source: {source}"
-    print(header, flush=True)
-    print(flush=True)
+    header = _ob.print_header(command)
     report, _ = run(size, rounds, a.forms, a.ratios, a.batches, a.sections, a.random_factors,
                     wait, a.quick, out=lambda s: print(s, flush=True))
     _ob.finish(report, time.perf_counter() - t0, a.markdown,

@@ -659,6 +659,17 @@ def format_environment(env, command):
     return "\n".join(lines)
 
 
+def print_header(command):
+    """Print (and return) the report header: the environment of `command` and the source state."""
+    header = format_environment(environment(), command)
+    source = source_state()
+    if source:
+        header += f"\n- matcompress source: {source}"
+    print(header, flush=True)
+    print(flush=True)
+    return header
+
+
 def source_state():
     """The commit of the repository this script is in, and the library files changed since."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -10,6 +10,7 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "matcompress/blas.h"
 #include "matcompress/factored.h"
@@ -96,6 +97,27 @@ T* output(OpKernelContext* ctx, int i, const tf::TensorShape& shape) {
 
 bool is_matrix(const Tensor& t) { return t.dims() == 2; }
 
+// The forward op: allocates y and runs fwd(y). The gradient op: allocates one output per shape
+// in `grad_shapes` and runs bwd(outputs). The core's errors become op errors.
+template <typename T, class Fwd, class Bwd>
+void compute(OpKernelContext* ctx, bool grad, const tf::TensorShape& y_shape,
+             std::initializer_list<tf::TensorShape> grad_shapes, Fwd&& fwd, Bwd&& bwd) {
+  std::vector<T*> outs;
+  if (!grad) {
+    outs.push_back(output<T>(ctx, 0, y_shape));
+  } else {
+    int i = 0;
+    for (const auto& shape : grad_shapes) outs.push_back(output<T>(ctx, i++, shape));
+  }
+  if (!ctx->status().ok()) return;
+  run_core(ctx, [&] {
+    if (grad)
+      bwd(outs.data());
+    else
+      fwd(outs[0]);
+  });
+}
+
 // x (batch, m) and, for the gradient ops, dy (batch, n).
 bool check_x_dy(OpKernelContext* ctx, const Tensor& x, const Tensor* dy, int64_t m, int64_t n) {
   if (!is_matrix(x) || x.dim_size(1) != m) {
@@ -164,21 +186,14 @@ class CodebookOp : public tf::OpKernel {
     const int64_t batch = x.dim_size(0);
     const int threads = intra_op_threads(ctx);
     const EigenGemm<T> gemm;
-    if (!grad_) {
-      T* y = output<T>(ctx, 0, tf::TensorShape({batch, n_}));
-      if (!ctx->status().ok()) return;
-      run_core(ctx, [&] {
-        mc::codebook_matmul<T>(gemm, w, x.flat<T>().data(), batch, y, threads);
-      });
-      return;
-    }
-    T* dx = output<T>(ctx, 0, x.shape());
-    T* dcb = output<T>(ctx, 1, cb.shape());
-    if (!ctx->status().ok()) return;
-    run_core(ctx, [&] {
-      mc::codebook_matmul_backward<T>(gemm, w, x.flat<T>().data(), ctx->input(1).flat<T>().data(),
-                                      batch, dx, dcb, threads);
-    });
+    const T* xp = x.flat<T>().data();
+    const T* dyp = grad_ ? ctx->input(1).flat<T>().data() : nullptr;
+    compute<T>(
+        ctx, grad_, tf::TensorShape({batch, n_}), {x.shape(), cb.shape()},
+        [&](T* y) { mc::codebook_matmul<T>(gemm, w, xp, batch, y, threads); },
+        [&](T* const* o) {
+          mc::codebook_matmul_backward<T>(gemm, w, xp, dyp, batch, o[0], o[1], threads);
+        });
   }
 
  private:
@@ -226,23 +241,15 @@ class SparseCodesOp : public tf::OpKernel {
     const int64_t batch = x.dim_size(0);
     const int threads = intra_op_threads(ctx);
     const EigenGemm<T> gemm;
-    if (!grad_) {
-      T* y = output<T>(ctx, 0, tf::TensorShape({batch, n}));
-      if (!ctx->status().ok()) return;
-      run_core(ctx, [&] {
-        mc::sparse_codes_matmul<T>(gemm, w, x.flat<T>().data(), batch, y, threads);
-      });
-      return;
-    }
-    T* dx = output<T>(ctx, 0, x.shape());
-    T* dv = output<T>(ctx, 1, val.shape());
-    T* dd = output<T>(ctx, 2, dict.shape());
-    if (!ctx->status().ok()) return;
-    run_core(ctx, [&] {
-      mc::sparse_codes_matmul_backward<T>(gemm, w, x.flat<T>().data(),
-                                          ctx->input(1).flat<T>().data(), batch, dx, dv, dd,
-                                          threads);
-    });
+    const T* xp = x.flat<T>().data();
+    const T* dyp = grad_ ? ctx->input(1).flat<T>().data() : nullptr;
+    compute<T>(
+        ctx, grad_, tf::TensorShape({batch, n}), {x.shape(), val.shape(), dict.shape()},
+        [&](T* y) { mc::sparse_codes_matmul<T>(gemm, w, xp, batch, y, threads); },
+        [&](T* const* o) {
+          mc::sparse_codes_matmul_backward<T>(gemm, w, xp, dyp, batch, o[0], o[1], o[2],
+                                              threads);
+        });
   }
 
  private:
@@ -289,21 +296,14 @@ class SignBitsOp : public tf::OpKernel {
     const int64_t batch = x.dim_size(0);
     const int threads = intra_op_threads(ctx);
     const EigenGemm<T> gemm;
-    if (!grad_) {
-      T* y = output<T>(ctx, 0, tf::TensorShape({batch, n}));
-      if (!ctx->status().ok()) return;
-      run_core(ctx, [&] {
-        mc::signbits_matmul<T>(gemm, w, x.flat<T>().data(), batch, y, threads);
-      });
-      return;
-    }
-    T* dx = output<T>(ctx, 0, x.shape());
-    T* ds = output<T>(ctx, 1, scale.shape());
-    if (!ctx->status().ok()) return;
-    run_core(ctx, [&] {
-      mc::signbits_matmul_backward<T>(gemm, w, x.flat<T>().data(), ctx->input(1).flat<T>().data(),
-                                      batch, dx, ds, threads);
-    });
+    const T* xp = x.flat<T>().data();
+    const T* dyp = grad_ ? ctx->input(1).flat<T>().data() : nullptr;
+    compute<T>(
+        ctx, grad_, tf::TensorShape({batch, n}), {x.shape(), scale.shape()},
+        [&](T* y) { mc::signbits_matmul<T>(gemm, w, xp, batch, y, threads); },
+        [&](T* const* o) {
+          mc::signbits_matmul_backward<T>(gemm, w, xp, dyp, batch, o[0], o[1], threads);
+        });
   }
 
  private:
@@ -354,19 +354,14 @@ class PrunedOp : public tf::OpKernel {
     w.n = n_;
     const int64_t batch = x.dim_size(0);
     const int threads = intra_op_threads(ctx);
-    if (!grad_) {
-      T* y = output<T>(ctx, 0, tf::TensorShape({batch, n_}));
-      if (!ctx->status().ok()) return;
-      run_core(ctx, [&] { mc::pruned_matmul<T>(w, x.flat<T>().data(), batch, y, threads); });
-      return;
-    }
-    T* dx = output<T>(ctx, 0, x.shape());
-    T* dv = output<T>(ctx, 1, values.shape());
-    if (!ctx->status().ok()) return;
-    run_core(ctx, [&] {
-      mc::pruned_matmul_backward<T>(w, x.flat<T>().data(), ctx->input(1).flat<T>().data(), batch,
-                                    dx, dv, threads);
-    });
+    const T* xp = x.flat<T>().data();
+    const T* dyp = grad_ ? ctx->input(1).flat<T>().data() : nullptr;
+    compute<T>(
+        ctx, grad_, tf::TensorShape({batch, n_}), {x.shape(), values.shape()},
+        [&](T* y) { mc::pruned_matmul<T>(w, xp, batch, y, threads); },
+        [&](T* const* o) {
+          mc::pruned_matmul_backward<T>(w, xp, dyp, batch, o[0], o[1], threads);
+        });
   }
 
  private:
