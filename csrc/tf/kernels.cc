@@ -6,6 +6,8 @@
 #define EIGEN_DONT_PARALLELIZE  // Eigen's products stay on the thread that calls them
 #include <Eigen/Core>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <stdexcept>
@@ -14,6 +16,9 @@
 
 #include "matcompress/blas.h"
 #include "matcompress/factored.h"
+#include "matcompress/kmeans.h"
+#include "matcompress/omp.h"
+#include "matcompress/simhash.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "absl/status/status.h"
@@ -378,6 +383,215 @@ struct PrunedMatMulGrad : PrunedOp<T, Idx> {
   explicit PrunedMatMulGrad(tf::OpKernelConstruction* c) : PrunedOp<T, Idx>(c, true) {}
 };
 
+// ---- fitting ops --------------------------------------------------------------------------
+
+// All finite, or the op fails naming `what`.
+template <typename T>
+bool check_finite(OpKernelContext* ctx, const Tensor& t, const char* what) {
+  const auto flat = t.flat<T>();
+  for (int64_t i = 0; i < flat.size(); ++i) {
+    if (!std::isfinite(flat(i))) {
+      ctx->CtxFailure(bad(what, " must be finite; got ", static_cast<double>(flat(i)),
+                          " at flat index ", i));
+      return false;
+    }
+  }
+  return true;
+}
+
+// e with max|x| / 2^e in [1, 2) when max|x| lies outside [2^-bound, 2^bound] (and is not 0),
+// else 0: the numpy face's rule, so that both scale the same inputs by the same power of two.
+template <typename T>
+int scale_exponent(const Tensor& t, int bound) {
+  const auto flat = t.flat<T>();
+  double largest = 0;
+  for (int64_t i = 0; i < flat.size(); ++i)
+    largest = std::max(largest, std::abs(static_cast<double>(flat(i))));
+  if (largest == 0.0 || (std::ldexp(1.0, -bound) < largest && largest < std::ldexp(1.0, bound)))
+    return 0;
+  int e = 0;
+  std::frexp(largest, &e);
+  return e - 1;
+}
+
+// A copy of t scaled by 2^-e (exact), or t itself when e == 0.
+template <typename T>
+const T* scaled(const Tensor& t, int e, std::vector<T>& buf) {
+  const auto flat = t.flat<T>();
+  if (e == 0) return flat.data();
+  buf.resize(static_cast<std::size_t>(flat.size()));
+  for (int64_t i = 0; i < flat.size(); ++i) buf[i] = std::ldexp(flat(i), -e);
+  return buf.data();
+}
+
+template <typename T>
+class SparseEncodeOp : public tf::OpKernel {
+ public:
+  explicit SparseEncodeOp(tf::OpKernelConstruction* c) : OpKernel(c) {
+    OP_REQUIRES_OK(c, c->GetAttr("max_atoms", &max_atoms_));
+    OP_REQUIRES_OK(c, c->GetAttr("tol", &tol_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const Tensor& d = ctx->input(1);
+    MC_REQUIRE(ctx, is_matrix(x) && is_matrix(d) && x.dim_size(1) == d.dim_size(1),
+               "x (n_samples, n_features) and dictionary (n_components, n_features) must be "
+               "matrices with the same number of columns; got ", x.shape().DebugString(), " and ",
+               d.shape().DebugString());
+    const int64_t n = x.dim_size(0), f = x.dim_size(1), k = d.dim_size(0);
+    MC_REQUIRE(ctx, k >= 1 && f >= 1, "dictionary must not be empty");
+    MC_REQUIRE(ctx, max_atoms_ <= std::min(k, f), "max_atoms = ", max_atoms_,
+               " exceeds min(n_components, n_features) = ", std::min(k, f));
+    if (!check_finite<T>(ctx, x, "x") || !check_finite<T>(ctx, d, "dictionary")) return;
+    const auto dict = d.flat<T>();
+    for (int64_t a = 0; a < k; ++a) {
+      double norm2 = 0;
+      for (int64_t j = 0; j < f; ++j) norm2 += double(dict(a * f + j)) * double(dict(a * f + j));
+      MC_REQUIRE(ctx, norm2 > 0, "dictionary has a zero-norm atom at row ", a,
+                 ": every atom must have a nonzero norm");
+    }
+    Tensor *idx = nullptr, *val = nullptr, *nnz = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, tf::TensorShape({n, max_atoms_}), &idx));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, tf::TensorShape({n, max_atoms_}), &val));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, tf::TensorShape({n}), &nnz));
+    idx->flat<int32_t>().setZero();
+    val->flat<T>().setZero();
+    mc::OmpProblem<T> p;
+    p.X = x.flat<T>().data();
+    p.n_samples = n;
+    p.n_features = f;
+    p.dictionary = dict.data();
+    p.n_components = k;
+    mc::OmpOptions o;
+    o.max_atoms = max_atoms_;
+    o.use_tol = tol_ >= 0;
+    o.tol = tol_ >= 0 ? tol_ : 0.0;
+    o.n_threads = intra_op_threads(ctx);
+    mc::OmpCodes<T> out;
+    out.indices = idx->flat<int32_t>().data();
+    out.values = val->flat<T>().data();
+    static_assert(sizeof(mc::index_t) == sizeof(int64_t), "nnz is int64");
+    out.nnz = reinterpret_cast<mc::index_t*>(nnz->flat<int64_t>().data());
+    const EigenGemm<T> gemm;
+    run_core(ctx, [&] { mc::sparse_encode_omp<T>(gemm, p, o, out); });
+  }
+
+ private:
+  int64_t max_atoms_ = 1;
+  float tol_ = -1;
+};
+
+template <typename T>
+class FitCodebookOp : public tf::OpKernel {
+ public:
+  explicit FitCodebookOp(tf::OpKernelConstruction* c) : OpKernel(c) {
+    OP_REQUIRES_OK(c, c->GetAttr("n_codes", &n_codes_));
+    std::string method;
+    OP_REQUIRES_OK(c, c->GetAttr("method", &method));
+    optimal_ = method == "optimal";
+    OP_REQUIRES_OK(c, c->GetAttr("max_iter", &max_iter_));
+    OP_REQUIRES_OK(c, c->GetAttr("tol", &tol_));
+    int64_t seed = 0;
+    OP_REQUIRES_OK(c, c->GetAttr("seed", &seed));
+    seed_ = static_cast<std::uint64_t>(seed);
+    OP_REQUIRES_OK(c, c->GetAttr("n_init", &n_init_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& pts = ctx->input(0);
+    MC_REQUIRE(ctx, is_matrix(pts) && pts.dim_size(1) >= 1,
+               "points must be a matrix (n, block); got ", pts.shape().DebugString());
+    const int64_t n = pts.dim_size(0), b = pts.dim_size(1);
+    MC_REQUIRE(ctx, n_codes_ <= n, "n_codes = ", n_codes_, " exceeds the number of ",
+               b == 1 ? "values" : "blocks", ", ", n);
+    MC_REQUIRE(ctx, !optimal_ || b == 1, "method 'optimal' exists for blocks of 1 only");
+    if (!check_finite<T>(ctx, pts, "points")) return;
+    Tensor *cb = nullptr, *codes = nullptr, *inertia = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, tf::TensorShape({n_codes_, b}), &cb));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, tf::TensorShape({n}), &codes));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, tf::TensorShape({}), &inertia));
+    const int e = scale_exponent<T>(pts, sizeof(T) == 8 ? 300 : 40);
+    std::vector<T> buf;
+    const T* x = scaled<T>(pts, e, buf);
+    T* cbp = cb->flat<T>().data();
+    int32_t* cp = codes->flat<int32_t>().data();
+    double value = 0;
+    run_core(ctx, [&] {
+      if (b == 1) {
+        mc::KMeans1DOptions o;
+        o.method = optimal_ ? mc::KMeans1DMethod::optimal : mc::KMeans1DMethod::lloyd;
+        o.max_iter = max_iter_;
+        o.tol = tol_;
+        o.seed = seed_;
+        o.n_init = n_init_;
+        o.n_threads = intra_op_threads(ctx);
+        value = mc::kmeans_1d<T>(x, nullptr, n, n_codes_, nullptr, o, cbp, cp).inertia;
+      } else {
+        mc::KMeansBlockOptions o;
+        o.max_iter = max_iter_;
+        o.tol = tol_;
+        o.seed = seed_;
+        o.n_init = n_init_;
+        o.n_threads = intra_op_threads(ctx);
+        const EigenGemm<T> gemm;
+        value = mc::kmeans_block<T>(gemm, x, nullptr, n, b, n_codes_, nullptr, o, cbp, cp).inertia;
+      }
+    });
+    if (!ctx->status().ok()) return;
+    if (e != 0) {
+      for (int64_t i = 0; i < n_codes_ * b; ++i) cbp[i] = std::ldexp(cbp[i], e);
+      value = std::ldexp(value, 2 * e);
+    }
+    inertia->scalar<double>()() = value;
+  }
+
+ private:
+  int64_t n_codes_ = 1, max_iter_ = 100, n_init_ = 1;
+  bool optimal_ = false;
+  float tol_ = 1e-6f;
+  std::uint64_t seed_ = 0;
+};
+
+template <typename T>
+class SimhashOp : public tf::OpKernel {
+ public:
+  explicit SimhashOp(tf::OpKernelConstruction* c) : OpKernel(c) {
+    OP_REQUIRES_OK(c, c->GetAttr("n_bits", &n_bits_));
+    int64_t seed = 0;
+    OP_REQUIRES_OK(c, c->GetAttr("seed", &seed));
+    seed_ = static_cast<std::uint64_t>(seed);
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& a = ctx->input(0);
+    MC_REQUIRE(ctx, is_matrix(a) && a.dim_size(0) >= 1 && a.dim_size(1) >= 1,
+               "a must be a non-empty matrix (m, n); got ", a.shape().DebugString());
+    if (!check_finite<T>(ctx, a, "a")) return;
+    const int64_t m = a.dim_size(0), n = a.dim_size(1);
+    Tensor *bits = nullptr, *scale = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, tf::TensorShape({n_bits_, (n + 7) / 8}), &bits));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, tf::TensorShape({n}), &scale));
+    const int e = scale_exponent<T>(a, sizeof(T) == 8 ? 500 : 60);
+    std::vector<T> buf;
+    const T* ap = scaled<T>(a, e, buf);
+    mc::SimhashOptions o;
+    o.n_threads = intra_op_threads(ctx);
+    T* sp = scale->flat<T>().data();
+    const EigenGemm<T> gemm;
+    run_core(ctx, [&] {
+      mc::simhash_encode<T>(gemm, ap, m, n, n_bits_, seed_, o, bits->flat<std::uint8_t>().data(),
+                            sp);
+    });
+    if (e != 0 && ctx->status().ok())
+      for (int64_t j = 0; j < n; ++j) sp[j] = std::ldexp(sp[j], e);
+  }
+
+ private:
+  int64_t n_bits_ = 1;
+  std::uint64_t seed_ = 0;
+};
+
 // ---- registration ---------------------------------------------------------------------------
 
 #define MC_REGISTER_T(T)                                                                         \
@@ -416,8 +630,20 @@ struct PrunedMatMulGrad : PrunedOp<T, Idx> {
           .TypeConstraint<I>("Tidx"),                                                            \
       PrunedMatMulGrad<T, I>);
 
+#define MC_REGISTER_FIT(T)                                                                       \
+  REGISTER_KERNEL_BUILDER(                                                                       \
+      Name("Matcompress>SparseEncode").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"),            \
+      SparseEncodeOp<T>);                                                                        \
+  REGISTER_KERNEL_BUILDER(                                                                       \
+      Name("Matcompress>FitCodebook").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"),             \
+      FitCodebookOp<T>);                                                                         \
+  REGISTER_KERNEL_BUILDER(                                                                       \
+      Name("Matcompress>Simhash").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"), SimhashOp<T>);
+
 MC_REGISTER_T(float)
 MC_REGISTER_T(double)
+MC_REGISTER_FIT(float)
+MC_REGISTER_FIT(double)
 MC_REGISTER_CODES(float, std::uint8_t, std::uint8_t)
 MC_REGISTER_CODES(float, std::uint16_t, std::uint16_t)
 MC_REGISTER_CODES(float, std::int32_t, std::int32_t)

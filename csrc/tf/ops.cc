@@ -164,3 +164,78 @@ REGISTER_OP("Matcompress>PrunedMatMulGrad")
     .Attr("Tidx: {uint16, int32}")
     .SetShapeFn(same_as_inputs<0, 4>)
     .Doc("dx = dy Wᵀ and the gradient of the kept values.");
+
+// ---- fitting: the factorizations computed inside a graph (no gradients) ----------------------
+
+REGISTER_OP("Matcompress>SparseEncode")
+    .Input("x: T")
+    .Input("dictionary: T")
+    .Output("indices: int32")
+    .Output("values: T")
+    .Output("nnz: int64")
+    .Attr("max_atoms: int >= 1")
+    .Attr("tol: float = -1")
+    .Attr("T: {float, double}")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle x, d;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &x));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &d));
+      DimensionHandle f;
+      TF_RETURN_IF_ERROR(c->Merge(c->Dim(x, 1), c->Dim(d, 1), &f));
+      int64_t s;
+      TF_RETURN_IF_ERROR(c->GetAttr("max_atoms", &s));
+      c->set_output(0, c->Matrix(c->Dim(x, 0), s));
+      c->set_output(1, c->Matrix(c->Dim(x, 0), s));
+      c->set_output(2, c->Vector(c->Dim(x, 0)));
+      return absl::OkStatus();
+    })
+    .Doc("Batch-OMP codes of the rows of x over the rows of dictionary: per row, nnz atoms in "
+         "selection order (indices, values; the slots past nnz hold 0). tol >= 0: stop each row "
+         "once its squared residual norm is <= tol (at most max_atoms atoms).");
+
+REGISTER_OP("Matcompress>FitCodebook")
+    .Input("points: T")
+    .Output("codebook: T")
+    .Output("codes: int32")
+    .Output("inertia: double")
+    .Attr("n_codes: int >= 1")
+    .Attr("method: {'lloyd', 'optimal'} = 'lloyd'")
+    .Attr("max_iter: int >= 1 = 100")
+    .Attr("tol: float = 1e-6")
+    .Attr("seed: int = 0")
+    .Attr("n_init: int >= 1 = 1")
+    .Attr("T: {float, double}")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle p;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &p));
+      int64_t k;
+      TF_RETURN_IF_ERROR(c->GetAttr("n_codes", &k));
+      c->set_output(0, c->Matrix(k, c->Dim(p, 1)));
+      c->set_output(1, c->Vector(c->Dim(p, 0)));
+      c->set_output(2, c->Scalar());
+      return absl::OkStatus();
+    })
+    .Doc("k-means of the rows of points (n, b) into n_codes centroids: scalar (b = 1, Lloyd or "
+         "the exact optimum) or block Lloyd, from k-means++.");
+
+REGISTER_OP("Matcompress>Simhash")
+    .Input("a: T")
+    .Output("bits: uint8")
+    .Output("scale: T")
+    .Attr("n_bits: int >= 1")
+    .Attr("seed: int")
+    .Attr("T: {float, double}")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle a;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &a));
+      int64_t k;
+      TF_RETURN_IF_ERROR(c->GetAttr("n_bits", &k));
+      DimensionHandle n = c->Dim(a, 1), bytes;
+      TF_RETURN_IF_ERROR(c->Add(n, 7, &bytes));
+      TF_RETURN_IF_ERROR(c->Divide(bytes, 8, /*evenly_divisible=*/false, &bytes));
+      c->set_output(0, c->Matrix(k, bytes));
+      c->set_output(1, c->Vector(n));
+      return absl::OkStatus();
+    })
+    .Doc("Sign bits of P^T a (P the Gaussian projection of `seed`) and least-squares column "
+         "scales.");

@@ -13,9 +13,17 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("matcompress.tf needs TensorFlow 2.21: pip install 'matcompress[tf]' "
                       "(or pip install 'tensorflow-cpu==2.21.*')") from exc
 
-from .ops import factor_tensors, factored_matmul, load_library  # noqa: E402
+from .ops import (  # noqa: E402
+    factor_tensors,
+    factored_matmul,
+    fit_codebook,
+    load_library,
+    simhash,
+    sparse_encode,
+)
 
-__all__ = ["factored_matmul", "factor_tensors", "load_library"]
+__all__ = ["factored_matmul", "factor_tensors", "fit_codebook", "load_library", "simhash",
+           "sparse_encode"]
 
 try:
     load_library()

@@ -15,8 +15,11 @@ import numpy as np
 import tensorflow as tf
 
 from .. import factors as _factors
+from .._validation import check_float, check_int, check_random_state
+from ..kmeans import _auto_method, _codes_dtype
 
-__all__ = ["load_library", "factored_matmul", "factor_tensors"]
+__all__ = ["load_library", "factored_matmul", "factor_tensors", "sparse_encode", "fit_codebook",
+           "simhash"]
 
 _LIB = None
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -100,6 +103,115 @@ def _pruned_grad(op, dy):
     dx, dv = load_library().matcompress_pruned_mat_mul_grad(x, dy, indptr, indices, values,
                                                 n=op.get_attr("n"))
     return [dx, None, None, dv]
+
+
+tf.no_gradient("Matcompress>SparseEncode")
+tf.no_gradient("Matcompress>FitCodebook")
+tf.no_gradient("Matcompress>Simhash")
+
+
+# ---- fitting inside a graph ----------------------------------------------------------------------
+
+def _float_tensor(x, name):
+    x = tf.convert_to_tensor(x, name=name)
+    if x.dtype not in (tf.float32, tf.float64):
+        raise TypeError(f"{name} must be float32 or float64; got {x.dtype.name}")
+    return x
+
+
+def _static(dim, what):
+    if dim is None:
+        raise ValueError(f"{what} must be known when the graph is built (a static shape)")
+    return int(dim)
+
+
+def _seed(random_state):
+    """The seed the numpy face draws from the same random_state."""
+    return int(check_random_state(random_state).integers(0, 2**63 - 1))
+
+
+def sparse_encode(X, dictionary, *, n_nonzero_coefs=None, tol=None, compact=False, name=None):
+    """Batch-OMP codes of the rows of ``X`` over the rows of ``dictionary``, as a TensorFlow op:
+    the same codes as :func:`matcompress.sparse_encode` on the same inputs.
+
+    Returns the dense codes ``(n_samples, n_components)``, or with ``compact=True`` the tuple
+    ``(indices, values, nnz)``: per row, ``nnz`` atoms in selection order (int32 indices and
+    values of shape ``(n_samples, max_atoms)``, zeros past ``nnz``). No gradient.
+    """
+    with tf.name_scope(name or "sparse_encode"):
+        X = _float_tensor(X, "X")
+        dictionary = tf.cast(_float_tensor(dictionary, "dictionary"), X.dtype)
+        n_features = _static(X.shape[-1], "X.shape[1]")
+        n_components = _static(dictionary.shape[0], "dictionary.shape[0]")
+        if tol is not None:
+            tol = check_float(tol, "tol", min_value=0.0)
+            max_atoms = min(n_components, n_features)
+        else:
+            if n_nonzero_coefs is None:
+                n_nonzero_coefs = int(min(max(n_features / 10, 1), n_components))
+            max_atoms = check_int(n_nonzero_coefs, "n_nonzero_coefs", min_value=1,
+                                  max_value=min(n_components, n_features),
+                                  max_reason=f"n_components={n_components}, "
+                                             f"n_features={n_features}")
+        indices, values, nnz = load_library().matcompress_sparse_encode(
+            X, dictionary, max_atoms=max_atoms, tol=-1.0 if tol is None else tol)
+        if compact:
+            return indices, values, nnz
+        rows = tf.broadcast_to(tf.range(tf.shape(X)[0])[:, None], tf.shape(indices))
+        where = tf.stack([rows, indices], axis=-1)
+        dense = tf.zeros(tf.stack([tf.shape(X)[0], n_components]), X.dtype)
+        return tf.tensor_scatter_nd_add(dense, tf.reshape(where, [-1, 2]),
+                                        tf.reshape(values, [-1]))
+
+
+def fit_codebook(values, n_codes, *, block_size=1, method="auto", n_init=1, max_iter=100,
+                 tol=1e-6, random_state=None, name=None):
+    """k-means codebook of ``values`` (blocks of ``block_size`` along the last axis) as a
+    TensorFlow op: the same ``(codebook, codes, inertia)`` as :func:`matcompress.fit_codebook`
+    with the same arguments (k-means++ start, no sample weights). The codebook is
+    ``(n_codes,)`` for scalars, ``(n_codes, block_size)`` for blocks; the codes have the shape of
+    ``values`` with the last axis divided by ``block_size`` and the numpy face's dtype. No
+    gradient.
+    """
+    with tf.name_scope(name or "fit_codebook"):
+        values = _float_tensor(values, "values")
+        block_size = check_int(block_size, "block_size", min_value=1)
+        last = _static(values.shape[-1], "the last axis of values")
+        if last % block_size:
+            raise ValueError(f"block_size={block_size} must divide the length of the last axis "
+                             f"of values, {last}")
+        n = _static(values.shape.num_elements(), "the shape of values") // block_size
+        n_codes = check_int(n_codes, "n_codes", min_value=1, max_value=n,
+                            max_reason=f"the number of {'values' if block_size == 1 else 'blocks'}"
+                                       f", {n}")
+        if method not in ("auto", "lloyd", "optimal"):
+            raise ValueError(f"method must be 'auto', 'lloyd' or 'optimal'; got {method!r}")
+        if method == "auto":
+            method = _auto_method(n_codes, n) if block_size == 1 else "lloyd"
+        points = tf.reshape(values, [-1, block_size])
+        codebook, codes, inertia = load_library().matcompress_fit_codebook(
+            points, n_codes=n_codes, method=method,
+            max_iter=check_int(max_iter, "max_iter", min_value=1),
+            tol=check_float(tol, "tol", min_value=0.0), seed=_seed(random_state),
+            n_init=check_int(n_init, "n_init", min_value=1))
+        if block_size == 1:
+            codebook = tf.reshape(codebook, [n_codes])
+        shape = values.shape[:-1].as_list() + [last // block_size]
+        codes = tf.cast(tf.reshape(codes, shape), tf.as_dtype(_codes_dtype(n_codes)))
+        return codebook, codes, inertia
+
+
+def simhash(A, n_bits, *, random_state=None, name=None):
+    """Sign bits and column scales of ``A`` (m, n) as a TensorFlow op: the same bits, scales
+    and seed as :func:`matcompress.simhash` with the same arguments, returned as the mapping
+    :func:`factored_matmul` takes (``kind``, ``bits``, ``scale``, ``seed``). No gradient."""
+    with tf.name_scope(name or "simhash"):
+        A = _float_tensor(A, "A")
+        n_bits = check_int(n_bits, "n_bits", min_value=1)
+        seed = _seed(random_state)
+        bits, scale = load_library().matcompress_simhash(A, n_bits=n_bits,
+                                                         seed=_signed_seed(seed))
+        return {"kind": "sign_bits", "bits": bits, "scale": scale, "seed": seed}
 
 
 # ---- factorizations as tensors ------------------------------------------------------------------
