@@ -656,11 +656,6 @@ _CSR_PROBE = """
     """
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "check_csr walks row 0's entries up to indptr[1] before it checks that indptr does not "
-    "decrease at row 1: with indptr[1] > nnz it reads column indices past the end of `indices` "
-    "(an out-of-bounds read; the error names a garbage column index at an entry >= nnz, or "
-    "the process may crash)"))
 def test_pruned_indptr_beyond_nnz_in_the_middle():
     # In a subprocess: the out-of-bounds read may crash.
     proc = run_python(_CSR_PROBE)
@@ -710,10 +705,6 @@ def test_factored_matmul_rejects_variables_of_another_dtype(form):
 
 
 _WIDTH_FORMS = {name: name for name in MAIN_FORMS}
-_WIDTH_FORMS["simhash"] = pytest.param("simhash", marks=pytest.mark.xfail(
-    strict=True, reason="factor_tensors drops SignBits.n_rows and the sign-bits op takes m from "
-                        "x: an x of the wrong width is multiplied by a projection of that width "
-                        "instead of raising (the numpy face raises ValueError)"))
 
 
 @pytest.mark.parametrize("form", list(_WIDTH_FORMS.values()))

@@ -693,8 +693,10 @@ void check_csr(const std::int64_t* indptr, const Idx* indices, index_t m, index_
   MC_CHECK(indptr[0] == 0, "CSR: indptr[0] must be 0; got " << indptr[0]);
   MC_CHECK(indptr[m] == nnz, "CSR: indptr[-1] = " << indptr[m] << " but there are " << nnz
                                                   << " entries");
-  for (index_t i = 0; i < m; ++i) {
+  // The offsets first, whole: then no row can send the entry walk past the arrays.
+  for (index_t i = 0; i < m; ++i)
     MC_CHECK(indptr[i + 1] >= indptr[i], "CSR: indptr decreases at row " << i);
+  for (index_t i = 0; i < m; ++i) {
     for (index_t p = indptr[i]; p < indptr[i + 1]; ++p) {
       const index_t j = static_cast<index_t>(indices[p]);
       MC_CHECK(j >= 0 && j < n, "CSR: column index " << j << " at entry " << p

@@ -3,15 +3,13 @@
 // code here. GEMMs run through Eigen on the calling thread (EigenGemm); the core's OpenMP threads
 // are capped to the size of TensorFlow's intra-op pool, so the two never run at full width at
 // once.
-#define EIGEN_DONT_PARALLELIZE  // Eigen's products stay on the thread that calls them
-#include <Eigen/Core>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "matcompress/blas.h"
@@ -20,6 +18,7 @@
 #include "matcompress/omp.h"
 #include "matcompress/simhash.h"
 #include "tensorflow/core/framework/op_kernel.h"
+#include "tf/eigen_gemm.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -37,33 +36,14 @@ absl::Status bad(const Args&... args) {
   return absl::InvalidArgumentError(absl::StrCat(args...));
 }
 
-// Row-major GEMM by Eigen, on the calling thread.
+// Row-major GEMM by Eigen on the calling thread, for the CPU's instruction set (eigen_gemm.h).
 template <typename T>
 class EigenGemm final : public mc::Gemm<T> {
  public:
   void operator()(bool ta, bool tb, mc::index_t m, mc::index_t n, mc::index_t k, T alpha,
                   const T* a, mc::index_t lda, const T* b, mc::index_t ldb, T beta, T* c,
                   mc::index_t ldc) const override {
-    using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-    using Stride = Eigen::OuterStride<>;
-    using CMap = Eigen::Map<const Mat, 0, Stride>;
-    if (m == 0 || n == 0) return;
-    Eigen::Map<Mat, 0, Stride> C(c, m, n, Stride(ldc));
-    if (beta == T(0))
-      C.setZero();
-    else if (beta != T(1))
-      C *= beta;
-    if (k == 0) return;
-    const CMap A(a, ta ? k : m, ta ? m : k, Stride(lda));
-    const CMap B(b, tb ? n : k, tb ? k : n, Stride(ldb));
-    if (!ta && !tb)
-      C.noalias() += alpha * A * B;
-    else if (!ta && tb)
-      C.noalias() += alpha * A * B.transpose();
-    else if (ta && !tb)
-      C.noalias() += alpha * A.transpose() * B;
-    else
-      C.noalias() += alpha * A.transpose() * B.transpose();
+    mc::eigen_gemm<T>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   }
   bool runs_on_caller_thread() const override { return true; }
 };
@@ -167,21 +147,26 @@ class CodebookOp : public tf::OpKernel {
                packed_ ? ", packed" : "", "; got ", codes.shape().DebugString());
     const int64_t m = codes.dim_size(0);
     if (!check_x_dy(ctx, x, grad_ ? &ctx->input(1) : nullptr, m, n_)) return;
-    // Every code must index the codebook (a clear error, not a silently clamped lookup).
-    const auto flat = codes.flat<Code>();
-    int64_t lo = 0, hi = 0;
-    for (int64_t i = 0; i < flat.size(); ++i) {
-      const int64_t v = static_cast<int64_t>(flat(i));
+    // Every code must index the codebook (a clear error, not a silently clamped lookup); a
+    // codebook as large as the codes' range needs no scan (the lookups are safe either way).
+    const int64_t range = packed_ ? 16 : sizeof(Code) == 1 ? 256 : sizeof(Code) == 2 ? 65536 : 0;
+    if (range == 0 || n_codes < range) {
+      const Code* p = codes.flat<Code>().data();
+      const int64_t count = codes.NumElements();
+      Code lo = 0, hi = 0;
       if (packed_) {
-        hi = std::max<int64_t>(hi, std::max<int64_t>(v & 15, v >> 4));
+        for (int64_t i = 0; i < count; ++i)
+          hi = std::max<Code>(hi, std::max<Code>(p[i] & 15, p[i] >> 4));
       } else {
-        lo = std::min(lo, v);
-        hi = std::max(hi, v);
+        for (int64_t i = 0; i < count; ++i) {
+          lo = std::min(lo, p[i]);
+          hi = std::max(hi, p[i]);
+        }
       }
+      MC_REQUIRE(ctx, lo >= 0 && static_cast<int64_t>(hi) < n_codes, "codes must lie in [0, ",
+                 n_codes, "); got values in [", static_cast<int64_t>(lo), ", ",
+                 static_cast<int64_t>(hi), "]");
     }
-    MC_REQUIRE(ctx, lo >= 0 && hi < n_codes, "codes must lie in [0, ", n_codes,
-               "); got values in [",
-               lo, ", ", hi, "]");
     mc::CodebookView<T> w{codes.data(),
                           packed_ ? mc::CodeFormat::u4
                           : sizeof(Code) == 1 ? mc::CodeFormat::u8
@@ -388,7 +373,14 @@ struct PrunedMatMulGrad : PrunedOp<T, Idx> {
 // All finite, or the op fails naming `what`.
 template <typename T>
 bool check_finite(OpKernelContext* ctx, const Tensor& t, const char* what) {
+  // A pass over the exponent bits (vectorized), then the first bad one when there is one.
+  using U = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+  constexpr U exp_mask = sizeof(T) == 4 ? U(0x7f800000u) : U(0x7ff0000000000000ull);
   const auto flat = t.flat<T>();
+  const U* bits = reinterpret_cast<const U*>(flat.data());
+  bool any = false;
+  for (int64_t i = 0; i < flat.size(); ++i) any |= (bits[i] & exp_mask) == exp_mask;
+  if (!any) return true;
   for (int64_t i = 0; i < flat.size(); ++i) {
     if (!std::isfinite(flat(i))) {
       ctx->CtxFailure(bad(what, " must be finite; got ", static_cast<double>(flat(i)),

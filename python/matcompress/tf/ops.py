@@ -204,14 +204,16 @@ def fit_codebook(values, n_codes, *, block_size=1, method="auto", n_init=1, max_
 def simhash(A, n_bits, *, random_state=None, name=None):
     """Sign bits and column scales of ``A`` (m, n) as a TensorFlow op: the same bits, scales
     and seed as :func:`matcompress.simhash` with the same arguments, returned as the mapping
-    :func:`factored_matmul` takes (``kind``, ``bits``, ``scale``, ``seed``). No gradient."""
+    :func:`factored_matmul` takes (``kind``, ``bits``, ``scale``, ``seed``, ``n_rows``). No
+    gradient."""
     with tf.name_scope(name or "simhash"):
         A = _float_tensor(A, "A")
         n_bits = check_int(n_bits, "n_bits", min_value=1)
         seed = _seed(random_state)
         bits, scale = load_library().matcompress_simhash(A, n_bits=n_bits,
                                                          seed=_signed_seed(seed))
-        return {"kind": "sign_bits", "bits": bits, "scale": scale, "seed": seed}
+        return {"kind": "sign_bits", "bits": bits, "scale": scale, "seed": seed,
+                "n_rows": _static(A.shape[0], "A.shape[0]")}
 
 
 # ---- factorizations as tensors ------------------------------------------------------------------
@@ -220,7 +222,7 @@ _FIELDS = {
     "low_rank": ("left", "right"),
     "sparse_codes": ("indices", "values", "dictionary"),
     "codebook": ("codes", "codebook", "n_cols", "packed"),
-    "sign_bits": ("bits", "scale", "seed"),
+    "sign_bits": ("bits", "scale", "seed", "n_rows"),
     "pruned": ("indptr", "indices", "n_cols", "values", "codes", "codebook"),
 }
 
@@ -251,7 +253,7 @@ def factor_tensors(factorization, dtype=None):
         out.update(codes=codes, codebook=f.codebook.astype(dt), n_cols=f.n_cols,
                    packed=f.packed)
     elif isinstance(f, _factors.SignBits):
-        out.update(bits=f.bits, scale=f.scale.astype(dt), seed=f.seed)
+        out.update(bits=f.bits, scale=f.scale.astype(dt), seed=f.seed, n_rows=f.n_rows)
     elif isinstance(f, _factors.Pruned):
         indices = f.indices.astype(np.uint16 if f.n_cols <= 65536 else np.int32)
         out.update(indptr=f.indptr.astype(np.int64), indices=indices, n_cols=f.n_cols)
@@ -305,6 +307,13 @@ def factored_matmul(x, factors, name=None):
                                                  n=int(get("n_cols")),
                                                  packed=bool(get("packed", False)))
         elif kind == "sign_bits":
+            # The projection takes its height from x: check it against the factorization's.
+            n_rows = get("n_rows")
+            if n_rows is not None:
+                tf.debugging.assert_equal(
+                    tf.shape(x2)[1], int(n_rows),
+                    message=f"x must have shape (..., {int(n_rows)}) to multiply a matrix of "
+                            f"{int(n_rows)} rows")
             y = lib.matcompress_sign_bits_mat_mul(x2, get("bits"), get("scale"),
                                                   seed=_signed_seed(get("seed")))
         else:  # pruned

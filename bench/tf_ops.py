@@ -1,0 +1,172 @@
+"""TensorFlow ops benchmark: each op against the numpy face on the same data, and the factored
+products against ``tf.matmul`` on the dense matrix.
+
+    python bench/tf_ops.py [--quick] [--rounds 5] [--wait-idle SECONDS] [--markdown FILE]
+
+Targets (issue 8): op overhead <= 10 % over the numpy face at the OMP sizes and at the batch-1
+GEMV of DESIGN.md §7. Both faces run the same core functions on 2 threads (numpy: SciPy's
+OpenBLAS held to one thread inside the kernels; TensorFlow: Eigen GEMMs on the calling thread,
+OpenMP capped to TensorFlow's 2 intra-op threads). The ops are timed eagerly and inside a
+``tf.function`` (graph), on tensors made once; each result is forced to host memory (.numpy()).
+
+Timing: the routes of a case interleaved in rounds (best of each), after bench/omp.py's Settler;
+a route's call is repeated until 20 ms are spent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+try:
+    from . import omp as _ob
+except ImportError:  # run as a script
+    sys.path.insert(0, os.path.dirname(__file__))
+    import omp as _ob
+
+import matcompress as mc
+
+SEED = 20251126
+
+
+def _routes_table(title, routes, rounds, settle, out):
+    """Interleave the routes (name -> zero-argument callable) and return table lines with each
+    route's best time and its ratio to the first route."""
+    best = {k: np.inf for k in routes}
+    loads = {k: _ob.ForeignLoad() for k in routes}
+    for fn in routes.values():  # warm-up (graph tracing, threads, pages)
+        fn()
+    for _ in range(rounds):
+        for name, fn in routes.items():
+            t, _, _ = _ob.best_time(fn, 3, min_time=0.02, settle=settle, load=loads[name])
+            best[name] = min(best[name], t)
+    first = next(iter(routes))
+    lines = [f"**{title}**", "", "| route | time | this / " + first.split(" (")[0] + " | other load |",
+             "|---|---|---|---|"]
+    for name in routes:
+        lines.append(f"| {name} | {best[name] * 1e3:.3f} ms | {best[name] / best[first]:.3f}x | "
+                     f"{loads[name].cores or 0:.2f} |")
+    return lines, best, [loads[k].cores for k in routes]
+
+
+def _graph(fn):
+    import tensorflow as tf
+
+    return tf.function(fn, autograph=False)
+
+
+def run(quick=False, rounds=5, wait_idle=60.0, out=print):
+    import tensorflow as tf
+
+    import matcompress.tf as mctf
+
+    rng = np.random.default_rng(SEED)
+    settle = _ob.Settler(wait_idle)
+    lines, summary, loads = [], [], []
+
+    def add(title, routes, ours, ref):
+        out(f"{title} ...")
+        tab, best, ld = _routes_table(title, routes, rounds, settle, out)
+        lines.extend(tab + [""])
+        loads.extend(ld)
+        if ours and ref:
+            summary.append((title, best[ours] / best[ref]))
+
+    # OMP at DESIGN.md §7's sizes (a: 256 atoms x 64, s = 8, 20k signals; b: 1024 x 256, s = 16)
+    omp_cases = [("a", 256, 64, 8, 20000), ("b", 1024, 256, 16, 10000)]
+    if quick:
+        omp_cases = [("a", 256, 64, 8, 2000)]
+    for label, k, f, s, n in omp_cases:
+        D = rng.standard_normal((k, f)).astype(np.float32)
+        D /= np.linalg.norm(D, axis=1, keepdims=True)
+        X = rng.standard_normal((n, f)).astype(np.float32)
+        Xt, Dt = tf.constant(X), tf.constant(D)
+        ref = mc.sparse_encode(X, D, n_nonzero_coefs=s)
+        got = mctf.sparse_encode(Xt, Dt, n_nonzero_coefs=s).numpy()
+        assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+        compact = _graph(lambda a, b: mctf.sparse_encode(a, b, n_nonzero_coefs=s, compact=True))
+        dense = _graph(lambda a, b: mctf.sparse_encode(a, b, n_nonzero_coefs=s))
+        add(f"OMP {label}: {n} signals, dictionary {k} x {f}, s = {s} (float32)", {
+            "numpy face `mc.sparse_encode` (dense codes)": lambda: mc.sparse_encode(
+                X, D, n_nonzero_coefs=s),
+            "TF op, graph (compact codes)": lambda: [t.numpy() for t in compact(Xt, Dt)],
+            "TF op, graph (dense codes, by scatter)": lambda: dense(Xt, Dt).numpy(),
+            "TF op, eager (compact codes)": lambda: [t.numpy() for t in mctf.sparse_encode(
+                Xt, Dt, n_nonzero_coefs=s, compact=True)],
+        }, "TF op, graph (compact codes)", "numpy face `mc.sparse_encode` (dense codes)")
+
+    # The batch-1 GEMV of a 4-bit codebook and batch 32 / 256 products of every form.
+    size = 1024 if quick else 4096
+    A = rng.standard_normal((size, size)).astype(np.float32)
+    forms = {
+        "4-bit codebook (8x)": mc.factors.Codebook(
+            mc.pack_4bit(rng.integers(0, 16, (size, size)).astype(np.uint8)),
+            rng.laplace(size=(16, 1)).astype(np.float32), size, packed=True),
+        "pruned (8x)": mc.compress(A, "pruning", compression_ratio=8),
+        "sparse codes (8x, 256 atoms)": mc.factors.SparseCodes(
+            rng.integers(0, 256, (size, size // 20)).astype(np.uint8),
+            rng.standard_normal((size, size // 20)).astype(np.float32),
+            rng.standard_normal((256, size)).astype(np.float32)),
+        "low rank (8x)": mc.compress(A, "low_rank", compression_ratio=8, random_state=0),
+    }
+    W = tf.constant(A)
+    for batch in ((1,) if quick else (1, 32, 256)):
+        x = rng.standard_normal((batch, size)).astype(np.float32)
+        xt = tf.constant(x)
+        for name, f in forms.items():
+            if batch == 1 and name != "4-bit codebook (8x)":
+                continue
+            ft = {k: (tf.constant(v) if isinstance(v, np.ndarray) else v)
+                  for k, v in mctf.factor_tensors(f).items()}
+            assert np.allclose(mctf.factored_matmul(xt, ft).numpy(), f.matmul(x), rtol=1e-4,
+                               atol=1e-3)
+            g = _graph(lambda a, ft=ft: mctf.factored_matmul(a, ft))
+            dense = _graph(lambda a: tf.matmul(a, W))
+            add(f"{name}, {size} x {size}, batch {batch}", {
+                "numpy face `f.matmul(x)`": lambda f=f: f.matmul(x),
+                "TF op, graph": lambda g=g: g(xt).numpy(),
+                "TF op, eager": lambda ft=ft: mctf.factored_matmul(xt, ft).numpy(),
+                "tf.matmul on the dense W, graph": lambda: dense(xt).numpy(),
+            }, "TF op, graph", "numpy face `f.matmul(x)`")
+
+    lines.append("Summary, TF op (graph) time / numpy face time (target <= 1.10 at the OMP and "
+                 "batch-1 GEMV sizes):")
+    lines.append("")
+    for title, r in summary:
+        lines.append(f"- {title}: {r:.3f}")
+    notes = _ob.load_notes(loads, settle.waited)
+    if notes:
+        lines += [""] + [f"- {n}" for n in notes]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--wait-idle", type=float, default=None)
+    p.add_argument("--markdown", help="also write the report as markdown")
+    a = p.parse_args(argv)
+    command = shlex.join(["python", "bench/tf_ops.py"]
+                         + (sys.argv[1:] if argv is None else list(argv)))
+    t0 = time.perf_counter()
+    header = _ob.print_header(command)
+    wait = a.wait_idle if a.wait_idle is not None else (10.0 if a.quick else 60.0)
+    report = run(a.quick, 1 if a.quick else a.rounds, wait)
+    import tensorflow as tf
+
+    _ob.finish(report, time.perf_counter() - t0, a.markdown, "# TensorFlow ops",
+               header + f"\n- tensorflow {tf.__version__}",
+               f"seed {SEED}; Gaussian signals and unit-norm atoms; random 4-bit codes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
