@@ -54,9 +54,10 @@ def load_library():
     if built is None or not os.path.exists(path):
         raise ImportError(
             f"matcompress has no TensorFlow op library (TensorFlow {installed} is installed, but "
-            "none was importable when matcompress was built). Install TensorFlow first, then "
-            "rebuild matcompress where the build sees it: pip install 'tensorflow-cpu==2.21.*' "
-            "&& pip install --no-build-isolation --force-reinstall --no-deps <matcompress source>")
+            "the build of matcompress did not see TensorFlow 2.21). Rebuild it where the build "
+            "does: on Linux x86-64 with Python 3.10-3.13, pip install --force-reinstall "
+            "--no-deps <matcompress source> (TensorFlow is a build requirement there); elsewhere "
+            "install TensorFlow first and add --no-build-isolation.")
     if _major_minor(built) != _major_minor(installed):
         raise ImportError(
             f"matcompress's TensorFlow op library was built for TensorFlow {built}, but TensorFlow "
