@@ -177,6 +177,10 @@ def make_sparse_codes(rng, m, n, dtype, *, s=3, k=11, index_dtype=np.int32, dupl
         idx[::3, -1] = idx[::3, 0]
         vals[1::3, 0] = 0.0                # zero values, some on a duplicate
         vals[::4, :] = 0.0                 # rows that are entirely zero
+    # The stored order (SparseCodes keeps each row's terms sorted by atom; see
+    # test_sparse_codes_rows_are_stored_in_atom_order): the gradient of values follows it.
+    order = np.argsort(idx, axis=1, kind="stable")
+    idx, vals = np.take_along_axis(idx, order, axis=1), np.take_along_axis(vals, order, axis=1)
     D = rng.standard_normal((k, n)).astype(dtype)
     vals = vals.astype(dtype)
     V64, D64 = vals.astype(F64), D.astype(F64)
@@ -934,3 +938,24 @@ def test_property_pruned(m, n, lead, dtype, isa_name, seed, density, codes, n_co
         rng, m, n, dt, density=density, index_dtype=idx, indptr_dtype=indptr, codes=codes,
         n_codes=n_codes, unsorted=unsorted, empty_rows=empty_rows),
         m, n, lead, dtype, isa_name, seed)
+
+
+def test_sparse_codes_rows_are_stored_in_atom_order():
+    # Unsorted terms (with a duplicate atom) are stored sorted by atom, ties in their order; the
+    # matrix, its product and the input arrays are unchanged.
+    idx = np.array([[5, 1, 3, 1], [0, 2, 2, 1]], np.int32)
+    vals = np.array([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
+    D = np.random.default_rng(20).standard_normal((6, 4))
+    before = (idx.copy(), vals.copy())
+    W = SparseCodes(idx, vals, D)
+    assert_array_equal(W.indices, [[1, 1, 3, 5], [0, 1, 2, 2]])
+    assert_array_equal(W.values, [[2.0, 4.0, 3.0, 1.0], [5.0, 8.0, 6.0, 7.0]])
+    assert_array_equal(idx, before[0]) and assert_array_equal(vals, before[1])
+    dense = np.zeros((2, 4))
+    for i in range(2):
+        for t in range(4):
+            dense[i] += vals[i, t] * D[idx[i, t]]
+    np.testing.assert_allclose(W.to_dense(), dense, rtol=1e-12, atol=1e-12)
+    x = np.array([[1.0, -2.0]])
+    np.testing.assert_allclose(W.matmul(x), x @ dense, rtol=1e-12, atol=1e-12)
+

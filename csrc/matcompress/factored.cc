@@ -482,41 +482,48 @@ void check_sparse_codes(const SparseCodesView<T>& w, index_t batch) {
   MC_CHECK(w.k < (index_t(1) << 31), "sparse-code product: too many atoms");
 }
 
-// C (m x k) in CSR form with each row's entries sorted by atom (a stable insertion sort of the
-// s entries), and where each entry came from.
+// C (m x k) in CSR form with each row's entries sorted by atom (ties in their order), and where
+// each entry came from. Rows already in order (the Python face stores them so) are used in
+// place; otherwise the rows are sorted into a copy.
 template <typename T>
 struct SortedCodes {
   std::vector<std::int64_t> indptr;
-  std::vector<std::int32_t> indices;
-  std::vector<T> values;
-  std::vector<std::int32_t> from;  // position within the row of the original entry
+  const std::int32_t* indices = nullptr;
+  const T* values = nullptr;
+  bool sorted_copy = false;
+  std::vector<std::int32_t> idx_copy, from;  // from: position within the row (copy only)
+  std::vector<T> val_copy;
 
   SortedCodes(const SparseCodesView<T>& w, int n_threads)
-      : indptr(static_cast<std::size_t>(w.m + 1)),
-        indices(static_cast<std::size_t>(w.m * w.s)),
-        values(static_cast<std::size_t>(w.m * w.s)),
-        from(static_cast<std::size_t>(w.m * w.s)) {
+      : indptr(static_cast<std::size_t>(w.m + 1)), indices(w.indices), values(w.values) {
     const index_t s = w.s;
     for (index_t i = 0; i <= w.m; ++i) indptr[static_cast<std::size_t>(i)] = i * s;
-    parallel_for(0, w.m, resolve_threads_for_work(n_threads, double(w.m * s * s), 4e6), 256,
+    bool in_order = true;
+    for (index_t i = 0; i < w.m && in_order; ++i)
+      for (index_t t = 1; t < s; ++t) in_order &= w.indices[i * s + t - 1] <= w.indices[i * s + t];
+    if (in_order) return;
+    sorted_copy = true;
+    idx_copy.resize(static_cast<std::size_t>(w.m * s));
+    val_copy.resize(static_cast<std::size_t>(w.m * s));
+    from.resize(static_cast<std::size_t>(w.m * s));
+    parallel_for(0, w.m, resolve_threads_for_work(n_threads, double(w.m * s) * 16, 4e6), 256,
                  [&](index_t i, int) {
-      std::int32_t* idx = indices.data() + i * s;
-      T* val = values.data() + i * s;
-      std::int32_t* src = from.data() + i * s;
+      std::vector<std::pair<std::int32_t, std::int32_t>> order(static_cast<std::size_t>(s));
+      for (index_t t = 0; t < s; ++t)
+        order[static_cast<std::size_t>(t)] = {w.indices[i * s + t], static_cast<std::int32_t>(t)};
+      std::sort(order.begin(), order.end());
       for (index_t t = 0; t < s; ++t) {
-        const std::int32_t a = w.indices[i * s + t];
-        const T v = w.values[i * s + t];
-        index_t u = t;
-        for (; u > 0 && idx[u - 1] > a; --u) {
-          idx[u] = idx[u - 1], val[u] = val[u - 1], src[u] = src[u - 1];
-        }
-        idx[u] = a, val[u] = v, src[u] = static_cast<std::int32_t>(t);
+        const auto [a, from_t] = order[static_cast<std::size_t>(t)];
+        const auto p = static_cast<std::size_t>(i * s + t);
+        idx_copy[p] = a, val_copy[p] = w.values[i * s + from_t], from[p] = from_t;
       }
     });
+    indices = idx_copy.data();
+    values = val_copy.data();
   }
 
   PrunedView<T> view(const SparseCodesView<T>& w) const {
-    PrunedView<T> c{indptr.data(), indices.data(), false, values.data()};
+    PrunedView<T> c{indptr.data(), indices, false, values};
     c.m = w.m;
     c.n = w.k;
     return c;
@@ -550,9 +557,11 @@ void sparse_codes_matmul_backward(const Gemm<T>& gemm, const SparseCodesView<T>&
     if (batch > 0)
       parallel_gemm(gemm, false, true, batch, k, w.n, T(1), dy, w.n, w.dictionary, w.n, T(0),
                     g.data(), k, n_threads);
-    std::vector<T> dv(dvalues ? static_cast<std::size_t>(w.m * w.s) : 0);
-    pruned_matmul_backward(c, x, g.data(), batch, dx, dvalues ? dv.data() : nullptr, n_threads);
-    if (dvalues)
+    std::vector<T> dv(dvalues && codes.sorted_copy ? static_cast<std::size_t>(w.m * w.s) : 0);
+    pruned_matmul_backward(c, x, g.data(), batch, dx,
+                           codes.sorted_copy ? (dvalues ? dv.data() : nullptr) : dvalues,
+                           n_threads);
+    if (dvalues && codes.sorted_copy)  // back to the caller's order
       for (index_t i = 0; i < w.m; ++i)
         for (index_t t = 0; t < w.s; ++t)
           dvalues[i * w.s + codes.from[static_cast<std::size_t>(i * w.s + t)]] =

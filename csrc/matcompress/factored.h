@@ -75,15 +75,17 @@ struct SparseCodesView {
   index_t m, s, k, n;
 };
 
-/// y = (x C) D: C as a CSR matrix (each row's entries sorted by atom, a copy), x C by the CSR
-/// product below, then one GEMM. Allocates batch x k, (m + k) x batch and the sorted copy.
+/// y = (x C) D: C as a CSR matrix (each row's entries in atom order: in place when the rows
+/// are so, else a sorted copy), x C by the CSR product below, then one GEMM. Allocates
+/// batch x k, (m + k) x batch and, for unsorted rows, the copy.
 template <typename T>
 void sparse_codes_matmul(const Gemm<T>& gemm, const SparseCodesView<T>& w, const T* x,
                          index_t batch, T* y, int n_threads);
 
 /// g = dy Dᵀ (batch x k); dx[:, i] = sum_t values[i, t] g[:, indices[i, t]];
 /// dvalues[i, t] = <x[:, i], g[:, indices[i, t]]> (the CSR backward on the sorted copy);
-/// dD = (x C)ᵀ dy. Allocates batch x k twice, (m + k) x batch and the sorted copy.
+/// dD = (x C)ᵀ dy. Allocates batch x k twice, (m + k) x batch and, for unsorted rows, the
+/// sorted copy.
 template <typename T>
 void sparse_codes_matmul_backward(const Gemm<T>& gemm, const SparseCodesView<T>& w, const T* x,
                                   const T* dy, index_t batch, T* dx, T* dvalues, T* ddictionary,

@@ -304,7 +304,8 @@ class LowRank(Factorization):
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class SparseCodes(Factorization):
     """Row i of W ~ sum_t values[i, t] * dictionary[indices[i, t]] (s terms per row; unused
-    terms have value 0)."""
+    terms have value 0). Each row's terms are stored in atom order (sorted on construction when
+    they are not)."""
 
     indices: np.ndarray
     values: np.ndarray
@@ -320,6 +321,11 @@ class SparseCodes(Factorization):
                              "same shape (m, s)")
         if values.dtype != dictionary.dtype:
             raise TypeError("values and dictionary must share a dtype")
+        if indices.size and np.any(np.diff(indices.astype(np.int64), axis=1) < 0):
+            # Each row's terms are kept in atom order (the kernels read them so in place).
+            order = np.argsort(indices, axis=1, kind="stable")
+            indices = np.take_along_axis(indices, order, axis=1)
+            values = np.take_along_axis(values, order, axis=1)
         _freeze(self, indices=indices, values=values, dictionary=dictionary)
 
     shape = property(lambda self: (self.values.shape[0], self.dictionary.shape[1]))
