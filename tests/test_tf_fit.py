@@ -138,3 +138,53 @@ def test_bad_arguments_raise_python_errors(call, exc, match):
 def test_import_matcompress_does_not_import_tensorflow():
     code = "import sys, matcompress; assert 'tensorflow' not in sys.modules, 'tensorflow'"
     subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ))
+
+
+_MIRRORED = r"""
+import os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+sys.meta_path = [f for f in sys.meta_path if "editable" not in type(f).__module__] \
+    if os.environ.get("MC_PRIVATE_TAG") else sys.meta_path
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import matcompress as mc
+import matcompress.tf as mctf
+
+rng = np.random.default_rng(0)
+W = rng.standard_normal((48, 40)).astype(np.float32)
+f = mc.compress(W, "kmeans", compression_ratio=8, random_state=0)
+x = rng.standard_normal((8, 48)).astype(np.float32)
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    parts = mctf.factor_tensors(f)
+    parts["codebook"] = tf.Variable(parts["codebook"])
+
+@tf.function
+def step(xs):
+    def replica(xr):
+        with tf.GradientTape() as tape:
+            y = mctf.factored_matmul(xr, parts)
+            loss = tf.reduce_sum(y)
+        return tape.gradient(loss, parts["codebook"])
+    per = strategy.run(replica, args=(xs,))
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, per, axis=None)
+
+dist = strategy.experimental_distribute_dataset(
+    tf.data.Dataset.from_tensor_slices(x).batch(8))
+got = step(next(iter(dist))).numpy()
+_, ref = f.matmul_backward(x, np.ones((8, 40), np.float32))
+err = np.abs(got - ref["codebook"]).max() / np.abs(ref["codebook"]).max()
+print("replicas", strategy.num_replicas_in_sync, "err", err)
+assert strategy.num_replicas_in_sync == 2 and err < 1e-5, err
+"""
+
+
+def test_gradients_inside_mirrored_strategy_replicas():
+    # Two logical CPUs (configured before TensorFlow starts: a fresh process), the batch split
+    # between the replicas, the codebook gradients summed: equal to the numpy face's.
+    proc = subprocess.run([sys.executable, "-c", _MIRRORED], capture_output=True, text=True,
+                          env=dict(os.environ), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "replicas 2" in proc.stdout
