@@ -165,7 +165,10 @@ class Factorization(abc.ABC):
         (same shape and dtype as the field; empty when ``need_grads`` is false), the discrete
         parts held fixed: both low-rank sides; sparse-code values on their fixed support and
         the dictionary; codebook entries (a segment sum over the code map); sign-bit scales;
-        pruned values (or their codebook). Computed from the factors, never building W.
+        pruned values (or their codebook). Computed from the factors, never building W: no
+        form's backward pass allocates a dense m x n temporary (each native function lists its
+        buffers in ``csrc/matcompress/factored.h``; the largest are batch-sized, plus per-thread
+        tiles of 256 x 256).
 
         Raises
         ------
