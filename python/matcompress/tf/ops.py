@@ -293,10 +293,10 @@ def factored_matmul(x, factors, name=None):
         if kind not in _FIELDS:
             raise ValueError(f"unknown factorization kind {kind!r}; known: {sorted(_FIELDS)}")
         get = factors.get
-        lead = tf.shape(x)[:-1]
+        flat = x.shape.rank == 2  # (batch, m) already: no reshapes (each is an op to run)
         known = x.shape.rank is not None and x.shape[-1] is not None
         m = x.shape[-1] if known else tf.shape(x)[-1]
-        x2 = tf.reshape(x, [-1, m])
+        x2 = x if flat else tf.reshape(x, [-1, m])
         lib = load_library() if kind != "low_rank" else None
         if kind == "low_rank":
             y = tf.matmul(tf.matmul(x2, get("left")), get("right"))
@@ -323,5 +323,7 @@ def factored_matmul(x, factors, name=None):
                 values = tf.gather(get("codebook"), get("codes"))
             y = lib.matcompress_pruned_mat_mul(x2, get("indptr"), get("indices"), values,
                                                n=int(get("n_cols")))
+        if flat:
+            return y
         n = y.shape[-1] if y.shape[-1] is not None else tf.shape(y)[-1]
-        return tf.reshape(y, tf.concat([lead, [n]], axis=0))
+        return tf.reshape(y, tf.concat([tf.shape(x)[:-1], [n]], axis=0))
