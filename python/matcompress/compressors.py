@@ -257,11 +257,18 @@ class DictionaryCompressor(MatrixCompressor):
                              "compression_ratio, not both")
         budget = m * n * itemsize / ratio
         best = None
+        # First the atoms whose codes use a quarter of them (s = k / 4: codes that are sparse,
+        # and no bytes left over), then fixed shares of the budget for the atoms.
+        balanced = []
+        for idx in (1, 2, 4):
+            k = int(budget / (n * itemsize + m * (itemsize + idx) / 4))
+            if k >= 8 and index_dtype(k).itemsize == idx:
+                balanced.append(k)
         candidates = [int(frac * budget / (n * itemsize)) for frac in (0.25, 0.125, 0.0625, 0.5)]
-        for k in candidates + [2]:
+        for i, k in enumerate(balanced + candidates + [2]):
             k = min(max(2, k), max(1, m // 2))
             s = int((budget - k * n * itemsize) // (m * (itemsize + index_dtype(k).itemsize)))
-            s = min(s, k, n)
+            s = min(s, k, n) if i >= len(balanced) else min(s, max(1, k // 4), n)
             if s >= 1 and self.stored_bytes(m, n, itemsize, k, s) <= budget:
                 best = (k, s)
                 break
