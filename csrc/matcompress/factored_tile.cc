@@ -6,8 +6,8 @@
 #include <cstring>
 
 #if defined(__AVX2__)
-// GCC 12 reports the _mm512_undefined_* placeholders inside its own AVX-512 intrinsics as
-// "may be used uninitialized" (GCC bug 105593): not ours to fix.
+// GCC 12 reports the deliberately undefined values (_mm512_undefined_*) inside its own AVX-512
+// intrinsics as "may be used uninitialized" (GCC bug 105593): a compiler false positive.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 #endif

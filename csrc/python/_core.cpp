@@ -540,19 +540,32 @@ void require_scores_shape(const py::array& a, const py::array& scores) {
           "scores must have the shape of A");
 }
 
-// Block (or unstructured) pruning as CSR: (indptr int64, indices, values, threshold key,
-// last kept tie). scores may be A itself (magnitude pruning).
-py::object prune_csr(const py::array& a_in, const py::array& scores_in, mc::index_t br,
-                    mc::index_t bc, mc::index_t n_keep, int n_threads, int index_bytes) {
+// Calls f(a, scores, index) with A and scores as arrays of their own float types and a value
+// of the CSR index type for index_bytes (the dispatch of the pruning-to-CSR bindings).
+template <class F>
+py::object with_prune_inputs(const py::array& a_in, const py::array& scores_in, int index_bytes,
+                             F&& f) {
   require_scores_shape(a_in, scores_in);
   return with_float(a_in, "A", [&](auto t) {
     using T = decltype(t);
     return with_float(scores_in, "scores", [&](auto s) {
       using S = decltype(s);
       return with_index(index_bytes, [&](auto i) {
+        return f(carray<T>::ensure(a_in), carray<S>::ensure(scores_in), i);
+      });
+    });
+  });
+}
+
+// Block (or unstructured) pruning as CSR: (indptr int64, indices, values, threshold key,
+// last kept tie). scores may be A itself (magnitude pruning).
+py::object prune_csr(const py::array& a_in, const py::array& scores_in, mc::index_t br,
+                    mc::index_t bc, mc::index_t n_keep, int n_threads, int index_bytes) {
+  return with_prune_inputs(a_in, scores_in, index_bytes,
+                           [&](const auto& a, const auto& scores, auto i) -> py::object {
+        using T = typename std::decay_t<decltype(a)>::value_type;
+        using S = typename std::decay_t<decltype(scores)>::value_type;
         using I = decltype(i);
-        const carray<T> a = carray<T>::ensure(a_in);
-        const carray<S> scores = carray<S>::ensure(scores_in);
         const mc::index_t rows = a.shape(0), cols = a.shape(1);
         require(br >= 1 && bc >= 1 && rows % br == 0 && cols % bc == 0,
                 "block_shape must divide the shape of A");
@@ -569,23 +582,17 @@ py::object prune_csr(const py::array& a_in, const py::array& scores_in, mc::inde
                                        values.mutable_data());
         }
         return py::make_tuple(indptr, indices, values, sel.key, sel.last_tie);
-      });
-    });
   });
 }
 
 // N:M pruning as CSR: (indptr int64, indices, values).
 py::object prune_n_m_csr(const py::array& a_in, const py::array& scores_in, mc::index_t n,
                         mc::index_t m, int n_threads, int index_bytes) {
-  require_scores_shape(a_in, scores_in);
-  return with_float(a_in, "A", [&](auto t) {
-    using T = decltype(t);
-    return with_float(scores_in, "scores", [&](auto s) {
-      using S = decltype(s);
-      return with_index(index_bytes, [&](auto i) {
+  return with_prune_inputs(a_in, scores_in, index_bytes,
+                           [&](const auto& a, const auto& scores, auto i) -> py::object {
+        using T = typename std::decay_t<decltype(a)>::value_type;
+        using S = typename std::decay_t<decltype(scores)>::value_type;
         using I = decltype(i);
-        const carray<T> a = carray<T>::ensure(a_in);
-        const carray<S> scores = carray<S>::ensure(scores_in);
         const mc::index_t rows = a.shape(0), cols = a.shape(1);
         require(m >= 1 && n >= 1 && n <= m && cols % m == 0,
                 "N:M needs 1 <= N <= M and M dividing the columns of A");
@@ -600,8 +607,6 @@ py::object prune_n_m_csr(const py::array& a_in, const py::array& scores_in, mc::
                                      values.mutable_data());
         }
         return py::make_tuple(indptr, indices, values);
-      });
-    });
   });
 }
 
