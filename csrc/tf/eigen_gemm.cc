@@ -2,6 +2,13 @@
 #define EIGEN_DONT_PARALLELIZE  // on the calling thread: the core owns the threads
 #include "tf/eigen_gemm.h"
 
+// Eigen's templates have the same names in each instruction set's object, and the linker keeps
+// one copy of each (the first, generic one: the AVX-512 build then ran SSE kernels, 2-3x slower).
+// Renaming the namespace per instruction set keeps every copy apart. A header name written as
+// <...> is not macro-expanded, so the include below still finds Eigen.
+#define MC_EIGEN_NS_(isa) Eigen_##isa
+#define MC_EIGEN_NS(isa) MC_EIGEN_NS_(isa)
+#define Eigen MC_EIGEN_NS(MC_ISA_NS)
 #include <Eigen/Core>
 
 namespace matcompress {
