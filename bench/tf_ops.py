@@ -120,11 +120,11 @@ def run(quick=False, rounds=5, wait_idle=60.0, out=print):
         add(f"OMP {label}: {n} signals, dictionary {k} x {f}, s = {s} (float32)", {
             "numpy face `mc.sparse_encode` (dense codes)": lambda: mc.sparse_encode(
                 X, D, n_nonzero_coefs=s),
+            "TF op, graph (dense codes)": lambda: dense(Xt, Dt).numpy(),
             "TF op, graph (compact codes)": lambda: [t.numpy() for t in compact(Xt, Dt)],
-            "TF op, graph (dense codes, by scatter)": lambda: dense(Xt, Dt).numpy(),
-            "TF op, eager (compact codes)": lambda: [t.numpy() for t in mctf.sparse_encode(
-                Xt, Dt, n_nonzero_coefs=s, compact=True)],
-        }, "TF op, graph (compact codes)", "numpy face `mc.sparse_encode` (dense codes)")
+            "TF op, eager (dense codes)": lambda: mctf.sparse_encode(
+                Xt, Dt, n_nonzero_coefs=s).numpy(),
+        }, "TF op, graph (dense codes)", "numpy face `mc.sparse_encode` (dense codes)")
 
     # The batch-1 GEMV of a 4-bit codebook and batch 32 / 256 products of every form.
     size = 1024 if quick else 4096

@@ -52,6 +52,7 @@ def test_sparse_encode_equals_the_numpy_face(dtype, kw):
     assert np.array_equal(nnz, (ref != 0).sum(axis=1))
     for i in range(X.shape[0]):
         assert set(indices[i, :nnz[i]].tolist()) == set(np.flatnonzero(ref[i]).tolist())
+        close(values[i, :nnz[i]], ref[i, indices[i, :nnz[i]]], dtype)
         assert np.all(values[i, nnz[i]:] == 0)
 
 
@@ -114,6 +115,10 @@ def test_fitting_runs_in_a_graph_with_the_same_result():
 @pytest.mark.parametrize("call, match", [
     (lambda: mctf.sparse_encode(np.ones((2, 3)), np.zeros((4, 3))), "zero-norm atom"),
     (lambda: mctf.sparse_encode(np.full((2, 3), np.nan), np.ones((4, 3))), "x must be finite"),
+    (lambda: mctf.sparse_encode(np.ones((2, 3)), np.zeros((4, 3)), compact=True),
+     "zero-norm atom"),
+    (lambda: mctf.sparse_encode(np.ones((2, 3)), np.full((4, 3), np.inf), compact=True),
+     "dictionary must be finite"),
     (lambda: mctf.fit_codebook(np.array([1.0, np.inf, 2.0]), 2), "points must be finite"),
     (lambda: mctf.simhash(np.full((3, 2), np.inf), 4), "a must be finite"),
 ])

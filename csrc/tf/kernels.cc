@@ -416,7 +416,8 @@ const T* scaled(const Tensor& t, int e, std::vector<T>& buf) {
   return buf.data();
 }
 
-template <typename T>
+// Dense: the codes as one (n_samples, n_components) output; else compact (indices, values, nnz).
+template <typename T, bool Dense>
 class SparseEncodeOp : public tf::OpKernel {
  public:
   explicit SparseEncodeOp(tf::OpKernelConstruction* c) : OpKernel(c) {
@@ -443,12 +444,25 @@ class SparseEncodeOp : public tf::OpKernel {
       MC_REQUIRE(ctx, norm2 > 0, "dictionary has a zero-norm atom at row ", a,
                  ": every atom must have a nonzero norm");
     }
-    Tensor *idx = nullptr, *val = nullptr, *nnz = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, tf::TensorShape({n, max_atoms_}), &idx));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, tf::TensorShape({n, max_atoms_}), &val));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, tf::TensorShape({n}), &nnz));
-    idx->flat<int32_t>().setZero();
-    val->flat<T>().setZero();
+    mc::OmpCodes<T> out;
+    Tensor nnz_buffer;
+    if (Dense) {  // the kernel writes every element of the dense codes; nnz is scratch
+      Tensor* codes = nullptr;
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(0, tf::TensorShape({n, k}), &codes));
+      OP_REQUIRES_OK(ctx, ctx->allocate_temp(tf::DT_INT64, tf::TensorShape({n}), &nnz_buffer));
+      out.dense = codes->flat<T>().data();
+      out.nnz = reinterpret_cast<mc::index_t*>(nnz_buffer.flat<int64_t>().data());
+    } else {
+      Tensor *idx = nullptr, *val = nullptr, *nnz = nullptr;
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(0, tf::TensorShape({n, max_atoms_}), &idx));
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(1, tf::TensorShape({n, max_atoms_}), &val));
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(2, tf::TensorShape({n}), &nnz));
+      idx->flat<int32_t>().setZero();
+      val->flat<T>().setZero();
+      out.indices = idx->flat<int32_t>().data();
+      out.values = val->flat<T>().data();
+      out.nnz = reinterpret_cast<mc::index_t*>(nnz->flat<int64_t>().data());
+    }
     mc::OmpProblem<T> p;
     p.X = x.flat<T>().data();
     p.n_samples = n;
@@ -460,11 +474,7 @@ class SparseEncodeOp : public tf::OpKernel {
     o.use_tol = tol_ >= 0;
     o.tol = tol_ >= 0 ? tol_ : 0.0;
     o.n_threads = intra_op_threads(ctx);
-    mc::OmpCodes<T> out;
-    out.indices = idx->flat<int32_t>().data();
-    out.values = val->flat<T>().data();
     static_assert(sizeof(mc::index_t) == sizeof(int64_t), "nnz is int64");
-    out.nnz = reinterpret_cast<mc::index_t*>(nnz->flat<int64_t>().data());
     const EigenGemm<T> gemm;
     run_core(ctx, [&] { mc::sparse_encode_omp<T>(gemm, p, o, out); });
   }
@@ -625,7 +635,10 @@ class SimhashOp : public tf::OpKernel {
 #define MC_REGISTER_FIT(T)                                                                       \
   REGISTER_KERNEL_BUILDER(                                                                       \
       Name("Matcompress>SparseEncode").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"),            \
-      SparseEncodeOp<T>);                                                                        \
+      SparseEncodeOp<T, false>);                                                                 \
+  REGISTER_KERNEL_BUILDER(                                                                       \
+      Name("Matcompress>SparseEncodeDense").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"),       \
+      SparseEncodeOp<T, true>);                                                                  \
   REGISTER_KERNEL_BUILDER(                                                                       \
       Name("Matcompress>FitCodebook").Device(tf::DEVICE_CPU).TypeConstraint<T>("T"),             \
       FitCodebookOp<T>);                                                                         \

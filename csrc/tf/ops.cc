@@ -193,6 +193,25 @@ REGISTER_OP("Matcompress>SparseEncode")
          "selection order (indices, values; the slots past nnz hold 0). tol >= 0: stop each row "
          "once its squared residual norm is <= tol (at most max_atoms atoms).");
 
+REGISTER_OP("Matcompress>SparseEncodeDense")
+    .Input("x: T")
+    .Input("dictionary: T")
+    .Output("codes: T")
+    .Attr("max_atoms: int >= 1")
+    .Attr("tol: float = -1")
+    .Attr("T: {float, double}")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle x, d;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &x));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &d));
+      DimensionHandle f;
+      TF_RETURN_IF_ERROR(c->Merge(c->Dim(x, 1), c->Dim(d, 1), &f));
+      c->set_output(0, c->Matrix(c->Dim(x, 0), c->Dim(d, 0)));
+      return absl::OkStatus();
+    })
+    .Doc("The codes of SparseEncode as a dense (n_samples, n_components) matrix, written by the "
+         "kernel itself (no scatter).");
+
 REGISTER_OP("Matcompress>FitCodebook")
     .Input("points: T")
     .Output("codebook: T")

@@ -107,6 +107,7 @@ def _pruned_grad(op, dy):
 
 
 tf.no_gradient("Matcompress>SparseEncode")
+tf.no_gradient("Matcompress>SparseEncodeDense")
 tf.no_gradient("Matcompress>FitCodebook")
 tf.no_gradient("Matcompress>Simhash")
 
@@ -154,15 +155,12 @@ def sparse_encode(X, dictionary, *, n_nonzero_coefs=None, tol=None, compact=Fals
                                   max_value=min(n_components, n_features),
                                   max_reason=f"n_components={n_components}, "
                                              f"n_features={n_features}")
-        indices, values, nnz = load_library().matcompress_sparse_encode(
-            X, dictionary, max_atoms=max_atoms, tol=-1.0 if tol is None else tol)
+        tol = -1.0 if tol is None else tol
         if compact:
-            return indices, values, nnz
-        rows = tf.broadcast_to(tf.range(tf.shape(X)[0])[:, None], tf.shape(indices))
-        where = tf.stack([rows, indices], axis=-1)
-        dense = tf.zeros(tf.stack([tf.shape(X)[0], n_components]), X.dtype)
-        return tf.tensor_scatter_nd_add(dense, tf.reshape(where, [-1, 2]),
-                                        tf.reshape(values, [-1]))
+            return load_library().matcompress_sparse_encode(X, dictionary, max_atoms=max_atoms,
+                                                            tol=tol)
+        return load_library().matcompress_sparse_encode_dense(X, dictionary,
+                                                              max_atoms=max_atoms, tol=tol)
 
 
 def fit_codebook(values, n_codes, *, block_size=1, method="auto", n_init=1, max_iter=100,
