@@ -18,8 +18,10 @@ a route's call is repeated until 20 ms are spent.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
+import subprocess
 import sys
 import time
 
@@ -162,6 +164,27 @@ def run(quick=False, rounds=5, wait_idle=60.0, out=print):
                                                     REPEAT),
             }, "TF op, graph", "numpy face `f.matmul(x)`")
 
+    # The batch-1 GEMV again, as the median of many alternations in a fresh process per thread
+    # count: its best-of times above swing from run to run on this machine.
+    out("4-bit GEMV, alternations ...")
+    lines += ["**4-bit codebook GEMV, batch 1: median over alternations (a fresh process per "
+              "thread count; each sample 10 calls of the numpy face, then one graph of 10 op "
+              "calls; TensorFlow's own cost per op: the same graph of a 1 x 8 by 8 x 8 "
+              "`tf.matmul`)**", "",
+              "| threads | numpy face | TF op, graph | TF's cost per op (tiny `tf.matmul`) | "
+              "TF op / numpy face | (TF op − TF's cost per op) / numpy face | ratio of best "
+              "times |", "|---|---|---|---|---|---|---|"]
+    for threads in (1, 2):
+        r = _alternations_in_child(threads, 1024 if quick else 4096, 40 if quick else 200)
+        lines.append(f"| {threads} | {r['numpy_median']:.3f} ms | {r['tf_median']:.3f} ms | "
+                     f"{r['floor_median']:.3f} ms | {r['median_ratio']:.3f} | "
+                     f"{r['median_ratio_less_floor']:.3f} | {r['best_ratio']:.3f} |")
+        summary.append((f"4-bit GEMV batch 1, {threads} thread(s), median of alternations",
+                        r["median_ratio"]))
+        summary.append((f"4-bit GEMV batch 1, {threads} thread(s), median of alternations, "
+                        "less TensorFlow's cost per op", r["median_ratio_less_floor"]))
+    lines.append("")
+
     lines.append("Summary, TF op (graph) time / numpy face time (target <= 1.10 at the OMP and "
                  "batch-1 GEMV sizes):")
     lines.append("")
@@ -173,15 +196,73 @@ def run(quick=False, rounds=5, wait_idle=60.0, out=print):
     return "\n".join(lines)
 
 
+def _alternations_in_child(threads, size, samples):
+    """Runs _alternations in a fresh process with `threads` OpenMP and intra-op threads (both
+    fixed at start-up) and returns its figures."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    done = subprocess.run([sys.executable, __file__, "--alternations-child", str(threads),
+                           str(size), str(samples)], env=env, check=True, capture_output=True,
+                          text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _alternations(threads, size, samples):
+    """Median per-call times of the 4-bit GEMV (numpy face, then the op in a graph), alternated
+    `samples` times; prints them as JSON."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    import matcompress.tf as mctf
+
+    rng = np.random.default_rng(SEED)
+    f = mc.factors.Codebook(mc.pack_4bit(rng.integers(0, 16, (size, size)).astype(np.uint8)),
+                            rng.laplace(size=(16, 1)).astype(np.float32), size, packed=True)
+    ft = {k: (tf.constant(v) if isinstance(v, np.ndarray) else v)
+          for k, v in mctf.factor_tensors(f).items()}
+    xs = [rng.standard_normal((1, size)).astype(np.float32) for _ in range(REPEAT)]
+    xts = [tf.constant(x) for x in xs]
+    g = _in_graph(lambda a: mctf.factored_matmul(a, ft))
+
+    def per_call(fn):
+        t = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t) / REPEAT
+
+    # TensorFlow's own cost per op in the same graph: a 1 x 8 by 8 x 8 tf.matmul per input.
+    tiny_w = tf.constant(np.ones((8, 8), np.float32))
+    tiny_xs = [tf.constant(np.full((1, 8), i, np.float32)) for i in range(REPEAT)]
+    tiny = _in_graph(lambda a: tf.matmul(a, tiny_w))
+
+    face = lambda: [f.matmul(x) for x in xs]  # noqa: E731
+    op = lambda: [t.numpy() for t in g(*xts)]  # noqa: E731
+    floor = lambda: [t.numpy() for t in tiny(*tiny_xs)]  # noqa: E731
+    face(), op(), floor()
+    a, b, c = [], [], []
+    for _ in range(samples):
+        a.append(per_call(face))
+        b.append(per_call(op))
+        c.append(per_call(floor))
+    a, b, c = np.array(a), np.array(b), np.array(c)
+    print(json.dumps({"numpy_median": float(np.median(a)) * 1e3,
+                      "tf_median": float(np.median(b)) * 1e3,
+                      "floor_median": float(np.median(c)) * 1e3,
+                      "median_ratio": float(np.median(b / a)),
+                      "median_ratio_less_floor": float(np.median((b - c) / a)),
+                      "best_ratio": float(b.min() / a.min())}))
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--alternations-child"]:
+        _alternations(*(int(v) for v in argv[1:4]))
+        return 0
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--wait-idle", type=float, default=None)
     p.add_argument("--markdown", help="also write the report as markdown")
     a = p.parse_args(argv)
-    command = shlex.join(["python", "bench/tf_ops.py"]
-                         + (sys.argv[1:] if argv is None else list(argv)))
+    command = shlex.join(["python", "bench/tf_ops.py"] + argv)
     t0 = time.perf_counter()
     header = _ob.print_header(command)
     wait = a.wait_idle if a.wait_idle is not None else (10.0 if a.quick else 60.0)
