@@ -8,8 +8,10 @@ GEMV of DESIGN.md §7. Both faces run the same core functions on 2 threads (nump
 OpenBLAS held to one thread inside the kernels; TensorFlow: Eigen GEMMs on the calling thread,
 OpenMP capped to TensorFlow's 2 intra-op threads). The ops are timed eagerly and inside a
 graph (a ``tf.function`` running the op 10 times in sequence, per call: a TensorFlow function call
-costs about 0.2 ms here, which a model shares among its ops), on tensors made once; each result
-is forced to host memory (.numpy()).
+costs about 0.2 ms here, which a model shares among its ops), on tensors made once. Results stay
+tensors: on the CPU a call returns once its ops have run (synchronous execution, TensorFlow's
+default), and ``.numpy()`` would copy them (1.5 ms for the 20 MB of dense codes of OMP a), a cost
+the numpy face does not pay.
 
 Timing: the routes of a case interleaved in rounds (best of each), after bench/omp.py's Settler;
 a route's call is repeated until 20 ms are spent.
@@ -74,7 +76,7 @@ REPEAT = 10  # op calls inside one graph call, so that the call's own cost is sh
 def _in_graph(fn):
     """Per-call time of fn inside a graph: one tf.function calling fn on REPEAT distinct inputs
     in sequence (each call after the last by a control edge; distinct inputs, so that no two
-    calls are merged as one), every result forced to host memory; the route divides by REPEAT."""
+    calls are merged as one); the route divides by REPEAT."""
     import tensorflow as tf
 
     @tf.function(autograph=False)
@@ -122,10 +124,10 @@ def run(quick=False, rounds=5, wait_idle=60.0, out=print):
         add(f"OMP {label}: {n} signals, dictionary {k} x {f}, s = {s} (float32)", {
             "numpy face `mc.sparse_encode` (dense codes)": lambda: mc.sparse_encode(
                 X, D, n_nonzero_coefs=s),
-            "TF op, graph (dense codes)": lambda: dense(Xt, Dt).numpy(),
-            "TF op, graph (compact codes)": lambda: [t.numpy() for t in compact(Xt, Dt)],
+            "TF op, graph (dense codes)": lambda: dense(Xt, Dt),
+            "TF op, graph (compact codes)": lambda: compact(Xt, Dt),
             "TF op, eager (dense codes)": lambda: mctf.sparse_encode(
-                Xt, Dt, n_nonzero_coefs=s).numpy(),
+                Xt, Dt, n_nonzero_coefs=s),
         }, "TF op, graph (dense codes)", "numpy face `mc.sparse_encode` (dense codes)")
 
     # The batch-1 GEMV of a 4-bit codebook and batch 32 / 256 products of every form.
@@ -158,9 +160,9 @@ def run(quick=False, rounds=5, wait_idle=60.0, out=print):
             dense = _in_graph(lambda a: tf.matmul(a, W))
             add(f"{name}, {size} x {size}, batch {batch}", {
                 "numpy face `f.matmul(x)`": lambda f=f: f.matmul(x),
-                "TF op, graph": (lambda g=g: [t.numpy() for t in g(*xs)], REPEAT),
-                "TF op, eager": lambda ft=ft: mctf.factored_matmul(xt, ft).numpy(),
-                "tf.matmul on the dense W, graph": (lambda: [t.numpy() for t in dense(*xs)],
+                "TF op, graph": (lambda g=g: g(*xs), REPEAT),
+                "TF op, eager": lambda ft=ft: mctf.factored_matmul(xt, ft),
+                "tf.matmul on the dense W, graph": (lambda: dense(*xs),
                                                     REPEAT),
             }, "TF op, graph", "numpy face `f.matmul(x)`")
 
@@ -234,8 +236,8 @@ def _alternations(threads, size, samples):
     tiny = _in_graph(lambda a: tf.matmul(a, tiny_w))
 
     face = lambda: [f.matmul(x) for x in xs]  # noqa: E731
-    op = lambda: [t.numpy() for t in g(*xts)]  # noqa: E731
-    floor = lambda: [t.numpy() for t in tiny(*tiny_xs)]  # noqa: E731
+    op = lambda: g(*xts)  # noqa: E731
+    floor = lambda: tiny(*tiny_xs)  # noqa: E731
     face(), op(), floor()
     a, b, c = [], [], []
     for _ in range(samples):
