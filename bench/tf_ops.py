@@ -152,8 +152,7 @@ def run(quick=False, rounds=5, wait_idle=60.0, out=print):
         for name, f in forms.items():
             if batch == 1 and name != "4-bit codebook (8x)":
                 continue
-            ft = {k: (tf.constant(v) if isinstance(v, np.ndarray) else v)
-                  for k, v in mctf.factor_tensors(f).items()}
+            ft = mctf.factor_tensors(f)
             assert np.allclose(mctf.factored_matmul(xt, ft).numpy(), f.matmul(x), rtol=1e-4,
                                atol=1e-3)
             g = _in_graph(lambda a, ft=ft: mctf.factored_matmul(a, ft))
@@ -219,8 +218,7 @@ def _alternations(threads, size, samples):
     rng = np.random.default_rng(SEED)
     f = mc.factors.Codebook(mc.pack_4bit(rng.integers(0, 16, (size, size)).astype(np.uint8)),
                             rng.laplace(size=(16, 1)).astype(np.float32), size, packed=True)
-    ft = {k: (tf.constant(v) if isinstance(v, np.ndarray) else v)
-          for k, v in mctf.factor_tensors(f).items()}
+    ft = mctf.factor_tensors(f)
     xs = [rng.standard_normal((1, size)).astype(np.float32) for _ in range(REPEAT)]
     xts = [tf.constant(x) for x in xs]
     g = _in_graph(lambda a: mctf.factored_matmul(a, ft))

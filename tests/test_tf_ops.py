@@ -197,9 +197,9 @@ def test_forms_are_what_they_claim():
     assert t["codebook_i64_70000_codes"]["codes"].dtype == np.int32
     assert t["pruned_u16_unsorted"]["indices"].dtype == np.uint16
     assert t["pruned_u16_65536_cols"]["indices"].dtype == np.uint16
-    assert t["pruned_u16_65536_cols"]["indices"].max() == 65535
+    assert np.max(t["pruned_u16_65536_cols"]["indices"]) == 65535
     assert t["pruned_i32_70001_cols"]["indices"].dtype == np.int32
-    assert t["pruned_empty"]["indices"].size == 0
+    assert np.size(t["pruned_empty"]["indices"]) == 0
     assert t["sign_bits_seed_2_64"]["seed"] >= 2**63
 
 
@@ -380,7 +380,7 @@ def test_compute_gradient(kind, part):
 
     p0 = x0 if part == "x" else parts[part]
     theoretical, numerical = tf.test.compute_gradient(fn, [tf.constant(p0)])
-    assert theoretical[0].shape == (2 * n, p0.size)
+    assert theoretical[0].shape == (2 * n, np.size(p0))
     assert np.abs(theoretical[0]).max() > 0.1  # a jacobian that says something
     # Linear in each part: central differences are exact up to rounding.
     assert_allclose(theoretical[0], numerical[0], rtol=1e-7, atol=1e-9)
@@ -445,6 +445,32 @@ def test_independent_ops_of_one_graph_give_the_eager_bits():
     for _ in range(3):
         for form, y, ref in zip(MAIN_FORMS, together(*xs), alone):
             assert_array_equal(y.numpy(), ref, err_msg=form)
+
+
+def test_factor_parts_enter_graphs_as_captured_tensors_not_constants():
+    # A numpy array used inside a tf.function is copied into the graph as a constant; the parts
+    # (from factor_tensors, or kept with a Factorization) are eager tensors the graph captures.
+    f = factorization("kmeans", np.float32)
+    m, _ = f.shape
+    parts = mctf.factor_tensors(f)
+    codes_size = np.size(parts["codes"])
+    def traced(factors):
+        fn = tf.function(lambda x: mctf.factored_matmul(x, factors))
+        return fn.get_concrete_function(tf.TensorSpec((1, m), tf.float32)).graph
+
+    for factors in (f, parts):
+        graph = traced(factors)
+        consts = [op.outputs[0] for op in graph.get_operations() if op.type == "Const"]
+        assert all(c.shape.num_elements() < codes_size for c in consts)
+        captured = [c for c, _ in graph.captures]
+        assert any(c.dtype == parts["codes"].dtype and np.size(c) == codes_size
+                   for c in captured)
+    # A Factorization's tensors are made once per dtype and kept with it.
+    x = np.ones((1, m), np.float32)
+    mctf.factored_matmul(x, f)
+    kept = tf_ops._cached_factor_tensors(f, np.float32)
+    mctf.factored_matmul(x, f)
+    assert tf_ops._cached_factor_tensors(f, np.float32) is kept
 
 
 def test_raw_op_static_shapes(lib):
