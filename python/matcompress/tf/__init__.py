@@ -16,14 +16,32 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from .ops import (  # noqa: E402
     factor_tensors,
     factored_matmul,
+    factored_rows,
     fit_codebook,
     load_library,
     simhash,
     sparse_encode,
 )
+from .schedule import CompressionSchedule  # noqa: E402
+from .layers import (  # noqa: E402
+    CompressedDense,
+    CompressedEmbedding,
+    CompressedMatrix,
+    FactoredDense,
+    FactoredEmbedding,
+)
+from .compression import (  # noqa: E402
+    CompressionCallback,
+    apply_compression,
+    compressed_nbytes,
+    strip_compression,
+)
 
-__all__ = ["factored_matmul", "factor_tensors", "fit_codebook", "load_library", "simhash",
-           "sparse_encode"]
+__all__ = ["factored_matmul", "factored_rows", "factor_tensors", "fit_codebook",
+           "load_library", "simhash", "sparse_encode", "CompressionSchedule",
+           "CompressedDense", "CompressedEmbedding", "CompressedMatrix", "FactoredDense",
+           "FactoredEmbedding", "CompressionCallback", "apply_compression",
+           "compressed_nbytes", "strip_compression"]
 
 try:
     load_library()

@@ -18,7 +18,7 @@ from .. import factors as _factors
 from .._validation import check_float, check_int, check_random_state
 from ..kmeans import _auto_method, _codes_dtype
 
-__all__ = ["load_library", "factored_matmul", "factor_tensors", "sparse_encode", "fit_codebook",
+__all__ = ["load_library", "factored_matmul", "factored_rows", "factor_tensors", "sparse_encode", "fit_codebook",
            "simhash"]
 
 _LIB = None
@@ -286,6 +286,64 @@ def _signed_seed(seed):
     return seed - 2**64 if seed >= 2**63 else seed
 
 
+def factored_rows(ids, factors, name=None):
+    """Rows ``W[ids]`` of the factorized matrix (an embedding lookup), shape ``ids.shape + (n,)``,
+    from the parts without building W: gathers of the low-rank left rows, of the codes and values
+    (sparse codes, codebook codes — unpacked from 4 bits — and pruned CSR rows); sign bits go
+    through the product with one-hot rows (the projection is regenerated, never stored).
+    Gradients reach every float part as in :func:`factored_matmul`. ``factors`` as there."""
+    with tf.name_scope(name or "factored_rows"):
+        ids = tf.convert_to_tensor(ids)
+        if not ids.dtype.is_integer:
+            raise TypeError(f"ids must be integers; got {ids.dtype.name}")
+        if isinstance(factors, _factors.Factorization):
+            factors = _cached_factor_tensors(factors, factors.dtype)
+        if not isinstance(factors, Mapping) or "kind" not in factors:
+            raise TypeError("factors must be a Factorization or a mapping with a 'kind' key")
+        kind, get = factors["kind"], factors.get
+        flat = tf.reshape(tf.cast(ids, tf.int64), [-1])
+        if kind == "low_rank":
+            rows = tf.matmul(tf.gather(get("left"), flat), get("right"))
+        elif kind == "sparse_codes":
+            idx = tf.gather(get("indices"), flat)
+            val = tf.gather(get("values"), flat)
+            rows = tf.einsum("bs,bsn->bn", val, tf.gather(get("dictionary"), idx))
+        elif kind == "codebook":
+            codebook = get("codebook")
+            n_cols = int(get("n_cols"))
+            block = 1 if codebook.shape.rank == 1 else int(codebook.shape[-1])
+            codes = tf.gather(get("codes"), flat)
+            if bool(get("packed", False)):
+                low = tf.bitwise.bitwise_and(codes, tf.constant(15, codes.dtype))
+                high = tf.bitwise.right_shift(codes, tf.constant(4, codes.dtype))
+                codes = tf.reshape(tf.stack([low, high], axis=-1), [tf.shape(codes)[0], -1])
+                codes = codes[:, :n_cols // block]
+            rows = tf.reshape(tf.gather(codebook, tf.cast(codes, tf.int32)), [-1, n_cols])
+        elif kind == "sign_bits":
+            scale = get("scale")
+            onehot = tf.one_hot(flat, int(get("n_rows")), dtype=scale.dtype)
+            rows = factored_matmul(onehot, factors)
+        elif kind == "pruned":
+            indptr = get("indptr")
+            starts, ends = tf.gather(indptr, flat), tf.gather(indptr, flat + 1)
+            pos = tf.ragged.range(starts, ends)
+            which = pos.value_rowids()
+            cols = tf.cast(tf.gather(get("indices"), pos.flat_values), tf.int64)
+            values = get("values")
+            if values is None:
+                codes = tf.gather(get("codes"), pos.flat_values)
+                vals = tf.gather(get("codebook"), tf.cast(codes, tf.int32))
+            else:
+                vals = tf.gather(values, pos.flat_values)
+            rows = tf.scatter_nd(tf.stack([which, cols], axis=1), vals,
+                                 tf.stack([tf.size(flat, tf.int64),
+                                           tf.constant(int(get("n_cols")), tf.int64)]))
+        else:
+            raise ValueError(f"unknown factorization kind {kind!r}; known: {sorted(_FIELDS)}")
+        n = rows.shape[-1] if rows.shape[-1] is not None else tf.shape(rows)[-1]
+        return tf.reshape(rows, tf.concat([tf.shape(ids), [n]], axis=0))
+
+
 def factored_matmul(x, factors, name=None):
     """``x @ W`` for x of shape (..., m), from the factors, as TensorFlow ops with gradients for
     ``x`` and every float part (low-rank sides; sparse-code values and dictionary; codebook
@@ -334,7 +392,10 @@ def factored_matmul(x, factors, name=None):
         else:  # pruned
             values = get("values")
             if values is None:  # codes into a codebook: the gradient reaches it through gather
-                values = tf.gather(get("codebook"), get("codes"))
+                codes = get("codes")
+                if codes.dtype not in (tf.int32, tf.int64):
+                    codes = tf.cast(codes, tf.int32)
+                values = tf.gather(get("codebook"), codes)
             y = lib.matcompress_pruned_mat_mul(x2, get("indptr"), get("indices"), values,
                                                n=int(get("n_cols")))
         if flat:

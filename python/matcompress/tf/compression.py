@@ -1,0 +1,230 @@
+"""Compressing a Keras model's weight matrices during training: :func:`apply_compression`,
+:class:`CompressionCallback` and :func:`strip_compression`."""
+
+from __future__ import annotations
+
+import warnings
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .layers import (
+    CompressedDense,
+    CompressedEmbedding,
+    CompressedMatrix,
+    FactoredDense,
+    FactoredEmbedding,
+    _check_compressor,
+)
+from .schedule import CompressionSchedule
+
+_COMPRESSED = (CompressedDense, CompressedEmbedding)
+
+
+def _default_filter(layer):
+    return type(layer) in (keras.layers.Dense, keras.layers.Embedding)
+
+
+def _compressed_twin(layer, compressor, schedule):
+    """A compressed layer configured (and, when ``layer`` is built, weighted) as ``layer``."""
+    if isinstance(layer, keras.layers.Dense):
+        cfg = layer.get_config()
+        if cfg.get("lora_rank"):
+            raise ValueError(f"layer {layer.name!r} uses LoRA: compress the merged layer")
+        new = CompressedDense(cfg["units"], compressor, schedule, activation=cfg["activation"],
+                              use_bias=cfg["use_bias"],
+                              kernel_initializer=cfg["kernel_initializer"],
+                              bias_initializer=cfg["bias_initializer"], name=layer.name,
+                              dtype=layer.dtype_policy)
+        if layer.built:
+            new.build((None, int(layer.kernel.shape[0])))
+            new.kernel.assign(layer.kernel)
+            if new.bias is not None:
+                new.bias.assign(layer.bias)
+        return new
+    if isinstance(layer, keras.layers.Embedding):
+        cfg = layer.get_config()
+        new = CompressedEmbedding(cfg["input_dim"], cfg["output_dim"], compressor, schedule,
+                                  embeddings_initializer=cfg["embeddings_initializer"],
+                                  mask_zero=cfg["mask_zero"], name=layer.name,
+                                  dtype=layer.dtype_policy)
+        if layer.built:
+            new.build(None)
+            new.kernel.assign(layer.embeddings)
+        return new
+    raise TypeError(f"filter_fn selected layer {layer.name!r} of type {type(layer).__name__}: "
+                    "only keras.layers.Dense and keras.layers.Embedding layers can be "
+                    "compressed")
+
+
+def _check_model_not_compressed(layers):
+    for layer in layers:
+        if isinstance(layer, _COMPRESSED):
+            raise ValueError(f"layer {layer.name!r} is compressed already: apply_compression "
+                             "cannot be applied twice (strip_compression first)")
+
+
+def _clone(model, replace):
+    """clone_model with ``replace(layer)`` (a new layer, or None to clone as is), then every
+    unreplaced layer's weights copied from the original."""
+    pairs = []
+
+    def clone_fn(layer):
+        new = replace(layer)
+        if new is None:
+            new = layer.__class__.from_config(layer.get_config())
+            pairs.append((layer, new))
+        return new
+
+    clone = keras.models.clone_model(model, clone_function=clone_fn)
+    for old, new in pairs:
+        if old.weights:
+            new.set_weights(old.get_weights())
+    return clone
+
+
+def apply_compression(target, compressor, *, schedule, filter_fn=None):
+    """Compress the weight matrices of ``target`` during training.
+
+    Parameters
+    ----------
+    target : keras.Model, keras.layers.Layer or tf.Variable
+        - A Sequential or functional model: a copy whose selected layers are
+          :class:`CompressedDense` / :class:`CompressedEmbedding` (weights copied; the other
+          layers cloned with their weights). Compile it before training, and pass
+          :class:`CompressionCallback` to ``fit``.
+        - A Dense or Embedding layer: its compressed twin.
+        - A 2-D ``tf.Variable``: a :class:`CompressedMatrix` for custom training loops.
+    compressor : MatrixCompressor
+        Built-in or user-defined. The built-ins factorize inside the graph (see
+        :mod:`matcompress.tf.factorize`); any other runs its numpy ``compress`` once at the
+        snapshot through ``tf.numpy_function``.
+    schedule : CompressionSchedule
+    filter_fn : callable(layer) -> bool, optional
+        Which layers to compress; default: every Dense and Embedding layer.
+    """
+    compressor = _check_compressor(compressor)
+    if not isinstance(schedule, CompressionSchedule):
+        raise TypeError(f"schedule must be a CompressionSchedule; got {type(schedule).__name__}")
+    if isinstance(target, (tf.Variable, keras.Variable)):
+        variable = target.value if isinstance(target, keras.Variable) else target
+        return CompressedMatrix(variable, compressor, schedule)
+    if isinstance(target, keras.Model):
+        if not (isinstance(target, keras.Sequential) or getattr(target, "_is_graph_network",
+                                                                 False)):
+            raise TypeError("apply_compression takes Sequential and functional models; in a "
+                            "subclassed model use CompressedDense / CompressedEmbedding "
+                            "directly")
+        _check_model_not_compressed(target._flatten_layers(include_self=False))
+        select = filter_fn or _default_filter
+        chosen = []
+
+        def replace(layer):
+            if select(layer):
+                chosen.append(layer.name)
+                return _compressed_twin(layer, compressor, schedule)
+            return None
+
+        model = _clone(target, replace)
+        if not chosen:
+            warnings.warn("apply_compression: filter_fn selected no layer; nothing is "
+                          "compressed", stacklevel=2)
+        return model
+    if isinstance(target, keras.layers.Layer):
+        _check_model_not_compressed([target])
+        if filter_fn is not None and not filter_fn(target):
+            warnings.warn("apply_compression: filter_fn rejects the layer; it is returned "
+                          "unchanged", stacklevel=2)
+            return target
+        return _compressed_twin(target, compressor, schedule)
+    raise TypeError("target must be a Keras model, a Keras layer or a tf.Variable; got "
+                    f"{type(target).__name__}")
+
+
+class CompressionCallback(keras.callbacks.Callback):
+    """Keeps ``model.fit``'s trainable variables in step with the compression schedule: from a
+    layer's drop step its full matrix A leaves the trainable variables (the optimizer no longer
+    updates A or its slots), and after ``end_step`` its factors do; the training function is
+    traced again when that happens. Without it the model computes the same outputs, but the
+    optimizer keeps applying its momentum to the unused A."""
+
+    def _sync(self):
+        changed = False
+        for layer in self.model._flatten_layers(include_self=False):
+            if isinstance(layer, _COMPRESSED) and layer.built:
+                changed |= layer.sync_trainable()
+        return changed
+
+    def on_train_begin(self, logs=None):
+        if self._sync():
+            self.model.make_train_function(force=True)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._sync():
+            self.model.make_train_function(force=True)
+
+
+def _factored_twin(layer):
+    f = _layer_factorization(layer)
+    if isinstance(layer, CompressedDense):
+        bias = None if layer.bias is None else keras.ops.convert_to_numpy(layer.bias)
+        return FactoredDense.from_factorization(
+            f, bias=bias, activation=keras.activations.serialize(layer.activation),
+            name=layer.name, dtype=layer.dtype_policy)
+    return FactoredEmbedding.from_factorization(f, mask_zero=layer.mask_zero, name=layer.name,
+                                                dtype=layer.dtype_policy)
+
+
+def _layer_factorization(layer):
+    from .layers import to_factorization
+
+    t = int(keras.ops.convert_to_numpy(layer.step))
+    if t <= layer.schedule.begin_step:
+        raise ValueError(f"layer {layer.name!r} has not been factorized yet (step {t}, "
+                         f"begin_step {layer.schedule.begin_step}): train past begin_step "
+                         "before strip_compression")
+    if t <= layer.schedule.drop_step:
+        warnings.warn(f"layer {layer.name!r} still blends its full matrix (step {t}, drop "
+                      f"step {layer.schedule.drop_step}): the stripped layer keeps only the "
+                      "factors", stacklevel=3)
+    plan = layer.plan
+    arrays = {k: keras.ops.convert_to_numpy(v) for k, v in layer._parts.items()}
+    return to_factorization(plan.kind, plan.static, arrays)
+
+
+def strip_compression(target):
+    """An inference copy of ``target`` holding only the factors: each compressed layer becomes
+    a :class:`FactoredDense` / :class:`FactoredEmbedding` whose parts are stored as the numpy
+    compressor stores them (4-bit packed codes, narrow indices), so that their bytes are what
+    the compressor's ``compression_ratio`` counts. ``target``: a model from
+    :func:`apply_compression`, a compressed layer, or a :class:`CompressedMatrix` (gives its
+    numpy :class:`matcompress.factors.Factorization`)."""
+    if isinstance(target, CompressedMatrix):
+        return target.factorization()
+    if isinstance(target, _COMPRESSED):
+        return _factored_twin(target)
+    if isinstance(target, keras.Model):
+        if not any(isinstance(layer, _COMPRESSED)
+                   for layer in target._flatten_layers(include_self=False)):
+            raise ValueError("the model has no compressed layer")
+        return _clone(target, lambda layer: _factored_twin(layer)
+                      if isinstance(layer, _COMPRESSED) else None)
+    raise TypeError("target must be a model from apply_compression, a compressed layer or a "
+                    f"CompressedMatrix; got {type(target).__name__}")
+
+
+def compressed_nbytes(model):
+    """(bytes of the factors, bytes of the dense matrices they replace) over the factored layers
+    of a stripped model."""
+    factored = dense = 0
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, (FactoredDense, FactoredEmbedding)):
+            factored += layer.factor_nbytes
+            f = layer.factorization()
+            dense += int(np.prod(f.shape)) * np.dtype(f.dtype).itemsize
+    return factored, dense
+
+
+__all__ = ["apply_compression", "strip_compression", "CompressionCallback",
+           "compressed_nbytes"]

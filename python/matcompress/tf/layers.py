@@ -1,0 +1,509 @@
+"""Keras layers whose weight matrix is compressed during training (:class:`CompressedDense`,
+:class:`CompressedEmbedding`), the stripped inference layers that hold only the factors
+(:class:`FactoredDense`, :class:`FactoredEmbedding`), and the same schedule on a bare
+``tf.Variable`` (:class:`CompressedMatrix`)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .. import compressors as _compressors
+from . import factorize as _factorize
+from . import ops as _ops
+from .schedule import CompressionSchedule
+
+_PACKAGE = "matcompress"
+
+
+class _Core:
+    """The schedule's arithmetic over a matrix variable A, the parts' variables and a step
+    counter, shared by the layers and CompressedMatrix (which own the variables)."""
+
+    def __init__(self, plan, schedule, kernel, parts, step):
+        self.plan, self.schedule = plan, schedule
+        self.kernel, self.parts, self.step = kernel, parts, step
+
+    def factors(self, frozen=None):
+        out = {"kind": self.plan.kind, **self.plan.static}
+        for name, var in self.parts.items():
+            value = tf.convert_to_tensor(var)
+            if frozen is not None and self.plan.parts[name][2]:
+                value = tf.cond(frozen, lambda v=value: tf.stop_gradient(v),
+                                lambda v=value: tf.identity(v))
+            out[name] = value
+        return out
+
+    def _snapshot(self):
+        parts = self.plan.factorize(tf.convert_to_tensor(self.kernel))
+        for name, var in self.parts.items():
+            var.assign(parts[name])
+        return tf.constant(True)
+
+    def advance(self, training):
+        """The step index of this call: with training, the counter's value before this call
+        (factorizing at begin_step, then counting the call); else the last training step."""
+        t = tf.convert_to_tensor(self.step)
+        if not training:
+            return t - 1
+        tf.cond(tf.equal(t, self.schedule.begin_step), self._snapshot,
+                lambda: tf.constant(False))
+        self.step.assign_add(1)
+        return t
+
+    def apply(self, training, dense_fn, factored_fn, dtype):
+        """dense_fn(A) before the snapshot, the blend during, factored_fn(parts) after."""
+        t = self.advance(training)
+        s = self.schedule
+        alpha = s.alpha(t, dtype)
+        phase = tf.where(t < s.begin_step, 0, tf.where(alpha > 0, 1, 2))
+        frozen = (t >= s.end_step) if s.end_step >= 0 else None
+        kernel = self.kernel
+        return tf.switch_case(phase, [
+            lambda: dense_fn(tf.convert_to_tensor(kernel)),
+            lambda: alpha * dense_fn(tf.convert_to_tensor(kernel))
+            + (1 - alpha) * factored_fn(self.factors(frozen)),
+            lambda: factored_fn(self.factors(frozen)),
+        ])
+
+    def phase_at(self, t):
+        """(A trainable, parts trainable) for the step t (a Python int) to come."""
+        s = self.schedule
+        return t <= s.drop_step, not (s.end_step >= 0 and t >= s.end_step)
+
+
+def _check_compressor(compressor):
+    if isinstance(compressor, dict):
+        compressor = _compressors.MatrixCompressor.from_config(compressor)
+    if not isinstance(compressor, _compressors.MatrixCompressor):
+        raise TypeError("compressor must be a matcompress MatrixCompressor; got "
+                        f"{type(compressor).__name__}")
+    return compressor
+
+
+def _check_schedule(schedule):
+    if schedule is None:
+        return CompressionSchedule()
+    if isinstance(schedule, dict):
+        return CompressionSchedule.from_config(schedule)
+    if not isinstance(schedule, CompressionSchedule):
+        raise TypeError("schedule must be a CompressionSchedule; got "
+                        f"{type(schedule).__name__}")
+    return schedule
+
+
+class _CompressedLayer(keras.layers.Layer):
+    """The variables and schedule common to the compressed layers."""
+
+    def _build_compression(self, shape):
+        m, n = shape
+        dtype = np.dtype(self.variable_dtype)
+        if dtype.kind != "f" or dtype.itemsize not in (4, 8):
+            raise TypeError(f"{type(self).__name__} needs float32 or float64 variables; "
+                            f"got {self.variable_dtype}")
+        # A compressor without an in-graph route is planned on the initial value (its shapes).
+        plan = _factorize.plan(self.compressor, (m, n), dtype,
+                               initial=keras.ops.convert_to_numpy(self.kernel))
+        self._parts = {}
+        for name, (shape_, dt, trainable) in plan.parts.items():
+            self._parts[name] = self.add_weight(
+                name=name, shape=shape_, dtype=np.dtype(dt).name, initializer="zeros",
+                trainable=trainable, autocast=False, aggregation="only_first_replica")
+        self.step = self.add_weight(name="compression_step", shape=(), dtype="int64",
+                                    initializer="zeros", trainable=False,
+                                    aggregation="only_first_replica")
+        self._core = _Core(plan, self.schedule, self.kernel, self._parts, self.step)
+
+    @property
+    def plan(self):
+        """The :class:`matcompress.tf.factorize.Plan` (after build)."""
+        return self._core.plan
+
+    def factors(self):
+        """The current parts as :func:`matcompress.tf.factored_matmul` takes them."""
+        return self._core.factors()
+
+    def sync_trainable(self):
+        """Marks A (and, after end_step, the parts) trainable or not for the next step, from the
+        step counter; True when something changed (a ``tf.function`` training step must then be
+        traced again: :class:`CompressionCallback` does that in ``model.fit``)."""
+        t = int(keras.ops.convert_to_numpy(self.step))
+        a_on, parts_on = self._core.phase_at(t)
+        changed = False
+        if self.kernel.trainable != a_on:
+            self.kernel.trainable = a_on
+            changed = True
+        for name, var in self._parts.items():
+            want = parts_on and self._core.plan.parts[name][2]
+            if var.trainable != want:
+                var.trainable = want
+                changed = True
+        return changed
+
+    def _compression_config(self):
+        return {"compressor": self.compressor.get_config(),
+                "schedule": self.schedule.get_config()}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class CompressedDense(_CompressedLayer):
+    """``keras.layers.Dense`` whose kernel A (m, units) is factorized during training by a
+    :class:`matcompress.compressors.MatrixCompressor` on a :class:`CompressionSchedule`:
+    ``activation(x @ W + bias)`` with W = A, then the blend of A and the factors, then the factors
+    alone (computed by :func:`matcompress.tf.factored_matmul`, W never built)."""
+
+    def __init__(self, units, compressor, schedule=None, activation=None, use_bias=True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):
+        super().__init__(**kwargs)
+        self.units = int(units)
+        self.compressor = _check_compressor(compressor)
+        self.schedule = _check_schedule(schedule)
+        self.activation = keras.activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.input_spec = keras.layers.InputSpec(min_ndim=2)
+
+    def build(self, input_shape):
+        m = int(input_shape[-1])
+        self.kernel = self.add_weight(name="kernel", shape=(m, self.units),
+                                      initializer=self.kernel_initializer)
+        self.bias = (self.add_weight(name="bias", shape=(self.units,),
+                                     initializer=self.bias_initializer)
+                     if self.use_bias else None)
+        self._build_compression((m, self.units))
+        self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: m})
+
+    def call(self, inputs, training=None):
+        x = tf.convert_to_tensor(inputs)
+        if x.dtype != self.compute_dtype:
+            x = tf.cast(x, self.compute_dtype)
+        y = self._core.apply(bool(training), lambda A: tf.matmul(x, A) if x.shape.rank == 2
+                             else tf.tensordot(x, A, axes=1),
+                             lambda f: _ops.factored_matmul(x, f), x.dtype)
+        if self.bias is not None:
+            y = y + tf.convert_to_tensor(self.bias)
+        return self.activation(y) if self.activation is not None else y
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(units=self.units, activation=keras.activations.serialize(self.activation),
+                      use_bias=self.use_bias,
+                      kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+                      bias_initializer=keras.initializers.serialize(self.bias_initializer),
+                      **self._compression_config())
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class CompressedEmbedding(_CompressedLayer):
+    """``keras.layers.Embedding`` whose table A (input_dim, output_dim) is factorized during
+    training on a :class:`CompressionSchedule`; lookups read rows of the factors
+    (:func:`matcompress.tf.factored_rows`) once A is dropped."""
+
+    def __init__(self, input_dim, output_dim, compressor, schedule=None,
+                 embeddings_initializer="uniform", mask_zero=False, **kwargs):
+        super().__init__(**kwargs)
+        self.input_dim, self.output_dim = int(input_dim), int(output_dim)
+        self.compressor = _check_compressor(compressor)
+        self.schedule = _check_schedule(schedule)
+        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+        self.mask_zero = bool(mask_zero)
+        self.supports_masking = self.mask_zero
+
+    def build(self, input_shape=None):
+        self.kernel = self.add_weight(name="embeddings",
+                                      shape=(self.input_dim, self.output_dim),
+                                      initializer=self.embeddings_initializer)
+        self._build_compression((self.input_dim, self.output_dim))
+
+    @property
+    def embeddings(self):
+        return self.kernel
+
+    def call(self, inputs, training=None):
+        ids = tf.convert_to_tensor(inputs)
+        if not ids.dtype.is_integer:
+            ids = tf.cast(ids, tf.int32)
+        return self._core.apply(bool(training), lambda A: tf.gather(A, ids),
+                                lambda f: _ops.factored_rows(ids, f),
+                                tf.as_dtype(self.variable_dtype))
+
+    def compute_mask(self, inputs, mask=None):
+        return tf.not_equal(inputs, 0) if self.mask_zero else None
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape) + (self.output_dim,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(input_dim=self.input_dim, output_dim=self.output_dim,
+                      embeddings_initializer=keras.initializers.serialize(
+                          self.embeddings_initializer),
+                      mask_zero=self.mask_zero, **self._compression_config())
+        return config
+
+
+# ---- the factors alone, as a numpy Factorization and as inference layers ---------------------
+
+def to_factorization(kind, static, arrays):
+    """A numpy :class:`matcompress.factors.Factorization` from parts (name -> array) as the
+    layers hold them, with the index arrays narrowed to the dtypes the numpy compressors store
+    (so that its ``nbytes`` is what the compressor's ``compression_ratio`` counts)."""
+    from .. import factors as F
+
+    a = {k: np.asarray(v) for k, v in arrays.items()}
+    if kind == "low_rank":
+        return F.LowRank(a["left"], a["right"])
+    if kind == "sparse_codes":
+        k = a["dictionary"].shape[0]
+        return F.SparseCodes(a["indices"].astype(F.index_dtype(k)), a["values"],
+                             a["dictionary"])
+    if kind == "codebook":
+        codes = a["codes"]
+        if not static.get("packed", False):
+            codes = codes.astype(F.index_dtype(a["codebook"].shape[0]))
+        return F.Codebook(codes, a["codebook"], int(static["n_cols"]),
+                          packed=bool(static.get("packed", False)))
+    if kind == "sign_bits":
+        return F.SignBits(a["bits"], a["scale"], int(static["seed"]), int(static["n_rows"]))
+    if kind == "pruned":
+        n = int(static["n_cols"])
+        indptr = a["indptr"]
+        indptr = indptr.astype(np.int32 if indptr[-1] < 2**31 else np.int64)
+        indices = a["indices"].astype(F.index_dtype(n))
+        if "values" in a:
+            return F.Pruned(indptr, indices, n, values=a["values"])
+        return F.Pruned(indptr, indices, n, codes=a["codes"].astype(
+            F.index_dtype(a["codebook"].shape[0])), codebook=a["codebook"])
+    raise ValueError(f"unknown factorization kind {kind!r}")
+
+
+def _op_parts(kind, static, parts):
+    """The parts as the ops take them: index arrays cast to the ops' dtypes."""
+    out = {"kind": kind, **static}
+    for name, value in parts.items():
+        t = tf.convert_to_tensor(value)
+        if kind == "sparse_codes" and name == "indices" and t.dtype != tf.int32:
+            t = tf.cast(t, tf.int32)
+        elif kind == "codebook" and name == "codes" and t.dtype not in (tf.uint8, tf.uint16,
+                                                                           tf.int32):
+            t = tf.cast(t, tf.int32)
+        elif kind == "pruned" and name == "indptr" and t.dtype != tf.int64:
+            t = tf.cast(t, tf.int64)
+        elif kind == "pruned" and name == "indices" and t.dtype not in (tf.uint16, tf.int32):
+            t = tf.cast(t, tf.uint16 if int(static["n_cols"]) <= 65536 else tf.int32)
+        out[name] = t
+    return out
+
+
+class _FactoredLayer(keras.layers.Layer):
+    """Variables holding a factorization's parts in its own dtypes."""
+
+    def _build_parts(self):
+        self._parts = {}
+        for name, (shape, dtype, trainable) in self.parts_spec.items():
+            self._parts[name] = self.add_weight(name=name, shape=tuple(shape), dtype=dtype,
+                                                initializer="zeros", trainable=trainable,
+                                                autocast=False)
+
+    def factors(self):
+        """The parts as :func:`matcompress.tf.factored_matmul` takes them."""
+        return _op_parts(self.kind, self.static, self._parts)
+
+    def factorization(self):
+        """The parts as a numpy :class:`matcompress.factors.Factorization`."""
+        return to_factorization(self.kind, self.static,
+                                {k: keras.ops.convert_to_numpy(v) for k, v in self._parts.items()})
+
+    @property
+    def factor_nbytes(self):
+        """Bytes of the parts (what the compressor's compression_ratio counts)."""
+        return int(sum(np.prod(v.shape, dtype=np.int64) * np.dtype(v.dtype).itemsize
+                       for v in self._parts.values()))
+
+    @staticmethod
+    def _spec(f):
+        trainable = set(f.trainable_fields)
+        arrays = {name: getattr(f, name) for name in _ops._FIELDS[f.kind]
+                  if isinstance(getattr(f, name, None), np.ndarray)}
+        static = {name: (int(v) if not isinstance(v, bool) else v)
+                  for name in _ops._FIELDS[f.kind]
+                  if not isinstance(v := getattr(f, name, None), np.ndarray) and v is not None}
+        spec = {k: [list(v.shape), np.dtype(v.dtype).name, k in trainable]
+                for k, v in arrays.items()}
+        return spec, static, arrays
+
+    def _set_parts(self, arrays):
+        for name, value in arrays.items():
+            self._parts[name].assign(value)
+
+    def _factored_config(self):
+        return {"kind": self.kind, "static": dict(self.static), "parts_spec": self.parts_spec}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class FactoredDense(_FactoredLayer):
+    """A dense layer ``activation(x @ W + bias)`` that holds only W's factorization (the result
+    of :func:`matcompress.tf.strip_compression`); its float parts stay trainable."""
+
+    def __init__(self, units, kind, static, parts_spec, activation=None, use_bias=True,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.kind = int(units), kind
+        self.static, self.parts_spec = dict(static), dict(parts_spec)
+        self.activation = keras.activations.get(activation)
+        self.use_bias = bool(use_bias)
+
+    @classmethod
+    def from_factorization(cls, f, bias=None, activation=None, **kwargs):
+        """A built layer holding ``f`` (and ``bias``, when given)."""
+        spec, static, arrays = cls._spec(f)
+        layer = cls(f.shape[1], f.kind, static, spec, activation=activation,
+                    use_bias=bias is not None, **kwargs)
+        layer.build((None, f.shape[0]))
+        layer._set_parts(arrays)
+        if bias is not None:
+            layer.bias.assign(bias)
+        return layer
+
+    def build(self, input_shape):
+        self._build_parts()
+        self.bias = (self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
+                     if self.use_bias else None)
+
+    def call(self, inputs):
+        x = tf.convert_to_tensor(inputs)
+        if x.dtype != self.compute_dtype:
+            x = tf.cast(x, self.compute_dtype)
+        y = _ops.factored_matmul(x, self.factors())
+        if self.bias is not None:
+            y = y + tf.convert_to_tensor(self.bias)
+        return self.activation(y) if self.activation is not None else y
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(units=self.units, activation=keras.activations.serialize(self.activation),
+                      use_bias=self.use_bias, **self._factored_config())
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class FactoredEmbedding(_FactoredLayer):
+    """An embedding lookup that holds only the table's factorization (the result of
+    :func:`matcompress.tf.strip_compression`)."""
+
+    def __init__(self, input_dim, output_dim, kind, static, parts_spec, mask_zero=False,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.input_dim, self.output_dim, self.kind = int(input_dim), int(output_dim), kind
+        self.static, self.parts_spec = dict(static), dict(parts_spec)
+        self.mask_zero = bool(mask_zero)
+        self.supports_masking = self.mask_zero
+
+    @classmethod
+    def from_factorization(cls, f, mask_zero=False, **kwargs):
+        spec, static, arrays = cls._spec(f)
+        layer = cls(f.shape[0], f.shape[1], f.kind, static, spec, mask_zero=mask_zero,
+                    **kwargs)
+        layer.build(None)
+        layer._set_parts(arrays)
+        return layer
+
+    def build(self, input_shape=None):
+        self._build_parts()
+
+    def call(self, inputs):
+        ids = tf.convert_to_tensor(inputs)
+        if not ids.dtype.is_integer:
+            ids = tf.cast(ids, tf.int32)
+        return _ops.factored_rows(ids, self.factors())
+
+    def compute_mask(self, inputs, mask=None):
+        return tf.not_equal(inputs, 0) if self.mask_zero else None
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape) + (self.output_dim,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(input_dim=self.input_dim, output_dim=self.output_dim,
+                      mask_zero=self.mask_zero, **self._factored_config())
+        return config
+
+
+# ---- a bare variable -------------------------------------------------------------------------
+
+class CompressedMatrix(tf.Module):
+    """The schedule on a ``tf.Variable`` A (m, n), for custom training loops: ``matmul(x)``
+    (and ``value()``) follow the phases of :class:`CompressionSchedule`; each
+    ``matmul(x, training=True)`` is one training step. :attr:`trainable_variables` lists A
+    until its drop step and the trainable parts until ``end_step``: take it each step (and trace
+    a ``tf.function`` step again when :meth:`sync_trainable` returns True)."""
+
+    def __init__(self, variable, compressor, schedule=None, name=None):
+        super().__init__(name=name)
+        if not isinstance(variable, tf.Variable) or variable.shape.rank != 2:
+            raise TypeError("variable must be a 2-D tf.Variable")
+        if variable.dtype not in (tf.float32, tf.float64):
+            raise TypeError(f"variable must be float32 or float64; got {variable.dtype.name}")
+        self.compressor = _check_compressor(compressor)
+        self.schedule = _check_schedule(schedule)
+        self.kernel = variable
+        plan = _factorize.plan(self.compressor, tuple(variable.shape),
+                               variable.dtype.as_numpy_dtype, initial=variable.numpy())
+        agg = tf.VariableAggregation.ONLY_FIRST_REPLICA
+        self._parts = {name: tf.Variable(tf.zeros(shape, dtype), trainable=trainable,
+                                         name=name, aggregation=agg)
+                       for name, (shape, dtype, trainable) in plan.parts.items()}
+        self.step = tf.Variable(tf.constant(0, tf.int64), trainable=False,
+                                name="compression_step", aggregation=agg)
+        self._core = _Core(plan, self.schedule, self.kernel, self._parts, self.step)
+        self._phase = (True, True)
+
+    @property
+    def plan(self):
+        return self._core.plan
+
+    def matmul(self, x, training=True):
+        """``x @ W`` for the current phase (a training step when ``training``)."""
+        x = tf.convert_to_tensor(x, self.kernel.dtype)
+        return self._core.apply(training, lambda A: tf.matmul(x, A) if x.shape.rank == 2
+                                else tf.tensordot(x, A, axes=1),
+                                lambda f: _ops.factored_matmul(x, f), x.dtype)
+
+    def value(self):
+        """The matrix the last step used: A, the blend, or the product of the factors."""
+        m = int(self.kernel.shape[0])
+        rows = tf.range(m)
+        return self._core.apply(False, lambda A: A, lambda f: _ops.factored_rows(rows, f),
+                                self.kernel.dtype)
+
+    def factors(self):
+        return self._core.factors()
+
+    def factorization(self):
+        """The current parts as a numpy :class:`matcompress.factors.Factorization`."""
+        return to_factorization(self.plan.kind, self.plan.static,
+                                {k: v.numpy() for k, v in self._parts.items()})
+
+    def sync_trainable(self):
+        """Updates :attr:`trainable_variables` for the next step; True when it changed."""
+        phase = self._core.phase_at(int(self.step.numpy()))
+        changed, self._phase = phase != self._phase, phase
+        return changed
+
+    @property
+    def trainable_variables(self):
+        a_on, parts_on = self._core.phase_at(int(self.step.numpy()))
+        out = [self.kernel] if a_on else []
+        if parts_on:
+            out += [v for name, v in self._parts.items() if self.plan.parts[name][2]]
+        return tuple(out)
