@@ -24,12 +24,25 @@ class _Core:
     def __init__(self, plan, schedule, kernel, parts, step):
         self.plan, self.schedule = plan, schedule
         self.kernel, self.parts, self.step = kernel, parts, step
+        # Set by sync_trainable once the step counter is past the drop step (end_step): no
+        # later step reads A (or trains the parts), so a graph traced from then on leaves out
+        # the branches for them.
+        self.dropped = self.frozen = False
+
+    def sync(self, t):
+        """Records the phase of the step t to come; returns (A trainable, parts trainable)."""
+        a_on, parts_on = self.phase_at(t)
+        self.dropped, self.frozen = not a_on, not parts_on
+        return a_on, parts_on
 
     def factors(self, frozen=None):
+        """The parts; ``frozen`` (True, or a bool tensor) stops their gradients."""
         out = {"kind": self.plan.kind, **self.plan.static}
         for name, var in self.parts.items():
             value = tf.convert_to_tensor(var)
-            if frozen is not None and self.plan.parts[name][2]:
+            if frozen is True and self.plan.parts[name][2]:
+                value = tf.stop_gradient(value)
+            elif frozen is not None and frozen is not False and self.plan.parts[name][2]:
                 value = tf.cond(frozen, lambda v=value: tf.stop_gradient(v),
                                 lambda v=value: tf.identity(v))
             out[name] = value
@@ -54,8 +67,19 @@ class _Core:
 
     def apply(self, training, dense_fn, factored_fn, dtype):
         """dense_fn(A) before the snapshot, the blend during, factored_fn(parts) after."""
-        t = self.advance(training)
         s = self.schedule
+        if self.dropped:
+            frozen = True if self.frozen else None
+            if training or (frozen is None and s.end_step >= 0):
+                t = tf.convert_to_tensor(self.step)  # read before the increment
+                if training:
+                    self.step.assign_add(1)
+                else:
+                    t = t - 1
+                if frozen is None and s.end_step >= 0:
+                    frozen = t >= s.end_step
+            return factored_fn(self.factors(frozen))
+        t = self.advance(training)
         alpha = s.alpha(t, dtype)
         phase = tf.where(t < s.begin_step, 0, tf.where(alpha > 0, 1, 2))
         frozen = (t >= s.end_step) if s.end_step >= 0 else None
@@ -129,7 +153,7 @@ class _CompressedLayer(keras.layers.Layer):
         step counter; True when something changed (a ``tf.function`` training step must then be
         traced again: :class:`CompressionCallback` does that in ``model.fit``)."""
         t = int(keras.ops.convert_to_numpy(self.step))
-        a_on, parts_on = self._core.phase_at(t)
+        a_on, parts_on = self._core.sync(t)
         changed = False
         if self.kernel.trainable != a_on:
             self.kernel.trainable = a_on
@@ -496,7 +520,7 @@ class CompressedMatrix(tf.Module):
 
     def sync_trainable(self):
         """Updates :attr:`trainable_variables` for the next step; True when it changed."""
-        phase = self._core.phase_at(int(self.step.numpy()))
+        phase = self._core.sync(int(self.step.numpy()))
         changed, self._phase = phase != self._phase, phase
         return changed
 

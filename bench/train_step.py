@@ -1,0 +1,143 @@
+"""Train-step benchmark: a CompressedDense layer after its full matrix is dropped (only the
+factors train) against ``keras.layers.Dense`` of the same shape.
+
+    python bench/train_step.py [--quick] [--rounds 5] [--wait-idle SECONDS] [--markdown FILE]
+
+Target (issue 9): <= 1.5x the Dense train step, at 1024 x 1024 and 4096 x 1024 (inputs x
+units), batch 32 and 256, for every built-in compressor at 8x fewer bytes. The step is the same
+``tf.function`` for both: forward, mean squared error, ``tf.GradientTape`` gradients of the
+trainable variables, ``keras.optimizers.SGD(momentum=0.9).apply``. The compressed layer's
+schedule switches to the factors at step 0 (``alpha_decrement=1``); one step factorizes, then
+``sync_trainable`` removes A from the trainable variables (as ``CompressionCallback`` does) and
+the step is traced again before timing.
+
+Timing: the routes of a case interleaved in rounds (best of each), as bench/tf_ops.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+try:
+    from . import omp as _ob
+    from .tf_ops import _routes_table
+except ImportError:  # run as a script
+    sys.path.insert(0, os.path.dirname(__file__))
+    import omp as _ob
+    from tf_ops import _routes_table
+
+SEED = 20251127
+RATIO = 8
+
+
+def _step_fn(model, variables):
+    import keras
+    import tensorflow as tf
+
+    opt = keras.optimizers.SGD(0.01, momentum=0.9)
+    opt.build(variables)
+
+    @tf.function(autograph=False)
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(model(x, training=True) - y))
+        grads = tape.gradient(loss, variables)
+        opt.apply(grads, variables)
+        return loss
+
+    return step
+
+
+def run(quick=False, rounds=5, wait_idle=60.0, out=print):
+    import keras
+    import tensorflow as tf
+
+    import matcompress.tf as mctf
+    from matcompress import compressors as C
+
+    rng = np.random.default_rng(SEED)
+    settle = _ob.Settler(wait_idle)
+    lines, summary, loads = [], [], []
+    schedule = mctf.CompressionSchedule(begin_step=0, alpha_decrement=1.0)
+    makers = {
+        "kmeans": lambda: C.KMeansCompressor(compression_ratio=RATIO, random_state=0),
+        "low_rank": lambda: C.LowRankCompressor(compression_ratio=RATIO),
+        "pruning": lambda: C.PruningCompressor(compression_ratio=RATIO),
+        "dictionary": lambda: C.DictionaryCompressor(compression_ratio=RATIO, max_iter=2,
+                                                     random_state=0),
+        "simhash": lambda: C.SimhashCompressor(compression_ratio=RATIO, random_state=0),
+    }
+    shapes = [(256, 256)] if quick else [(1024, 1024), (4096, 1024)]
+    batches = (32,) if quick else (32, 256)
+    for m, n in shapes:
+        for batch in batches:
+            x = tf.constant(rng.standard_normal((batch, m)).astype(np.float32))
+            y = tf.constant(rng.standard_normal((batch, n)).astype(np.float32))
+            dense = keras.Sequential([keras.Input((m,)), keras.layers.Dense(n)])
+            dense_step = _step_fn(dense, dense.trainable_variables)
+            routes = {"keras Dense": lambda s=dense_step: s(x, y)}
+            bytes_ = {}
+            for name, make in makers.items():
+                layer = mctf.CompressedDense(n, make(), schedule)
+                model = keras.Sequential([keras.Input((m,)), layer])
+                layer.kernel.assign(dense.layers[0].kernel)
+                _step_fn(model, model.trainable_variables)(x, y)  # the snapshot
+                layer.sync_trainable()
+                step = _step_fn(model, model.trainable_variables)
+                routes[f"CompressedDense, {name}"] = lambda s=step: s(x, y)
+                bytes_[name] = layer.plan.nbytes()
+            title = f"train step, {m} x {n}, batch {batch} (float32)"
+            out(f"{title} ...")
+            tab, best, ld = _routes_table(title, routes, rounds, settle, out)
+            lines.extend(tab)
+            lines.append("")
+            lines.append("Bytes of the trained parts (training dtypes: unpacked indices; the "
+                         "stripped layer stores the compressor's): " + ", ".join(
+                             f"{k} {v:,}" for k, v in bytes_.items())
+                         + f"; dense {m * n * 4:,}")
+            lines.append("")
+            loads.extend(ld)
+            for name in makers:
+                summary.append((f"{name}, {m} x {n}, batch {batch}",
+                                best[f"CompressedDense, {name}"] / best["keras Dense"]))
+    lines.append("Summary, CompressedDense train step / keras Dense (target <= 1.5):")
+    lines.append("")
+    for title, r in summary:
+        lines.append(f"- {title}: {r:.3f}")
+    notes = _ob.load_notes(loads, settle.waited)
+    if notes:
+        lines += [""] + [f"- {n}" for n in notes]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--wait-idle", type=float, default=None)
+    p.add_argument("--markdown", help="also write the report as markdown")
+    a = p.parse_args(argv)
+    command = shlex.join(["python", "bench/train_step.py"] + argv)
+    t0 = time.perf_counter()
+    header = _ob.print_header(command)
+    wait = a.wait_idle if a.wait_idle is not None else (10.0 if a.quick else 60.0)
+    report = run(a.quick, 1 if a.quick else a.rounds, wait)
+    import tensorflow as tf
+
+    _ob.finish(report, time.perf_counter() - t0, a.markdown, "# Train step",
+               header + f"\n- tensorflow {tf.__version__}",
+               f"seed {SEED}; Gaussian inputs and targets; every compressor at {RATIO}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
