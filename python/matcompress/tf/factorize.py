@@ -252,7 +252,11 @@ def _dictionary(c, m, n, dtype):
             used = tf.reduce_sum(tf.abs(C), axis=0)[:, None] > 0
             D = normalize(tf.where(used, D_new, D), D)
         idx, vals, _ = _ops.sparse_encode(A, D, n_nonzero_coefs=s, compact=True)
-        return {"indices": idx, "values": vals, "dictionary": D}
+        # Each row's atoms in increasing order, as the numpy SparseCodes keeps them: the
+        # product kernels then read the codes in place instead of sorting a copy every call.
+        order = tf.argsort(idx, axis=1, stable=True)
+        return {"indices": tf.gather(idx, order, batch_dims=1),
+                "values": tf.gather(vals, order, batch_dims=1), "dictionary": D}
 
     return Plan(c, "sparse_codes", {"indices": ((m, s), np.dtype(np.int32), False),
                                     "values": ((m, s), dtype, True),
