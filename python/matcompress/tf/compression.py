@@ -189,8 +189,7 @@ def _layer_factorization(layer):
                       f"step {layer.schedule.drop_step}): the stripped layer keeps only the "
                       "factors", stacklevel=3)
     plan = layer.plan
-    arrays = {k: keras.ops.convert_to_numpy(v) for k, v in layer._parts.items()}
-    return to_factorization(plan.kind, plan.static, arrays)
+    return to_factorization(plan.kind, plan.static, layer._core.arrays())
 
 
 def strip_compression(target):

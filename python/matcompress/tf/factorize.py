@@ -208,6 +208,7 @@ def _pruning(c, m, n, dtype):
                 kept = tf.repeat(tf.repeat(kept, bh, axis=0), bw, axis=1)
             mask = kept
         where = tf.where(mask)  # row-major: rows in order, columns sorted within a row
+        where.set_shape([nnz, 2])  # top_k keeps exactly nnz entries
         rows, cols = where[:, 0], where[:, 1]
         counts = tf.math.bincount(tf.cast(rows, tf.int32), minlength=m, maxlength=m,
                                   dtype=tf.int64)

@@ -17,6 +17,52 @@ from .schedule import CompressionSchedule
 _PACKAGE = "matcompress"
 
 
+def _storage(shape, dtype):
+    """(shape, dtype) of the variable holding a part: uint8 / uint16 parts are kept as int32
+    words (four or two values each, the last axis padded), because TensorFlow's collectives
+    (MultiWorkerMirroredStrategy broadcasts initial values) take no 8- or 16-bit integers."""
+    dtype = np.dtype(dtype)
+    if dtype not in (np.uint8, np.uint16):
+        return tuple(shape), dtype
+    per_word = 4 // dtype.itemsize
+    last = shape[-1] if len(shape) else 1
+    return tuple(shape[:-1]) + (-(-last // per_word),), np.dtype(np.int32)
+
+
+def _to_words(t, shape, dtype):
+    dtype = np.dtype(dtype)
+    if dtype not in (np.uint8, np.uint16):
+        return t
+    per_word = 4 // dtype.itemsize
+    t = tf.cast(t, dtype)
+    pad = -shape[-1] % per_word
+    if pad:
+        t = tf.pad(t, [[0, 0]] * (len(shape) - 1) + [[0, pad]])
+    t = tf.reshape(t, list(shape[:-1]) + [-1, per_word])
+    return tf.bitcast(t, tf.int32)
+
+
+def _from_words(t, shape, dtype):
+    dtype = np.dtype(dtype)
+    if dtype not in (np.uint8, np.uint16):
+        return t
+    t = tf.reshape(tf.bitcast(t, tf.as_dtype(dtype)), list(shape[:-1]) + [-1])
+    return t if t.shape[-1] == shape[-1] else t[..., :shape[-1]]
+
+
+def _assign_local(var, value):
+    """var.assign(value), and in a replica of a tf.distribute strategy: the replica's own copy.
+    Every replica computes the same parts from the same (mirrored) A with deterministic ops, so
+    each assigns its copy; a mirrored assignment would need a merge_call, which TensorFlow does
+    not allow inside the tf.cond that takes the snapshot."""
+    v = var.value if isinstance(var, keras.Variable) else var
+    if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
+        local = getattr(v, "_get_on_device_or_primary", None)
+        if local is not None:
+            v = local()
+    v.assign(value)
+
+
 class _Core:
     """The schedule's arithmetic over a matrix variable A, the parts' variables and a step
     counter, shared by the layers and CompressedMatrix (which own the variables)."""
@@ -35,11 +81,20 @@ class _Core:
         self.dropped, self.frozen = not a_on, not parts_on
         return a_on, parts_on
 
+    def value(self, name):
+        """Part ``name`` as a tensor of the plan's dtype."""
+        shape, dtype, _ = self.plan.parts[name]
+        return _from_words(tf.convert_to_tensor(self.parts[name]), shape, dtype)
+
+    def arrays(self):
+        """The parts as numpy arrays of the plan's dtypes (eager)."""
+        return {name: self.value(name).numpy() for name in self.parts}
+
     def factors(self, frozen=None):
         """The parts; ``frozen`` (True, or a bool tensor) stops their gradients."""
         out = {"kind": self.plan.kind, **self.plan.static}
-        for name, var in self.parts.items():
-            value = tf.convert_to_tensor(var)
+        for name in self.parts:
+            value = self.value(name)
             if frozen is True and self.plan.parts[name][2]:
                 value = tf.stop_gradient(value)
             elif frozen is not None and frozen is not False and self.plan.parts[name][2]:
@@ -51,7 +106,8 @@ class _Core:
     def _snapshot(self):
         parts = self.plan.factorize(tf.convert_to_tensor(self.kernel))
         for name, var in self.parts.items():
-            var.assign(parts[name])
+            shape, dtype, _ = self.plan.parts[name]
+            _assign_local(var, _to_words(parts[name], shape, dtype))
         return tf.constant(True)
 
     def advance(self, training):
@@ -131,8 +187,9 @@ class _CompressedLayer(keras.layers.Layer):
                                initial=keras.ops.convert_to_numpy(self.kernel))
         self._parts = {}
         for name, (shape_, dt, trainable) in plan.parts.items():
+            shape_, dt = _storage(shape_, dt)
             self._parts[name] = self.add_weight(
-                name=name, shape=shape_, dtype=np.dtype(dt).name, initializer="zeros",
+                name=name, shape=shape_, dtype=dt.name, initializer="zeros",
                 trainable=trainable, autocast=False, aggregation="only_first_replica")
         self.step = self.add_weight(name="compression_step", shape=(), dtype="int64",
                                     initializer="zeros", trainable=False,
@@ -484,7 +541,7 @@ class CompressedMatrix(tf.Module):
         plan = _factorize.plan(self.compressor, tuple(variable.shape),
                                variable.dtype.as_numpy_dtype, initial=variable.numpy())
         agg = tf.VariableAggregation.ONLY_FIRST_REPLICA
-        self._parts = {name: tf.Variable(tf.zeros(shape, dtype), trainable=trainable,
+        self._parts = {name: tf.Variable(tf.zeros(*_storage(shape, dtype)), trainable=trainable,
                                          name=name, aggregation=agg)
                        for name, (shape, dtype, trainable) in plan.parts.items()}
         self.step = tf.Variable(tf.constant(0, tf.int64), trainable=False,
@@ -515,8 +572,7 @@ class CompressedMatrix(tf.Module):
 
     def factorization(self):
         """The current parts as a numpy :class:`matcompress.factors.Factorization`."""
-        return to_factorization(self.plan.kind, self.plan.static,
-                                {k: v.numpy() for k, v in self._parts.items()})
+        return to_factorization(self.plan.kind, self.plan.static, self._core.arrays())
 
     def sync_trainable(self):
         """Updates :attr:`trainable_variables` for the next step; True when it changed."""
