@@ -84,6 +84,32 @@ def _clone(model, replace):
     return clone
 
 
+def _replace_in_place(model, replace):
+    """A subclassed model: each layer attribute (at any depth) for which ``replace`` gives a new
+    layer is re-bound to it, and the old layer stops being tracked (its variables leave the
+    model)."""
+    def visit(owner):
+        for name, value in list(vars(owner).items()):
+            if isinstance(value, keras.layers.Layer) and not name.startswith("_"):
+                new = replace(value)
+                if new is None:
+                    visit(value)
+                    continue
+                tracker = getattr(owner, "_tracker", None)
+                locked = tracker is not None and tracker.locked
+                if locked:  # Keras locks a built layer's state; this swap is deliberate
+                    tracker.unlock()
+                try:
+                    setattr(owner, name, new)
+                    owner._layers[:] = [x for x in owner._layers if x is not value]
+                finally:
+                    if locked:
+                        tracker.lock()
+
+    visit(model)
+    return model
+
+
 def apply_compression(target, compressor, *, schedule, filter_fn=None):
     """Compress the weight matrices of ``target`` during training.
 
@@ -94,6 +120,10 @@ def apply_compression(target, compressor, *, schedule, filter_fn=None):
           :class:`CompressedDense` / :class:`CompressedEmbedding` (weights copied; the other
           layers cloned with their weights). Compile it before training, and pass
           :class:`CompressionCallback` to ``fit``.
+        - A subclassed model: the same model, its selected layer attributes (at any depth;
+          not layers held in lists) replaced in place. Compile it again. Its ``call`` must
+          take a ``training`` argument (as for Dropout): Keras then passes ``training=True``
+          to the compressed layers in ``fit``, and each such call is a step of the schedule.
         - A Dense or Embedding layer: its compressed twin.
         - A 2-D ``tf.Variable``: a :class:`CompressedMatrix` for custom training loops.
     compressor : MatrixCompressor
@@ -111,11 +141,6 @@ def apply_compression(target, compressor, *, schedule, filter_fn=None):
         variable = target.value if isinstance(target, keras.Variable) else target
         return CompressedMatrix(variable, compressor, schedule)
     if isinstance(target, keras.Model):
-        if not (isinstance(target, keras.Sequential) or getattr(target, "_is_graph_network",
-                                                                 False)):
-            raise TypeError("apply_compression takes Sequential and functional models; in a "
-                            "subclassed model use CompressedDense / CompressedEmbedding "
-                            "directly")
         _check_model_not_compressed(target._flatten_layers(include_self=False))
         select = filter_fn or _default_filter
         chosen = []
@@ -126,7 +151,10 @@ def apply_compression(target, compressor, *, schedule, filter_fn=None):
                 return _compressed_twin(layer, compressor, schedule)
             return None
 
-        model = _clone(target, replace)
+        if isinstance(target, keras.Sequential) or getattr(target, "_is_graph_network", False):
+            model = _clone(target, replace)
+        else:
+            model = _replace_in_place(target, replace)
         if not chosen:
             warnings.warn("apply_compression: filter_fn selected no layer; nothing is "
                           "compressed", stacklevel=2)
