@@ -1,4 +1,4 @@
-"""The ``matcompress demo`` command: its dictionary-learning step and the atom image.
+"""The ``matcompress sparse-demo`` command: its dictionary-learning step and the atom image.
 
 One quick demo runs through the command-line entry point (module fixture, about 10 s on 2 cores);
 the other tests check the image layout, the options and the error paths on small inputs.
@@ -46,11 +46,11 @@ def parse_learning_table(output):
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    """Run ``matcompress demo --quick --png <tmp>/atoms.png`` once: (status, stdout, png path)."""
+    """Run ``matcompress sparse-demo --quick --png <tmp>/atoms.png`` once: (status, stdout, png path)."""
     png = tmp_path_factory.mktemp("demo") / "atoms.png"
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = cli.main(["demo", "--quick", "--png", str(png)])
+        status = cli.main(["sparse-demo", "--quick", "--png", str(png)])
     assert err.getvalue() == ""
     return status, out.getvalue(), png
 
@@ -117,7 +117,7 @@ def test_quick_demo_writes_the_atom_png(quick_run):
 
 
 def test_help_documents_png(capsys):
-    assert cli.main(["demo", "--help"]) == 0
+    assert cli.main(["sparse-demo", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "--png PATH" in text
     assert "matcompress-atoms.png in the current directory" in text
@@ -128,8 +128,8 @@ def test_cli_passes_png_and_quick_learning_settings(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(demo, "run_demo", lambda **kwargs: calls.append(kwargs))
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["demo", "--quick"]) == 0
-    assert cli.main(["demo", "--png", "out.png"]) == 0
+    assert cli.main(["sparse-demo", "--quick"]) == 0
+    assert cli.main(["sparse-demo", "--png", "out.png"]) == 0
     quick, full = calls
     assert quick["png"] == demo.DEFAULT_PNG == "matcompress-atoms.png"
     assert (quick["n_learn"], quick["epochs"]) == (demo.QUICK_LEARN_PATCHES, demo.QUICK_EPOCHS)
@@ -142,7 +142,7 @@ def test_cli_rejects_bad_png_path_before_running(where, monkeypatch, tmp_path, c
     monkeypatch.setattr(demo, "run_demo", lambda **kwargs: pytest.fail("the demo ran"))
     path = {"missing-dir": str(tmp_path / "missing" / "atoms.png"), "is-a-dir": str(tmp_path),
             "empty": ""}[where]
-    assert cli.main(["demo", "--quick", "--png", path]) == 2
+    assert cli.main(["sparse-demo", "--quick", "--png", path]) == 2
     assert "argument --png:" in capsys.readouterr().err
 
 
@@ -151,7 +151,7 @@ def test_cli_unwritable_png_exits_1(monkeypatch, capsys):
         raise demo.DemoOutputError("cannot write the atoms image 'x.png': permission denied")
 
     monkeypatch.setattr(demo, "run_demo", fail)
-    assert cli.main(["demo", "--quick"]) == 1
+    assert cli.main(["sparse-demo", "--quick"]) == 1
     assert "matcompress: error: cannot write the atoms image" in capsys.readouterr().err
 
 

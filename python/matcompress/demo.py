@@ -101,8 +101,9 @@ class DemoOutputError(OSError):
     """The atom image could not be written (the command line reports it with exit code 1)."""
 
 
-def check_demo_dependencies():
-    """Raise :class:`MissingDependencyError` unless scikit-learn and pillow are importable.
+def check_demo_dependencies(modules=(("sklearn", "scikit-learn"), ("PIL", "pillow"))):
+    """Raise :class:`MissingDependencyError` unless every (module, distribution) of ``modules``
+    is importable (default: scikit-learn and pillow, for this demo).
 
     Raises
     ------
@@ -110,7 +111,7 @@ def check_demo_dependencies():
         Naming the missing packages and the command that installs them.
     """
     problems = []
-    for module, dist in (("sklearn", "scikit-learn"), ("PIL", "pillow")):
+    for module, dist in modules:
         try:
             importlib.import_module(module)
         except ImportError as exc:

@@ -196,7 +196,7 @@ class CompressionCallback(keras.callbacks.Callback):
 def _factored_twin(layer):
     f = _layer_factorization(layer)
     if isinstance(layer, CompressedDense):
-        bias = None if layer.bias is None else keras.ops.convert_to_numpy(layer.bias)
+        bias = None if layer.bias is None else tf.convert_to_tensor(layer.bias).numpy()
         return FactoredDense.from_factorization(
             f, bias=bias, activation=keras.activations.serialize(layer.activation),
             name=layer.name, dtype=layer.dtype_policy)
@@ -207,7 +207,7 @@ def _factored_twin(layer):
 def _layer_factorization(layer):
     from .layers import to_factorization
 
-    t = int(keras.ops.convert_to_numpy(layer.step))
+    t = int(tf.convert_to_tensor(layer.step).numpy())
     if t <= layer.schedule.begin_step:
         raise ValueError(f"layer {layer.name!r} has not been factorized yet (step {t}, "
                          f"begin_step {layer.schedule.begin_step}): train past begin_step "

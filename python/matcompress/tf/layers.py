@@ -184,7 +184,7 @@ class _CompressedLayer(keras.layers.Layer):
                             f"got {self.variable_dtype}")
         # A compressor without an in-graph route is planned on the initial value (its shapes).
         plan = _factorize.plan(self.compressor, (m, n), dtype,
-                               initial=keras.ops.convert_to_numpy(self.kernel))
+                               initial=tf.convert_to_tensor(self.kernel).numpy())
         self._parts = {}
         for name, (shape_, dt, trainable) in plan.parts.items():
             shape_, dt = _storage(shape_, dt)
@@ -209,7 +209,7 @@ class _CompressedLayer(keras.layers.Layer):
         """Marks A (and, after end_step, the parts) trainable or not for the next step, from the
         step counter; True when something changed (a ``tf.function`` training step must then be
         traced again: :class:`CompressionCallback` does that in ``model.fit``)."""
-        t = int(keras.ops.convert_to_numpy(self.step))
+        t = int(tf.convert_to_tensor(self.step).numpy())
         a_on, parts_on = self._core.sync(t)
         changed = False
         if self.kernel.trainable != a_on:
@@ -399,7 +399,7 @@ class _FactoredLayer(keras.layers.Layer):
     def factorization(self):
         """The parts as a numpy :class:`matcompress.factors.Factorization`."""
         return to_factorization(self.kind, self.static,
-                                {k: keras.ops.convert_to_numpy(v) for k, v in self._parts.items()})
+                                {k: tf.convert_to_tensor(v).numpy() for k, v in self._parts.items()})
 
     @property
     def factor_nbytes(self):
