@@ -16,8 +16,8 @@ from .layers import (
     FactoredDense,
     FactoredEmbedding,
     _check_compressor,
+    _check_schedule,
 )
-from .schedule import CompressionSchedule
 
 _COMPRESSED = (CompressedDense, CompressedEmbedding)
 
@@ -84,6 +84,15 @@ def _clone(model, replace):
     return clone
 
 
+def _is_graph_model(model):
+    """Sequential or functional (Keras 3 keeps the functional class out of its public API)."""
+    try:
+        from keras.src.models.functional import Functional
+    except ImportError:  # pragma: no cover - another Keras layout
+        Functional = ()
+    return isinstance(model, (keras.Sequential, Functional))
+
+
 def _replace_in_place(model, replace):
     """A subclassed model: each layer attribute (at any depth) for which ``replace`` gives a new
     layer is re-bound to it, and the old layer stops being tracked (its variables leave the
@@ -130,13 +139,14 @@ def apply_compression(target, compressor, *, schedule, filter_fn=None):
         Built-in or user-defined. The built-ins factorize inside the graph (see
         :mod:`matcompress.tf.factorize`); any other runs its numpy ``compress`` once at the
         snapshot through ``tf.numpy_function``.
-    schedule : CompressionSchedule
+    schedule : CompressionSchedule (or its get_config() dict)
     filter_fn : callable(layer) -> bool, optional
         Which layers to compress; default: every Dense and Embedding layer.
     """
     compressor = _check_compressor(compressor)
-    if not isinstance(schedule, CompressionSchedule):
-        raise TypeError(f"schedule must be a CompressionSchedule; got {type(schedule).__name__}")
+    if schedule is None:
+        raise TypeError("schedule must be a CompressionSchedule; got NoneType")
+    schedule = _check_schedule(schedule)
     if isinstance(target, (tf.Variable, keras.Variable)):
         variable = target.value if isinstance(target, keras.Variable) else target
         return CompressedMatrix(variable, compressor, schedule)
@@ -151,7 +161,7 @@ def apply_compression(target, compressor, *, schedule, filter_fn=None):
                 return _compressed_twin(layer, compressor, schedule)
             return None
 
-        if isinstance(target, keras.Sequential) or getattr(target, "_is_graph_network", False):
+        if _is_graph_model(target):
             model = _clone(target, replace)
         else:
             model = _replace_in_place(target, replace)
@@ -175,7 +185,8 @@ class CompressionCallback(keras.callbacks.Callback):
     layer's drop step its full matrix A leaves the trainable variables (the optimizer no longer
     updates A or its slots), and after ``end_step`` its factors do; the training function is
     traced again when that happens. Without it the model computes the same outputs, but the
-    optimizer keeps applying its momentum to the unused A."""
+    optimizer keeps applying its momentum to the unused A. With ``steps_per_execution > 1`` it
+    runs between executions only, so A may move for up to that many steps after its drop."""
 
     def _sync(self):
         changed = False

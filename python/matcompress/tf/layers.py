@@ -150,7 +150,7 @@ class _Core:
     def phase_at(self, t):
         """(A trainable, parts trainable) for the step t (a Python int) to come."""
         s = self.schedule
-        return t <= s.drop_step, not (s.end_step >= 0 and t >= s.end_step)
+        return t < s.drop_step, not (s.end_step >= 0 and t >= s.end_step)
 
 
 def _check_compressor(compressor):
@@ -237,6 +237,7 @@ class CompressedDense(_CompressedLayer):
     def __init__(self, units, compressor, schedule=None, activation=None, use_bias=True,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):
         super().__init__(**kwargs)
+        self.supports_jit = False  # the matcompress ops have no XLA kernel
         self.units = int(units)
         self.compressor = _check_compressor(compressor)
         self.schedule = _check_schedule(schedule)
@@ -289,6 +290,7 @@ class CompressedEmbedding(_CompressedLayer):
     def __init__(self, input_dim, output_dim, compressor, schedule=None,
                  embeddings_initializer="uniform", mask_zero=False, **kwargs):
         super().__init__(**kwargs)
+        self.supports_jit = False  # the matcompress ops have no XLA kernel
         self.input_dim, self.output_dim = int(input_dim), int(output_dim)
         self.compressor = _check_compressor(compressor)
         self.schedule = _check_schedule(schedule)
@@ -399,13 +401,14 @@ class _FactoredLayer(keras.layers.Layer):
     def factorization(self):
         """The parts as a numpy :class:`matcompress.factors.Factorization`."""
         return to_factorization(self.kind, self.static,
-                                {k: tf.convert_to_tensor(v).numpy() for k, v in self._parts.items()})
+                                {k: tf.convert_to_tensor(v).numpy()
+                                 for k, v in self._parts.items()})
 
     @property
     def factor_nbytes(self):
-        """Bytes of the parts (what the compressor's compression_ratio counts)."""
-        return int(sum(np.prod(v.shape, dtype=np.int64) * np.dtype(v.dtype).itemsize
-                       for v in self._parts.values()))
+        """Bytes the factorization stores (what the compressor's compression_ratio counts:
+        the parts, and for sign bits the seed and row count)."""
+        return int(self.factorization().nbytes)
 
     @staticmethod
     def _spec(f):
@@ -435,6 +438,7 @@ class FactoredDense(_FactoredLayer):
     def __init__(self, units, kind, static, parts_spec, activation=None, use_bias=True,
                  **kwargs):
         super().__init__(**kwargs)
+        self.supports_jit = False  # the matcompress ops have no XLA kernel
         self.units, self.kind = int(units), kind
         self.static, self.parts_spec = dict(static), dict(parts_spec)
         self.activation = keras.activations.get(activation)
@@ -484,6 +488,7 @@ class FactoredEmbedding(_FactoredLayer):
     def __init__(self, input_dim, output_dim, kind, static, parts_spec, mask_zero=False,
                  **kwargs):
         super().__init__(**kwargs)
+        self.supports_jit = False  # the matcompress ops have no XLA kernel
         self.input_dim, self.output_dim, self.kind = int(input_dim), int(output_dim), kind
         self.static, self.parts_spec = dict(static), dict(parts_spec)
         self.mask_zero = bool(mask_zero)

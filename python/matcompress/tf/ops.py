@@ -18,8 +18,8 @@ from .. import factors as _factors
 from .._validation import check_float, check_int, check_random_state
 from ..kmeans import _auto_method, _codes_dtype
 
-__all__ = ["load_library", "factored_matmul", "factored_rows", "factor_tensors", "sparse_encode", "fit_codebook",
-           "simhash"]
+__all__ = ["load_library", "factored_matmul", "factored_rows", "factor_tensors", "sparse_encode",
+           "fit_codebook", "simhash"]
 
 _LIB = None
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -350,8 +350,9 @@ def factored_matmul(x, factors, name=None):
     entries, as a segment sum; sign-bit scales; pruned values or their codebook).
 
     ``factors`` is a :class:`matcompress.factors.Factorization` (its arrays become constant
-    tensors in the dtype of x, made once and kept with it) or a mapping as :func:`factor_tensors` returns, whose float parts may be
-    ``tf.Variable`` objects of the dtype of x.
+    tensors in the dtype of x, made once and kept with it) or a mapping as
+    :func:`factor_tensors` returns, whose float parts may be ``tf.Variable`` objects of the
+    dtype of x.
     """
     with tf.name_scope(name or "factored_matmul"):
         x = tf.convert_to_tensor(x)
