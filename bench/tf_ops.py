@@ -256,22 +256,28 @@ def main(argv=None):
     if argv[:1] == ["--alternations-child"]:
         _alternations(*(int(v) for v in argv[1:4]))
         return 0
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    return bench_main(argv, __doc__, "bench/tf_ops.py", run, "# TensorFlow ops",
+                      f"seed {SEED}; Gaussian signals and unit-norm atoms; random 4-bit codes")
+
+
+def bench_main(argv, doc, script, run_fn, title, data):
+    """The command line of a TensorFlow benchmark (--quick, --rounds, --wait-idle, --markdown):
+    run_fn(quick, rounds, wait_idle) gives the report."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--wait-idle", type=float, default=None)
     p.add_argument("--markdown", help="also write the report as markdown")
     a = p.parse_args(argv)
-    command = shlex.join(["python", "bench/tf_ops.py"] + argv)
+    command = shlex.join(["python", script] + argv)
     t0 = time.perf_counter()
     header = _ob.print_header(command)
     wait = a.wait_idle if a.wait_idle is not None else (10.0 if a.quick else 60.0)
-    report = run(a.quick, 1 if a.quick else a.rounds, wait)
+    report = run_fn(a.quick, 1 if a.quick else a.rounds, wait)
     import tensorflow as tf
 
-    _ob.finish(report, time.perf_counter() - t0, a.markdown, "# TensorFlow ops",
-               header + f"\n- tensorflow {tf.__version__}",
-               f"seed {SEED}; Gaussian signals and unit-norm atoms; random 4-bit codes")
+    _ob.finish(report, time.perf_counter() - t0, a.markdown, title,
+               header + f"\n- tensorflow {tf.__version__}", data)
     return 0
 
 

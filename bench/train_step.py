@@ -16,11 +16,8 @@ Timing: the routes of a case interleaved in rounds (best of each), as bench/tf_o
 
 from __future__ import annotations
 
-import argparse
 import os
-import shlex
 import sys
-import time
 
 import numpy as np
 
@@ -28,11 +25,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 try:
     from . import omp as _ob
-    from .tf_ops import _routes_table
+    from .tf_ops import _routes_table, bench_main
 except ImportError:  # run as a script
     sys.path.insert(0, os.path.dirname(__file__))
     import omp as _ob
-    from tf_ops import _routes_table
+    from tf_ops import _routes_table, bench_main
 
 SEED = 20251127
 RATIO = 8
@@ -120,23 +117,8 @@ def run(quick=False, rounds=5, wait_idle=60.0, out=print):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--wait-idle", type=float, default=None)
-    p.add_argument("--markdown", help="also write the report as markdown")
-    a = p.parse_args(argv)
-    command = shlex.join(["python", "bench/train_step.py"] + argv)
-    t0 = time.perf_counter()
-    header = _ob.print_header(command)
-    wait = a.wait_idle if a.wait_idle is not None else (10.0 if a.quick else 60.0)
-    report = run(a.quick, 1 if a.quick else a.rounds, wait)
-    import tensorflow as tf
-
-    _ob.finish(report, time.perf_counter() - t0, a.markdown, "# Train step",
-               header + f"\n- tensorflow {tf.__version__}",
-               f"seed {SEED}; Gaussian inputs and targets; every compressor at {RATIO}x")
-    return 0
+    return bench_main(argv, __doc__, "bench/train_step.py", run, "# Train step",
+                      f"seed {SEED}; Gaussian inputs and targets; every compressor at {RATIO}x")
 
 
 if __name__ == "__main__":

@@ -167,6 +167,14 @@ REGISTER_OP("Matcompress>PrunedMatMulGrad")
 
 // ---- fitting: the factorizations computed inside a graph (no gradients) ----------------------
 
+// Shapes of SparseEncode's inputs: x (n, f) and dictionary (k, f); sets *x and *d.
+absl::Status sparse_encode_inputs(InferenceContext* c, ShapeHandle* x, ShapeHandle* d) {
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, x));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, d));
+  DimensionHandle f;
+  return c->Merge(c->Dim(*x, 1), c->Dim(*d, 1), &f);
+}
+
 REGISTER_OP("Matcompress>SparseEncode")
     .Input("x: T")
     .Input("dictionary: T")
@@ -178,10 +186,7 @@ REGISTER_OP("Matcompress>SparseEncode")
     .Attr("T: {float, double}")
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle x, d;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &x));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &d));
-      DimensionHandle f;
-      TF_RETURN_IF_ERROR(c->Merge(c->Dim(x, 1), c->Dim(d, 1), &f));
+      TF_RETURN_IF_ERROR(sparse_encode_inputs(c, &x, &d));
       int64_t s;
       TF_RETURN_IF_ERROR(c->GetAttr("max_atoms", &s));
       c->set_output(0, c->Matrix(c->Dim(x, 0), s));
@@ -202,10 +207,7 @@ REGISTER_OP("Matcompress>SparseEncodeDense")
     .Attr("T: {float, double}")
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle x, d;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &x));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &d));
-      DimensionHandle f;
-      TF_RETURN_IF_ERROR(c->Merge(c->Dim(x, 1), c->Dim(d, 1), &f));
+      TF_RETURN_IF_ERROR(sparse_encode_inputs(c, &x, &d));
       c->set_output(0, c->Matrix(c->Dim(x, 0), c->Dim(d, 0)));
       return absl::OkStatus();
     })

@@ -15,9 +15,11 @@ download):
 
 Each model is trained dense first; each compressor then starts from those weights, factorizes
 the large matrices (Dense kernels and Embedding tables of at least 16,384 weights) at the first
-step, blends for half an epoch... and trains the factors for the remaining epochs
+step, blends for half an epoch and trains the factors alone for the remaining epochs
 (:class:`~matcompress.tf.CompressionSchedule`, :class:`~matcompress.tf.CompressionCallback`); the
-stripped model (factors only) is evaluated.
+stripped model (factors only) is evaluated. The dense model is also trained for the same extra
+epochs ("dense+N"); the reference for the targets is the better of its two scores, so that a
+compressed model is credited neither with its extra training nor with a bad restart.
 """
 
 from __future__ import annotations
@@ -156,11 +158,11 @@ def tasks(quick=False, seed=0):
     sparse = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     Xtr, ytr, Xte, yte = digits_data(seed)
     out = [Task("digits MLP", _mlp, (Xtr, ytr, Xte, yte), sparse, "accuracy",
-                epochs=12 if quick else 20, finetune=4 if quick else 5, batch_size=32)]
+                epochs=12 if quick else 15, finetune=4 if quick else 5, batch_size=32)]
     if quick:
         return out
     img = (Xtr.reshape(-1, 8, 8, 1), ytr, Xte.reshape(-1, 8, 8, 1), yte)
-    out.append(Task("digits CNN", _cnn, img, sparse, "accuracy", epochs=12, finetune=4,
+    out.append(Task("digits CNN", _cnn, img, sparse, "accuracy", epochs=10, finetune=4,
                     batch_size=32))
     Xc, Yc, Xct, Yct, vocab = corpus_data()
     out.append(Task("LSTM language model", lambda: _lstm(vocab, Xc.shape[1]),
@@ -207,6 +209,17 @@ def run_task(task, methods=METHODS, ratios=RATIOS, seed=0, progress=None):
               for layer in dense._flatten_layers(include_self=False) if _large(layer))
     rows = [{"task": task.name, "method": "dense", "ratio": 1, "score": task.score(dense),
              "bytes": total, "matrix_bytes": big, "achieved": 1.0, "time": dense_time}]
+    # The reference: the dense model trained for the same extra epochs as each compressed one
+    # (which would otherwise be credited with that training).
+    keras.utils.set_random_seed(seed)
+    more = keras.models.clone_model(dense)
+    more.set_weights(dense.get_weights())
+    task.compile(more)
+    t0 = time.perf_counter()
+    more.fit(Xtr, ytr, epochs=task.finetune, batch_size=task.batch_size, verbose=0)
+    rows.append({"task": task.name, "method": f"dense+{task.finetune}", "ratio": 1,
+                 "score": task.score(more), "bytes": total, "matrix_bytes": big,
+                 "achieved": 1.0, "time": time.perf_counter() - t0})
     if progress:
         progress()
     steps = math.ceil(len(Xtr) / task.batch_size)
@@ -249,20 +262,26 @@ def run_task(task, methods=METHODS, ratios=RATIOS, seed=0, progress=None):
     return rows
 
 
+def reference_score(rows, task):
+    """The better of the dense model's scores (as trained, and after the same extra epochs as the
+    compressed models): the stricter reference for the targets."""
+    scores = [r["score"] for r in rows if r["task"] == task and r["method"].startswith("dense")]
+    if not scores:
+        return None
+    return min(scores) if "LSTM" in task else max(scores)
+
+
 def format_table(rows):
     lines = []
     head = (f"{'model':<20} {'method':<11} {'asked':>5} {'matrices':>9} {'all weights':>12} "
             f"{'score':>9} {'vs dense':>9} {'train s':>8}")
-    dense_score = {}
-    for r in rows:
-        if r["method"] == "dense":
-            dense_score[r["task"]] = r["score"]
+    dense_score = {r["task"]: reference_score(rows, r["task"]) for r in rows}
     task = None
     for r in rows:
         if r["task"] != task:
             task = r["task"]
             lines += ["", head, "-" * len(head)]
-        asked = "-" if r["method"] == "dense" else f"{r['ratio']}x"
+        asked = "-" if r["method"].startswith("dense") else f"{r['ratio']}x"
         if r.get("score") is None:
             note = r.get("note", "")
             lines.append(f"{r['task']:<20} {r['method']:<11} {asked:>5}  "
@@ -287,14 +306,14 @@ def check_targets(rows):
                                    "within 1 point of dense accuracy"),
                                   ("LSTM language model", 4, lambda s, b: s <= 1.05 * b,
                                    "within 5 % of dense perplexity")):
-        base = [r["score"] for r in rows if r["task"] == task and r["method"] == "dense"]
-        if not base:
+        base = reference_score(rows, task)
+        if base is None:
             continue
         for r in rows:
-            if r["task"] == task and r["ratio"] == ratio and r["method"] != "dense":
+            if r["task"] == task and r["ratio"] == ratio and not r["method"].startswith("dense"):
                 verdict = ("not run" if r.get("note", "").startswith("not run")
                            else "unreachable" if r.get("score") is None
-                           else "met" if ok(r["score"], base[0]) else "missed")
+                           else "met" if ok(r["score"], base) else "missed")
                 out.append(f"{task} at {ratio}x, {r['method']}: {what}: {verdict}")
     return out
 
@@ -309,13 +328,13 @@ def plot(rows, path):
     names = list(dict.fromkeys(r["task"] for r in rows))
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
     for ax, name in zip(axes[0], names):
-        base = [r["score"] for r in rows if r["task"] == name and r["method"] == "dense"][0]
+        base = reference_score(rows, name)
         for method in METHODS:
             pts = [(r["achieved"], r["score"]) for r in rows if r["task"] == name
                    and r["method"] == method and r.get("score") is not None]
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=method)
-        ax.axhline(base, color="k", linestyle="--", label="dense")
+        ax.axhline(base, color="k", linestyle="--", label="dense (better of 2 runs)")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("compression of the large matrices (x fewer bytes)")
         ax.set_ylabel("perplexity" if "LSTM" in name else "test accuracy (%)")
@@ -335,7 +354,7 @@ def run(quick=False, png="matcompress-models.png", seed=0, say=print):
     jobs = tasks(quick, seed)
     methods = METHODS
     ratios = (4, 8) if quick else RATIOS
-    total = len(jobs) * (1 + len(methods) * len(ratios))
+    total = len(jobs) * (2 + len(methods) * len(ratios))
     bar = keras.utils.Progbar(total, unit_name="model")
     done = [0]
 

@@ -153,6 +153,13 @@ class _Core:
         return t < s.drop_step, not (s.end_step >= 0 and t >= s.end_step)
 
 
+def _bias_activation(layer, y):
+    """A dense layer's ``activation(y + bias)``."""
+    if layer.bias is not None:
+        y = y + tf.convert_to_tensor(layer.bias)
+    return layer.activation(y) if layer.activation is not None else y
+
+
 def _check_compressor(compressor):
     if isinstance(compressor, dict):
         compressor = _compressors.MatrixCompressor.from_config(compressor)
@@ -264,9 +271,7 @@ class CompressedDense(_CompressedLayer):
         y = self._core.apply(bool(training), lambda A: tf.matmul(x, A) if x.shape.rank == 2
                              else tf.tensordot(x, A, axes=1),
                              lambda f: _ops.factored_matmul(x, f), x.dtype)
-        if self.bias is not None:
-            y = y + tf.convert_to_tensor(self.bias)
-        return self.activation(y) if self.activation is not None else y
+        return _bias_activation(self, y)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
@@ -465,10 +470,7 @@ class FactoredDense(_FactoredLayer):
         x = tf.convert_to_tensor(inputs)
         if x.dtype != self.compute_dtype:
             x = tf.cast(x, self.compute_dtype)
-        y = _ops.factored_matmul(x, self.factors())
-        if self.bias is not None:
-            y = y + tf.convert_to_tensor(self.bias)
-        return self.activation(y) if self.activation is not None else y
+        return _bias_activation(self, _ops.factored_matmul(x, self.factors()))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
