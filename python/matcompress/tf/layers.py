@@ -286,8 +286,18 @@ class CompressedDense(_CompressedLayer):
         return config
 
 
+class _Lookup:
+    """Masking and output shape of the embedding layers."""
+
+    def compute_mask(self, inputs, mask=None):
+        return tf.not_equal(inputs, 0) if self.mask_zero else None
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape) + (self.output_dim,)
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class CompressedEmbedding(_CompressedLayer):
+class CompressedEmbedding(_Lookup, _CompressedLayer):
     """``keras.layers.Embedding`` whose table A (input_dim, output_dim) is factorized during
     training on a :class:`CompressionSchedule`; lookups read rows of the factors
     (:func:`matcompress.tf.factored_rows`) once A is dropped."""
@@ -320,12 +330,6 @@ class CompressedEmbedding(_CompressedLayer):
         return self._core.apply(bool(training), lambda A: tf.gather(A, ids),
                                 lambda f: _ops.factored_rows(ids, f),
                                 tf.as_dtype(self.variable_dtype))
-
-    def compute_mask(self, inputs, mask=None):
-        return tf.not_equal(inputs, 0) if self.mask_zero else None
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape) + (self.output_dim,)
 
     def get_config(self):
         config = super().get_config()
@@ -483,7 +487,7 @@ class FactoredDense(_FactoredLayer):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class FactoredEmbedding(_FactoredLayer):
+class FactoredEmbedding(_Lookup, _FactoredLayer):
     """An embedding lookup that holds only the table's factorization (the result of
     :func:`matcompress.tf.strip_compression`)."""
 
@@ -513,12 +517,6 @@ class FactoredEmbedding(_FactoredLayer):
         if not ids.dtype.is_integer:
             ids = tf.cast(ids, tf.int32)
         return _ops.factored_rows(ids, self.factors())
-
-    def compute_mask(self, inputs, mask=None):
-        return tf.not_equal(inputs, 0) if self.mask_zero else None
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape) + (self.output_dim,)
 
     def get_config(self):
         config = super().get_config()
