@@ -1654,3 +1654,24 @@ def test_factored_layers_from_factorization(form):
     clone.build((None, m))
     clone.set_weights(layer.get_weights())
     assert_array_equal(clone(x).numpy(), got)
+
+
+def test_snapshot_taken_when_alpha_is_zero_at_begin_step():
+    """alpha_decrement = 1: drop_step == begin_step. CompressionCallback marks A untrainable for
+    that step, yet the step still takes the snapshot (a regression: the factors stayed zero)."""
+    keras.utils.set_random_seed(5)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((32, 12)).astype("float32")
+    y = rng.standard_normal((32, 6)).astype("float32")
+    model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(6, name="d")])
+    schedule = mctf.CompressionSchedule(begin_step=2, alpha_decrement=1.0)
+    assert schedule.drop_step == 2
+    cm = mctf.apply_compression(model, LowRankCompressor(rank=2), schedule=schedule)
+    cm.compile(keras.optimizers.SGD(0.0), "mse")  # A and the parts stay as they are
+    cm.fit(x, y, batch_size=8, epochs=1, callbacks=[mctf.CompressionCallback()], verbose=0)
+    layer = cm.get_layer("d")
+    A = layer.kernel.numpy()
+    f = to_factorization(layer.plan.kind, layer.plan.static, layer._core.arrays())
+    u, s, vt = np.linalg.svd(A.astype(np.float64))
+    best = (u[:, :2] * s[:2]) @ vt[:2]
+    assert np.abs(f.to_dense() - best).max() <= 1e-4 * s[0]

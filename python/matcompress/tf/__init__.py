@@ -26,9 +26,11 @@ from .schedule import CompressionSchedule  # noqa: E402
 from .layers import (  # noqa: E402
     CompressedDense,
     CompressedEmbedding,
+    CompressedKernel,
     CompressedMatrix,
     FactoredDense,
     FactoredEmbedding,
+    FactoredKernel,
 )
 from .compression import (  # noqa: E402
     CompressionCallback,
@@ -39,9 +41,9 @@ from .compression import (  # noqa: E402
 
 __all__ = ["factored_matmul", "factored_rows", "factor_tensors", "fit_codebook",
            "load_library", "simhash", "sparse_encode", "CompressionSchedule",
-           "CompressedDense", "CompressedEmbedding", "CompressedMatrix", "FactoredDense",
-           "FactoredEmbedding", "CompressionCallback", "apply_compression",
-           "compressed_nbytes", "strip_compression"]
+           "CompressedDense", "CompressedEmbedding", "CompressedKernel", "CompressedMatrix",
+           "FactoredDense", "FactoredEmbedding", "FactoredKernel", "CompressionCallback",
+           "apply_compression", "compressed_nbytes", "strip_compression"]
 
 try:
     load_library()

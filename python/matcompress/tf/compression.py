@@ -12,23 +12,31 @@ import tensorflow as tf
 from .layers import (
     CompressedDense,
     CompressedEmbedding,
+    CompressedKernel,
     CompressedMatrix,
     FactoredDense,
     FactoredEmbedding,
+    FactoredKernel,
     _check_compressor,
     _check_schedule,
+    _kernel_slot,
 )
 
-_COMPRESSED = (CompressedDense, CompressedEmbedding)
+_COMPRESSED = (CompressedDense, CompressedEmbedding, CompressedKernel)
+_FACTORED = (FactoredDense, FactoredEmbedding, FactoredKernel)
 
 
 def _default_filter(layer):
     return type(layer) in (keras.layers.Dense, keras.layers.Embedding)
 
 
-def _compressed_twin(layer, compressor, schedule):
-    """A compressed layer configured (and, when ``layer`` is built, weighted) as ``layer``."""
-    if isinstance(layer, keras.layers.Dense):
+def _compressed_twin(layer, compressor, schedule, selected=True):
+    """A compressed layer configured (and, when ``layer`` is built, weighted) as ``layer``:
+    CompressedDense / CompressedEmbedding for Keras' own Dense and Embedding, else a
+    CompressedKernel around a copy of ``layer`` (``selected``, when a string, names the kernel
+    attribute)."""
+    path = selected if isinstance(selected, str) else None
+    if type(layer) is keras.layers.Dense and path in (None, "kernel"):
         cfg = layer.get_config()
         if cfg.get("lora_rank"):
             raise ValueError(f"layer {layer.name!r} uses LoRA: compress the merged layer")
@@ -43,7 +51,7 @@ def _compressed_twin(layer, compressor, schedule):
             if new.bias is not None:
                 new.bias.assign(layer.bias)
         return new
-    if isinstance(layer, keras.layers.Embedding):
+    if type(layer) is keras.layers.Embedding and path in (None, "embeddings"):
         cfg = layer.get_config()
         new = CompressedEmbedding(cfg["input_dim"], cfg["output_dim"], compressor, schedule,
                                   embeddings_initializer=cfg["embeddings_initializer"],
@@ -53,9 +61,28 @@ def _compressed_twin(layer, compressor, schedule):
             new.build(None)
             new.kernel.assign(layer.embeddings)
         return new
-    raise TypeError(f"filter_fn selected layer {layer.name!r} of type {type(layer).__name__}: "
-                    "only keras.layers.Dense and keras.layers.Embedding layers can be "
-                    "compressed")
+    if path is None:
+        path = "embeddings" if isinstance(layer, keras.layers.Embedding) else "kernel"
+    inner, input_shape = _copy_layer(layer, path)
+    new = CompressedKernel(inner, compressor, schedule, kernel_attr=path, name=layer.name,
+                           dtype=layer.dtype_policy)
+    if inner.built:
+        new.build(input_shape)
+    return new
+
+
+def _copy_layer(layer, path):
+    """A copy of ``layer`` from its config, built and weighted as ``layer`` when that is built
+    (whose kernel at ``path`` is checked to be a 2-D variable); and its input shape."""
+    if layer.built:
+        _kernel_slot(layer, path)
+    inner = layer.__class__.from_config(layer.get_config())
+    if not layer.built:
+        return inner, None
+    build_config = layer.get_build_config() or {}
+    inner.build_from_config(build_config)
+    inner.set_weights(layer.get_weights())
+    return inner, build_config.get("input_shape")
 
 
 def _check_model_not_compressed(layers):
@@ -133,15 +160,21 @@ def apply_compression(target, compressor, *, schedule, filter_fn=None):
           not layers held in lists) replaced in place. Compile it again. Its ``call`` must
           take a ``training`` argument (as for Dropout): Keras then passes ``training=True``
           to the compressed layers in ``fit``, and each such call is a step of the schedule.
-        - A Dense or Embedding layer: its compressed twin.
+        - A layer: its compressed twin (see ``filter_fn``).
         - A 2-D ``tf.Variable``: a :class:`CompressedMatrix` for custom training loops.
     compressor : MatrixCompressor
         Built-in or user-defined. The built-ins factorize inside the graph (see
         :mod:`matcompress.tf.factorize`); any other runs its numpy ``compress`` once at the
         snapshot through ``tf.numpy_function``.
     schedule : CompressionSchedule (or its get_config() dict)
-    filter_fn : callable(layer) -> bool, optional
-        Which layers to compress; default: every Dense and Embedding layer.
+    filter_fn : callable(layer) -> bool or str, optional
+        Which layers to compress; default: every Dense and Embedding layer. Keras' own Dense
+        and Embedding become :class:`CompressedDense` / :class:`CompressedEmbedding`; any other
+        selected layer (a Dense subclass, EinsumDense, a custom layer) is wrapped in a
+        :class:`CompressedKernel`, which runs the layer's own ``call`` with its 2-D kernel
+        replaced: the attribute ``kernel`` (``embeddings`` for an Embedding subclass), or the
+        attribute path that ``filter_fn`` returns as a string (say "cell.kernel" for an LSTM's
+        input kernel). A selected layer without such a 2-D kernel raises TypeError.
     """
     compressor = _check_compressor(compressor)
     if schedule is None:
@@ -156,9 +189,10 @@ def apply_compression(target, compressor, *, schedule, filter_fn=None):
         chosen = []
 
         def replace(layer):
-            if select(layer):
+            selected = select(layer)
+            if selected:
                 chosen.append(layer.name)
-                return _compressed_twin(layer, compressor, schedule)
+                return _compressed_twin(layer, compressor, schedule, selected)
             return None
 
         if _is_graph_model(target):
@@ -171,11 +205,12 @@ def apply_compression(target, compressor, *, schedule, filter_fn=None):
         return model
     if isinstance(target, keras.layers.Layer):
         _check_model_not_compressed([target])
-        if filter_fn is not None and not filter_fn(target):
+        selected = True if filter_fn is None else filter_fn(target)
+        if not selected:
             warnings.warn("apply_compression: filter_fn rejects the layer; it is returned "
                           "unchanged", stacklevel=2)
             return target
-        return _compressed_twin(target, compressor, schedule)
+        return _compressed_twin(target, compressor, schedule, selected)
     raise TypeError("target must be a Keras model, a Keras layer or a tf.Variable; got "
                     f"{type(target).__name__}")
 
@@ -206,6 +241,11 @@ class CompressionCallback(keras.callbacks.Callback):
 
 def _factored_twin(layer):
     f = _layer_factorization(layer)
+    if isinstance(layer, CompressedKernel):
+        inner, input_shape = _copy_layer(layer.layer, layer.kernel_attr)
+        return FactoredKernel.from_factorization(inner, f, kernel_attr=layer.kernel_attr,
+                                                 input_shape=input_shape, name=layer.name,
+                                                 dtype=layer.dtype_policy)
     if isinstance(layer, CompressedDense):
         bias = None if layer.bias is None else tf.convert_to_tensor(layer.bias).numpy()
         return FactoredDense.from_factorization(
@@ -257,7 +297,7 @@ def compressed_nbytes(model):
     of a stripped model."""
     factored = dense = 0
     for layer in model._flatten_layers(include_self=False):
-        if isinstance(layer, (FactoredDense, FactoredEmbedding)):
+        if isinstance(layer, _FACTORED):
             factored += layer.factor_nbytes
             f = layer.factorization()
             dense += int(np.prod(f.shape)) * np.dtype(f.dtype).itemsize

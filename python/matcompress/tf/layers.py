@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import types
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -78,7 +80,10 @@ class _Core:
     def sync(self, t):
         """Records the phase of the step t to come; returns (A trainable, parts trainable)."""
         a_on, parts_on = self.phase_at(t)
-        self.dropped, self.frozen = not a_on, not parts_on
+        # The snapshot reads A at begin_step even when alpha is 0 from there (drop_step ==
+        # begin_step): that step takes the traced phases.
+        self.dropped = not a_on and t > self.schedule.begin_step
+        self.frozen = not parts_on
         return a_on, parts_on
 
     def value(self, name):
@@ -340,6 +345,116 @@ class CompressedEmbedding(_Lookup, _CompressedLayer):
         return config
 
 
+# ---- any layer with a 2-D kernel -------------------------------------------------------------
+
+def _kernel_slot(layer, path):
+    """(owner, attribute name, variable) of the 2-D kernel that ``layer`` reaches through the
+    dotted attribute ``path`` (say "kernel" or "cell.kernel"): the attribute of the owner that
+    holds the variable itself (Keras' Dense reads ``self.kernel`` through a property over
+    ``_kernel``)."""
+    owner = layer
+    *outer, last = path.split(".")
+    for name in outer:
+        owner = getattr(owner, name, None)
+        if owner is None:
+            raise TypeError(f"layer {layer.name!r} of type {type(layer).__name__} has no "
+                            f"attribute {path!r}")
+    var = getattr(owner, last, None)
+    if not isinstance(var, (keras.Variable, tf.Variable)):
+        raise TypeError(f"layer {layer.name!r} of type {type(layer).__name__} has no weight "
+                        f"variable {path!r} (after build)")
+    if len(var.shape) != 2:
+        raise TypeError(f"layer {layer.name!r} of type {type(layer).__name__}: its {path} of "
+                        f"shape {tuple(var.shape)} is not 2-D")
+    for name, value in vars(owner).items():
+        if value is var:
+            return owner, name, var
+    raise TypeError(f"layer {layer.name!r}: {path} is computed, not held in an attribute")
+
+
+class _KernelSwap:
+    """Within the block, the kernel's attribute holds ``value`` (a tensor) instead of the
+    variable: the wrapped layer's own ``call`` then computes with it. Set and restored below
+    Keras' attribute tracking, at trace time."""
+
+    def __init__(self, owner, slot, value):
+        self.owner, self.slot, self.value = owner, slot, value
+
+    def __enter__(self):
+        self.saved = getattr(self.owner, self.slot)
+        object.__setattr__(self.owner, self.slot, self.value)
+
+    def __exit__(self, *exc):
+        object.__setattr__(self.owner, self.slot, self.saved)
+
+
+class _KernelWrapper(keras.layers.Wrapper):
+    """Calls the wrapped layer with its kernel replaced by a tensor."""
+
+    def _locate(self):
+        owner, slot, var = _kernel_slot(self.layer, self.kernel_attr)
+        # Held below Keras' tracking: the variable is the wrapped layer's.
+        object.__setattr__(self, "_slot", (owner, slot))
+        return var
+
+    def _call_with(self, kernel, inputs, training, mask):
+        owner, slot = self._slot
+        kwargs = {}
+        if training is not None and self.layer._call_has_training_arg:
+            kwargs["training"] = training
+        if mask is not None and self.layer._call_has_mask_arg:
+            kwargs["mask"] = mask
+        kernel = tf.cast(kernel, self.layer.compute_dtype)
+        with _KernelSwap(owner, slot, kernel):
+            return self.layer(inputs, **kwargs)
+
+    def compute_mask(self, inputs, mask=None):
+        return self.layer.compute_mask(inputs, mask)
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class CompressedKernel(_CompressedLayer, _KernelWrapper):
+    """Any layer holding a 2-D kernel (``kernel_attr``: "kernel", or a dotted path such as
+    "cell.kernel"), with that kernel A compressed on a :class:`CompressionSchedule`: the layer's
+    own ``call`` runs with its kernel replaced by A, then the blend ``alpha*A + (1-alpha)*W``,
+    then W, the product of the factors, built each step from them
+    (:func:`matcompress.tf.factored_rows`) since how the layer uses its kernel is its own
+    business. Dense and Embedding layers are better served by :class:`CompressedDense` and
+    :class:`CompressedEmbedding`, which never build W."""
+
+    def __init__(self, layer, compressor, schedule=None, kernel_attr="kernel", **kwargs):
+        super().__init__(layer, **kwargs)
+        self.supports_jit = False  # the matcompress ops have no XLA kernel
+        self.kernel_attr = str(kernel_attr)
+        self.compressor = _check_compressor(compressor)
+        self.schedule = _check_schedule(schedule)
+
+    def build(self, input_shape=None):
+        keras.layers.Wrapper.build(self, input_shape)
+        self._build_compression(tuple(self._locate().shape))
+
+    @property
+    def kernel(self):
+        """The wrapped layer's kernel variable A (after build)."""
+        owner, slot = self._slot
+        return getattr(owner, slot)
+
+    def call(self, inputs, training=None, mask=None):
+        m = int(self._core.kernel.shape[0])
+        w = self._core.apply(bool(training), lambda A: A,
+                             lambda f: _ops.factored_rows(tf.range(m), f),
+                             tf.as_dtype(self._core.kernel.dtype))
+        return self._call_with(w, inputs, training, mask)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(kernel_attr=self.kernel_attr, **self._compression_config())
+        return config
+
+
 # ---- the factors alone, as a numpy Factorization and as inference layers ---------------------
 
 def to_factorization(kind, static, arrays):
@@ -522,6 +637,57 @@ class FactoredEmbedding(_Lookup, _FactoredLayer):
         config = super().get_config()
         config.update(input_dim=self.input_dim, output_dim=self.output_dim,
                       mask_zero=self.mask_zero, **self._factored_config())
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class FactoredKernel(_FactoredLayer, _KernelWrapper):
+    """The stripped :class:`CompressedKernel`: the wrapped layer keeps its other weights, its
+    kernel variable is dropped (neither held nor saved), and each call builds the kernel from
+    the factors (:func:`matcompress.tf.factored_rows`) for the layer's own ``call``."""
+
+    def __init__(self, layer, shape, kind, static, parts_spec, kernel_attr="kernel", **kwargs):
+        super().__init__(layer, **kwargs)
+        self.supports_jit = False  # the matcompress ops have no XLA kernel
+        self.shape = tuple(int(d) for d in shape)
+        self.kernel_attr, self.kind = str(kernel_attr), kind
+        self.static, self.parts_spec = dict(static), dict(parts_spec)
+
+    @classmethod
+    def from_factorization(cls, layer, f, kernel_attr="kernel", input_shape=None, **kwargs):
+        """A built layer wrapping ``layer`` (built, or built here for ``input_shape``), whose
+        weights other than the kernel are kept, with the kernel's factorization ``f``."""
+        spec, static, arrays = cls._spec(f)
+        wrapper = cls(layer, f.shape, f.kind, static, spec, kernel_attr=kernel_attr, **kwargs)
+        wrapper.build(input_shape)
+        wrapper._set_parts(arrays)
+        return wrapper
+
+    def build(self, input_shape=None):
+        keras.layers.Wrapper.build(self, input_shape)
+        var = self._locate()
+        if tuple(int(d) for d in var.shape) != self.shape:
+            raise ValueError(f"layer {self.layer.name!r}: its {self.kernel_attr} of shape "
+                             f"{tuple(var.shape)} does not match the factorization's "
+                             f"{self.shape}")
+        owner, slot = self._slot
+        owner._tracker.untrack(var)
+        object.__setattr__(owner, slot, None)
+        # Layers such as Dense save their kernel by name; the owner now saves (and loads) the
+        # variables it still tracks, as a plain Keras layer does.
+        for method in ("save_own_variables", "load_own_variables"):
+            object.__setattr__(owner, method,
+                               types.MethodType(getattr(keras.layers.Layer, method), owner))
+        self._build_parts()
+
+    def call(self, inputs, training=None, mask=None):
+        w = _ops.factored_rows(tf.range(self.shape[0]), self.factors())
+        return self._call_with(w, inputs, training, mask)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(shape=list(self.shape), kernel_attr=self.kernel_attr,
+                      **self._factored_config())
         return config
 
 
