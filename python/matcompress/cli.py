@@ -185,12 +185,15 @@ def _run_model_demo(args):
     """Run the model-compression demo (matcompress.tf.demo); exit status 0."""
     from .demo import DemoOutputError, check_demo_dependencies
 
+    # Before TensorFlow's first import (the dependency check imports it): its C++ INFO and
+    # WARNING lines (oneDNN notices, a type-inference warning on the phase switch) are noise
+    # between the progress bar's updates.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     check_demo_dependencies((("tensorflow", "tensorflow-cpu"), ("sklearn", "scikit-learn"),
                              ("matplotlib", "matplotlib")))
     png = os.path.abspath(args.png)
     if not os.path.isdir(os.path.dirname(png)):
         raise DemoOutputError(f"cannot write the plot to {args.png}: no such directory")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from .tf import demo as model_demo
 
     try:

@@ -69,9 +69,12 @@ class _Core:
     """The schedule's arithmetic over a matrix variable A, the parts' variables and a step
     counter, shared by the layers and CompressedMatrix (which own the variables)."""
 
-    def __init__(self, plan, schedule, kernel, parts, step):
+    def __init__(self, plan, schedule, kernel, parts, step, signs=None):
         self.plan, self.schedule = plan, schedule
         self.kernel, self.parts, self.step = kernel, parts, step
+        # Sign bits: R @ S (m, n), fixed from the snapshot on (only the scales train), kept so
+        # that no pass regenerates the projection R (m, k, k = 32 m / ratio: 16x A at 2x).
+        self.signs = signs
         # Set by sync_trainable once the step counter is past the drop step (end_step): no
         # later step reads A (or trains the parts), so a graph traced from then on leaves out
         # the branches for them.
@@ -106,6 +109,8 @@ class _Core:
                 value = tf.cond(frozen, lambda v=value: tf.stop_gradient(v),
                                 lambda v=value: tf.identity(v))
             out[name] = value
+        if self.signs is not None:
+            out["projected_signs"] = tf.convert_to_tensor(self.signs)
         return out
 
     def _snapshot(self):
@@ -113,6 +118,11 @@ class _Core:
         for name, var in self.parts.items():
             shape, dtype, _ = self.plan.parts[name]
             _assign_local(var, _to_words(parts[name], shape, dtype))
+        if self.signs is not None:
+            m = int(self.kernel.shape[0])
+            unit = {"kind": "sign_bits", **self.plan.static, "bits": parts["bits"],
+                    "scale": tf.ones_like(parts["scale"])}
+            _assign_local(self.signs, _ops.factored_rows(tf.range(m), unit))
         return tf.constant(True)
 
     def advance(self, training):
@@ -206,7 +216,11 @@ class _CompressedLayer(keras.layers.Layer):
         self.step = self.add_weight(name="compression_step", shape=(), dtype="int64",
                                     initializer="zeros", trainable=False,
                                     aggregation="only_first_replica")
-        self._core = _Core(plan, self.schedule, self.kernel, self._parts, self.step)
+        signs = (self.add_weight(name="projected_signs", shape=(m, n), dtype=dtype.name,
+                                 initializer="zeros", trainable=False, autocast=False,
+                                 aggregation="only_first_replica")
+                 if plan.kind == "sign_bits" else None)
+        self._core = _Core(plan, self.schedule, self.kernel, self._parts, self.step, signs)
 
     @property
     def plan(self):
@@ -717,7 +731,11 @@ class CompressedMatrix(tf.Module):
                        for name, (shape, dtype, trainable) in plan.parts.items()}
         self.step = tf.Variable(tf.constant(0, tf.int64), trainable=False,
                                 name="compression_step", aggregation=agg)
-        self._core = _Core(plan, self.schedule, self.kernel, self._parts, self.step)
+        self._signs = (tf.Variable(tf.zeros(variable.shape, variable.dtype), trainable=False,
+                                   name="projected_signs", aggregation=agg)
+                       if plan.kind == "sign_bits" else None)
+        self._core = _Core(plan, self.schedule, self.kernel, self._parts, self.step,
+                           self._signs)
         self._phase = (True, True)
 
     @property

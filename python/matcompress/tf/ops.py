@@ -319,6 +319,8 @@ def factored_rows(ids, factors, name=None):
                 codes = tf.reshape(tf.stack([low, high], axis=-1), [tf.shape(codes)[0], -1])
                 codes = codes[:, :n_cols // block]
             rows = tf.reshape(tf.gather(codebook, tf.cast(codes, tf.int32)), [-1, n_cols])
+        elif kind == "sign_bits" and get("projected_signs") is not None:
+            rows = tf.gather(get("projected_signs"), flat) * get("scale")
         elif kind == "sign_bits":
             scale = get("scale")
             onehot = tf.one_hot(flat, int(get("n_rows")), dtype=scale.dtype)
@@ -352,7 +354,9 @@ def factored_matmul(x, factors, name=None):
     ``factors`` is a :class:`matcompress.factors.Factorization` (its arrays become constant
     tensors in the dtype of x, made once and kept with it) or a mapping as
     :func:`factor_tensors` returns, whose float parts may be ``tf.Variable`` objects of the
-    dtype of x.
+    dtype of x. Sign bits may also carry ``"projected_signs"``, the (m, n) product R @ S of the
+    projection and the signs: the product is then a GEMM times the scales (the compressed
+    layers keep it while they train, rather than regenerating R in every pass).
     """
     with tf.name_scope(name or "factored_matmul"):
         x = tf.convert_to_tensor(x)
@@ -380,6 +384,8 @@ def factored_matmul(x, factors, name=None):
             y = lib.matcompress_codebook_mat_mul(x2, get("codes"), get("codebook"),
                                                  n=int(get("n_cols")),
                                                  packed=bool(get("packed", False)))
+        elif kind == "sign_bits" and get("projected_signs") is not None:
+            y = tf.matmul(x2, get("projected_signs")) * get("scale")
         elif kind == "sign_bits":
             # The projection takes its height from x: check it against the factorization's.
             n_rows = get("n_rows")
