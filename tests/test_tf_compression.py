@@ -1708,3 +1708,24 @@ def test_sign_bits_with_projected_signs_equal_the_op(dtype):
     for got, ref in zip(results[1], results[0]):
         assert np.abs(got - ref).max() <= tol * np.abs(ref).max()
     assert_array_equal(results[1][3][0, 0], results[1][3][1, 1])
+
+
+def test_sign_bit_scales_trained_at_the_magnitude_of_a():
+    """The scales' variable holds scale * k / sqrt(m) (an optimizer's steps are absolute; the
+    scales themselves are ~ ||a_j|| / k); every reader sees the scales themselves."""
+    rng = np.random.default_rng(11)
+    A = rng.standard_normal((64, 20)).astype(np.float32) * 0.1
+    comp = SimhashCompressor(compression_ratio=2, random_state=4)
+    cm = mctf.apply_compression(tf.Variable(A), comp,
+                                schedule=mctf.CompressionSchedule(begin_step=0))
+    cm.matmul(tf.zeros((1, 64)))  # the snapshot
+    ref = comp.compress(A)
+    k = ref.n_bits
+    assert k > 500  # 2x of a 64 x 20 matrix: ~ 16 bits per weight
+    got = cm.factorization()
+    assert_array_equal(got.bits, ref.bits)
+    np.testing.assert_allclose(got.scale, ref.scale, rtol=1e-6)
+    stored = cm._parts["scale"].numpy()
+    np.testing.assert_allclose(stored, ref.scale * k / 8.0, rtol=1e-6)
+    # of the order of A's entries, where the scales are k / 8 (~100) times smaller
+    assert 0.2 < np.median(np.abs(stored)) / np.median(np.abs(A)) < 5

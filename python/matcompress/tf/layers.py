@@ -75,6 +75,13 @@ class _Core:
         # Sign bits: R @ S (m, n), fixed from the snapshot on (only the scales train), kept so
         # that no pass regenerates the projection R (m, k, k = 32 m / ratio: 16x A at 2x).
         self.signs = signs
+        # The sign-bit scales are about ||a_j|| sqrt(pi / 2) / k: at 2x (k = 16 m) far below a
+        # weight of A, and an optimizer's steps are absolute (Adam's ~ its learning rate), so
+        # their variable holds scale * k / sqrt(m), the magnitude of A's entries.
+        self.gain = {}
+        if plan.kind == "sign_bits":
+            k, m = plan.parts["bits"][0][0], int(kernel.shape[0])
+            self.gain["scale"] = k / np.sqrt(m)
         # Set by sync_trainable once the step counter is past the drop step (end_step): no
         # later step reads A (or trains the parts), so a graph traced from then on leaves out
         # the branches for them.
@@ -92,7 +99,8 @@ class _Core:
     def value(self, name):
         """Part ``name`` as a tensor of the plan's dtype."""
         shape, dtype, _ = self.plan.parts[name]
-        return _from_words(tf.convert_to_tensor(self.parts[name]), shape, dtype)
+        t = _from_words(tf.convert_to_tensor(self.parts[name]), shape, dtype)
+        return t / tf.constant(self.gain[name], t.dtype) if name in self.gain else t
 
     def arrays(self):
         """The parts as numpy arrays of the plan's dtypes (eager)."""
@@ -117,7 +125,10 @@ class _Core:
         parts = self.plan.factorize(tf.convert_to_tensor(self.kernel))
         for name, var in self.parts.items():
             shape, dtype, _ = self.plan.parts[name]
-            _assign_local(var, _to_words(parts[name], shape, dtype))
+            value = parts[name]
+            if name in self.gain:
+                value = value * tf.constant(self.gain[name], value.dtype)
+            _assign_local(var, _to_words(value, shape, dtype))
         if self.signs is not None:
             m = int(self.kernel.shape[0])
             unit = {"kind": "sign_bits", **self.plan.static, "bits": parts["bits"],
