@@ -324,7 +324,7 @@ class SparseCodes(Factorization):
                              "same shape (m, s)")
         if values.dtype != dictionary.dtype:
             raise TypeError("values and dictionary must share a dtype")
-        if indices.size and np.any(np.diff(indices.astype(np.int64), axis=1) < 0):
+        if indices.size and np.any(indices[:, 1:] < indices[:, :-1]):  # no wide temporary
             # Each row's terms are kept in atom order (the kernels read them so in place).
             order = np.argsort(indices, axis=1, kind="stable")
             indices = np.take_along_axis(indices, order, axis=1)
