@@ -227,14 +227,8 @@ class Factorization(abc.ABC):
 
     def save(self, path):
         """Write the factorization to ``path`` (``.npz``, uncompressed; see :func:`load`)."""
-        fields = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if v is None:
-                continue
-            fields[f.name] = v if isinstance(v, np.ndarray) else np.asarray(v)
         np.savez(path, __kind__=np.asarray(self.kind), __version__=np.asarray(FORMAT_VERSION),
-                 **fields)
+                 **encode_fields(self))
 
     def __repr__(self):
         m, n = self.shape
@@ -687,24 +681,59 @@ def load(path) -> Factorization:
         if version != FORMAT_VERSION:
             raise ValueError(f"{path} has format version {version}; this matcompress reads "
                              f"version {FORMAT_VERSION}")
-        cls = _KINDS.get(kind)
-        if cls is None:
-            raise ValueError(f"{path}: unknown factorization kind {kind!r}; known: "
-                             f"{sorted(_KINDS)}")
-        kwargs = {}
-        for f in dataclasses.fields(cls):
-            if f.name in names:
-                try:
-                    v = archive[f.name]
-                except ValueError as exc:  # e.g. an object array (pickles are never loaded)
-                    raise ValueError(f"{path}: field {f.name!r} cannot be read: {exc}") from None
-                kwargs[f.name] = v.item() if v.ndim == 0 else v
-        try:
-            return cls(**kwargs)
-        except TypeError as exc:
-            if "missing" in str(exc) or "unexpected" in str(exc):
-                raise ValueError(f"{path}: fields of {kind!r} missing or unknown: {exc}") from None
-            raise ValueError(f"{path}: malformed {kind!r}: {exc}") from None
-        except ValueError as exc:
-            raise ValueError(f"{path}: malformed {kind!r}: {exc}") from None
+        return decode_fields(kind, names, archive.__getitem__, path)
 
+
+def encode_fields(factorization) -> dict:
+    """The stored fields of ``factorization`` as ``{field: ndarray}``: what
+    :meth:`~Factorization.save` writes beside its header (arrays as they are, scalars such as a
+    seed as 0-d arrays, absent optional fields left out). :func:`decode_fields` inverts it;
+    :mod:`matcompress.archive` writes many factorizations' fields into one file with it."""
+    fields = {}
+    for f in dataclasses.fields(factorization):
+        v = getattr(factorization, f.name)
+        if v is not None:
+            fields[f.name] = v if isinstance(v, np.ndarray) else np.asarray(v)
+    return fields
+
+
+def decode_fields(kind, names, read, where) -> Factorization:
+    """The factorization of ``kind`` rebuilt from fields written by :func:`encode_fields`.
+
+    Parameters
+    ----------
+    kind : str
+        A factorization kind (``Factorization.kind``: "low_rank", "sparse_codes", ...).
+    names : collection of str
+        The field names present.
+    read : callable
+        ``read(name)`` returns the stored array of field ``name`` (a ValueError from it, e.g. an
+        object array that would need a pickle, is reported as an unreadable field).
+    where : str or path
+        What the messages name (the file, or the file and the entry).
+
+    Raises
+    ------
+    ValueError
+        For an unknown kind, or fields missing, unknown, unreadable or malformed.
+    """
+    cls = _KINDS.get(kind)
+    if cls is None:
+        raise ValueError(f"{where}: unknown factorization kind {kind!r}; known: "
+                         f"{sorted(_KINDS)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in names:
+            try:
+                v = read(f.name)
+            except ValueError as exc:  # e.g. an object array (pickles are never loaded)
+                raise ValueError(f"{where}: field {f.name!r} cannot be read: {exc}") from None
+            kwargs[f.name] = v.item() if v.ndim == 0 else v
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        if "missing" in str(exc) or "unexpected" in str(exc):
+            raise ValueError(f"{where}: fields of {kind!r} missing or unknown: {exc}") from None
+        raise ValueError(f"{where}: malformed {kind!r}: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"{where}: malformed {kind!r}: {exc}") from None
