@@ -511,6 +511,11 @@ def _squared_errors(rows, f):
     return err2, norm2
 
 
+def _count(n, singular, plural=None):
+    """``n`` and the noun: "1 matrix", "3 matrices"."""
+    return f"{n} {singular if n == 1 else (plural or singular + 's')}"
+
+
 def _relative(err2, norm2):
     if norm2 > 0:
         return math.sqrt(err2 / norm2)
@@ -532,7 +537,7 @@ def _print_table(rows, *, with_error):
         lines.append(line)
     before = sum(r[4] for r in rows)
     after = sum(r[5] for r in rows)
-    total = [f"total ({len(rows)} matrices)", "", "", "", f"{before:,}", f"{after:,}",
+    total = [f"total ({_count(len(rows), 'matrix', 'matrices')})", "", "", "", f"{before:,}", f"{after:,}",
              f"{before / after:.2f}x"]
     if with_error:
         total.append(f"{_relative(sum(r[6] for r in rows), sum(r[7] for r in rows)):.4g}")
@@ -665,9 +670,9 @@ def _run_compress(args):
     _print_table(rows, with_error=True)
     _half_precision_note(rows)
     skipped = len(weights.tensors) - len(plan)
-    print(f"wrote {args.output}: {len(factorizations)} factorizations, "
+    print(f"wrote {args.output}: {_count(len(factorizations), 'factorization')}, "
           f"{os.path.getsize(args.output):,} bytes"
-          + (f" ({skipped} array{'s' if skipped != 1 else ''} skipped)" if skipped else ""))
+          + (f" ({_count(skipped, 'array')} skipped)" if skipped else ""))
     return 0
 
 
@@ -710,7 +715,8 @@ def _run_inspect(args):
                 row[6], row[7] = _squared_errors(lambda a, b: t.decode(raw[a:b]), f)
     _print_table([tuple(r) for r in rows], with_error=args.original is not None)
     _half_precision_note(rows)
-    print(f"{args.archive}: {len(rows)} factorizations, {os.path.getsize(args.archive):,} bytes")
+    print(f"{args.archive}: {_count(len(rows), 'factorization')}, "
+          f"{os.path.getsize(args.archive):,} bytes")
     return 0
 
 
