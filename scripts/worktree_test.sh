@@ -20,6 +20,8 @@ fi
 if [ "$site" != "$PWD/python/matcompress" ]; then
   cp "$site"/_core*.so python/matcompress/
   [ -f "$site/tf/_tf_ops.so" ] && cp "$site/tf/_tf_ops.so" python/matcompress/tf/
+  # generated at build time beside the op library (gitignored too)
+  [ -f "$site/tf/_build_info.py" ] && cp "$site/tf/_build_info.py" python/matcompress/tf/
 fi
 export MC_TREE="$PWD/python"
 PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}" python3 - -p no:cacheprovider "$@" <<'PY'
