@@ -457,6 +457,8 @@ def _compressor_params(args):
     accepts = inspect.signature(_REGISTRY[method.registry].__init__).parameters
     if args.threads is not None and "n_threads" in accepts:
         params["n_threads"] = args.threads
+    if "verbose" in accepts:  # progress of the chunked coding of large matrices, on stderr
+        params["verbose"] = True
     return method.registry, params
 
 
@@ -648,8 +650,12 @@ def _run_compress(args):
         with _thread_limit(args.threads):
             for i, (tensor, compressor) in enumerate(zip(plan, compressors), 1):
                 m, n = tensor.shape
-                print(f"[{i}/{len(plan)}] {tensor.name} {m}x{n} {args.method} ...", end="",
-                      file=sys.stderr, flush=True)
+                head = f"[{i}/{len(plan)}] {tensor.name} {m}x{n} {args.method} ..."
+                # A large matrix may report the progress of its chunked coding: on lines of
+                # their own, and the result on a line that names the matrix again.
+                alone = m * n > 1 << 22
+                print(head, end="\n" if alone else "", file=sys.stderr, flush=True)
+                lead = f"[{i}/{len(plan)}] {tensor.name}:" if alone else ""
                 ending = " failed"
                 try:
                     start = time.perf_counter()
@@ -660,7 +666,7 @@ def _run_compress(args):
                     ending = " interrupted"
                     raise
                 finally:
-                    print(ending, file=sys.stderr, flush=True)
+                    print(lead + ending, file=sys.stderr, flush=True)
                 factorizations[tensor.name] = f
                 info[tensor.name] = {"source_dtype": tensor.dtype,
                                      "source_nbytes": tensor.nbytes}
