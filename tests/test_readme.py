@@ -6,9 +6,10 @@
 - ```sh blocks: each command line is checked. ``pip install`` lines must name extras that
   pyproject.toml defines (installing is what CI itself does with the test command, which
   .ci/run runs verbatim: checked here too). ``matcompress`` lines are run through the command
-  line's ``main`` — except ``demo`` runs, which are parsed only (test_model_demo.py runs
-  ``matcompress demo --quick`` end to end; the full demo takes minutes) and ``bench`` runs,
-  which are run with ``--tiny`` when they are not ``--quick`` already. Other lines (python
+  line's ``main``, a block's commands in order in one directory — except ``demo`` runs, which
+  are parsed only (test_model_demo.py runs ``matcompress demo --quick`` end to end; the full
+  demo takes minutes) and ``bench`` runs, which are run with ``--tiny`` instead of their
+  sizes. Other lines (python
   scripts under bench/) are parsed as arguments of their script's parser when possible.
 """
 
@@ -92,20 +93,32 @@ def test_ci_runs_the_readme_test_command():
     assert f"{install} && {test_cmd}" in ci
 
 
-@pytest.mark.parametrize("where, cmd", [c for c in _commands() if c[1].startswith("matcompress")],
-                         ids=lambda v: str(v))
-def test_matcompress_command(where, cmd, tmp_path, monkeypatch, capsys):
+def _block_commands():
+    """(README line, [matcompress command lines]) of each sh block that has some."""
+    out = []
+    for offset, code in SHELL:
+        cmds = [part.strip() for raw in code.splitlines() for part in raw.split("&&")
+                if part.strip().startswith("matcompress")]
+        if cmds:
+            out.append((line_of(offset), cmds))
+    return out
+
+
+@pytest.mark.parametrize("where, cmds", _block_commands(), ids=lambda v: str(v))
+def test_matcompress_commands(where, cmds, tmp_path, monkeypatch, capsys):
+    """A block's commands run in order in one directory (inspect reads what compress wrote)."""
     from matcompress import cli
 
-    argv = shlex.split(cmd)[1:]
-    if argv and argv[0] == "demo":
-        cli._build_parser().parse_args(argv)  # parsed only: see the module docstring
-        return
-    if argv and argv[0] == "bench" and "--quick" not in argv:
-        argv.append("--tiny")
     monkeypatch.chdir(tmp_path)
-    _prepare_inputs(argv, tmp_path)
-    assert cli.main(argv) == 0, f"README.md:{where}: {cmd}"
+    for cmd in cmds:
+        argv = shlex.split(cmd)[1:]
+        if argv and argv[0] == "demo":
+            cli._build_parser().parse_args(argv)  # parsed only: see the module docstring
+            continue
+        if argv and argv[0] == "bench":
+            argv = [a for a in argv if a != "--quick"] + ["--tiny"]
+        _prepare_inputs(argv, tmp_path)
+        assert cli.main(argv) == 0, f"README.md:{where}: {cmd}"
 
 
 def _prepare_inputs(argv, tmp_path):
