@@ -273,3 +273,21 @@ def test_plot_and_summary_from_records(tmp_path):
     path = compare.plot_ratios(res, str(tmp_path / "r.png"))
     assert (tmp_path / "r.png").stat().st_size > 1000 and path.endswith("r.png")
     assert not math.isnan(recs[1].speedup) and recs[1].speedup == pytest.approx(0.25)
+
+
+def test_a_failing_case_group_is_recorded_and_the_run_goes_on(monkeypatch, tmp_path):
+    def broken(ctx):
+        raise RuntimeError("simulated | failure")
+
+    monkeypatch.setitem(compare.RUNNERS, "factored", broken)
+    res = compare.run("tiny", groups=("gemv", "factored"), memory=False)
+    assert res.failed == ["factored"]
+    assert any(r.measured for r in res.records if r.group == "gemv")
+    failed = [r for r in res.records if r.group == "factored"]
+    assert len(failed) == 1 and failed[0].skipped.startswith("FAILED: RuntimeError")
+    assert any("factored: FAILED" in n for n in res.notes)
+    assert "simulated \\| failure" in compare.format_table(res)
+    md = tmp_path / "out.md"
+    assert compare.main(["--tiny", "--no-memory", "--cases", "gemv,factored", "--markdown",
+                         str(md)]) == 1
+    assert "FAILED" in md.read_text()  # the report is still written
