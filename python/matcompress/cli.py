@@ -31,6 +31,10 @@ Commands
 ``matcompress info``
     Print the native build's configuration (:func:`matcompress.show_config`) and the versions of
     Python and of the packages matcompress uses.
+``matcompress bench [--quick] [--cases GROUPS] [--markdown FILE] [--results FILE] [--png FILE]``
+    Time every kernel against scikit-learn, SPAMS, faiss and dense numpy in one run and print
+    the ratios beside their targets, with peak memory (:mod:`matcompress.benchmark.compare`;
+    ``bench/compare.py`` runs the same).
 
 Run it as ``matcompress ...`` (installed entry point) or ``python -m matcompress.cli ...``.
 Exit codes: 0 success; 1 a runtime problem (a missing optional dependency, a file that cannot
@@ -325,7 +329,25 @@ def _build_parser():
                     "packages matcompress uses.",
     )
     info.set_defaults(handler=_run_info, command_parser=info)
+
+    from .benchmark import compare
+
+    bench = commands.add_parser(
+        "bench",
+        help="time every kernel against scikit-learn, SPAMS, faiss and numpy; print the ratios "
+             "beside their targets",
+        description=compare.DESCRIPTION,
+    )
+    compare.add_arguments(bench)
+    bench.set_defaults(handler=_run_bench, command_parser=bench)
     return parser
+
+
+def _run_bench(args):
+    """The comparison of matcompress.benchmark.compare; its exit status."""
+    from .benchmark import compare
+
+    return compare.run_parsed(args)
 
 
 def _run_model_demo(args):
