@@ -398,20 +398,25 @@ def _sk_back_to_back(ctx, fn, warm, runs, budget):
             return min(times), result, load.cores
 
 
+def _faiss(ctx, what):
+    """(faiss or None, its k-means++ start method or None), with notes on what is missing."""
+    faiss, why = workloads.import_faiss()
+    if faiss is None:
+        ctx.notes.append(f"{what}: faiss rows skipped: {why}")
+        return None, None
+    faiss.omp_set_num_threads(ctx.threads)
+    kpp, how = workloads.faiss_kpp_method(faiss)
+    if kpp is None:
+        ctx.notes.append(f"{what}: {how}")
+    return faiss, kpp
+
+
 def _run_kmeans_1d(ctx):
     import matcompress as mc
     from sklearn.cluster import KMeans
 
     z, T = ctx.sizes, ctx.threads
-    faiss, why = workloads.import_faiss()
-    kpp = None
-    if faiss is None:
-        ctx.notes.append(f"1-D k-means: faiss rows skipped: {why}")
-    else:
-        faiss.omp_set_num_threads(T)
-        kpp, how = workloads.faiss_kpp_method(faiss)
-        if kpp is None:
-            ctx.notes.append(f"1-D k-means: {how}")
+    faiss, kpp = _faiss(ctx, "1-D k-means")
     n = z["km_values"]
     x = workloads.make_values(n)
     X1 = np.ascontiguousarray(x.reshape(-1, 1))
@@ -474,15 +479,7 @@ def _run_blocks(ctx):
     import matcompress as mc
 
     z, T = ctx.sizes, ctx.threads
-    faiss, why = workloads.import_faiss()
-    kpp = None
-    if faiss is None:
-        ctx.notes.append(f"block k-means: faiss rows skipped: {why}")
-    else:
-        faiss.omp_set_num_threads(T)
-        kpp, how = workloads.faiss_kpp_method(faiss)
-        if kpp is None:
-            ctx.notes.append(f"block k-means: {how}")
+    faiss, kpp = _faiss(ctx, "block k-means")
     it = workloads.N_ITER
     labels = {4: "block k-means 500k x 4, k=256", 16: "block k-means 100k x 16, k=1024"}
     for n, d, k in z["blocks"]:
