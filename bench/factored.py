@@ -55,7 +55,8 @@ Each route is checked once against a float64 reference before the timings (rows 
 factors, on an x that is nonzero in those rows only).
 
 Importable: ``build_forms``, ``run_gemv``, ``run_forward``, ``run_backward``, ``run_memory``,
-``main(argv=None)``.
+``main(argv=None)``. The forms and the interleaved timing live in ``matcompress.benchmark``
+(``forms`` and ``harness``, shared with ``matcompress bench``).
 """
 
 from __future__ import annotations
@@ -82,12 +83,11 @@ except ImportError:  # run as a script
 
 import matcompress as mc
 from matcompress import _core
-from matcompress.compressors import SimhashCompressor
-from matcompress.factors import Codebook, LowRank, Pruned, SignBits, SparseCodes, index_dtype
+from matcompress.benchmark import harness
+from matcompress.benchmark.forms import (  # noqa: F401 - re-exported
+    CODEBOOKS, FAMILIES, RATIOS, SEED, Form, build_forms, gemv_case, sparse_codes_shape)
+from matcompress.factors import Codebook, LowRank, Pruned, SignBits, SparseCodes
 
-SEED = 20251125
-FAMILIES = ("low_rank", "sparse_codes", "codebook", "sign_bits", "pruned", "pruned_codes")
-RATIOS = (4, 8, 16)
 BATCHES = (1, 32, 256)
 MEMORY_BATCH = 256
 SECTIONS = ("gemv", "forward", "backward", "memory")
@@ -97,151 +97,6 @@ MIN_TIME = 0.02  # seconds of calls per route and round
 MAX_CALLS = 30
 SLOW_SECONDS = 0.5  # a warm-up longer than this: one call per round, at most SLOW_ROUNDS rounds
 SLOW_ROUNDS = 2
-# (name, n_codes, block) of the codebook forms at each ratio
-CODEBOOKS = {4: [("codebook 8-bit", 256, 1)], 8: [("codebook 4-bit", 16, 1)],
-             16: [("codebook 4-bit, blocks of 2", 16, 2), ("codebook 8-bit, blocks of 4", 256, 4)]}
-
-
-# --------------------------------------------------------------------------------------------
-# the forms
-
-
-@dataclasses.dataclass
-class Form:
-    family: str
-    ratio: int  # requested
-    name: str
-    params: str
-    built: str  # how: "compress(...)" or "random factors"
-    f: object  # the Factorization
-    build_s: float
-
-    @property
-    def key(self):
-        return f"{self.name} @{self.ratio}x"
-
-
-def sparse_codes_shape(m, n, ratio, itemsize=4):
-    """(n_atoms, nonzeros per row) of the sparse-codes form: half the bytes to the dictionary,
-    the rest to the codes (values plus uint8/uint16 atom indices). The dictionary compressor's
-    own ratio solver gives every code row all its atoms on a square matrix (s = n_atoms, and
-    1.8x the requested ratio), which is no sparse-codes product to time."""
-    budget = m * n * itemsize / ratio
-    k = max(2, min(m, int(budget / 2 // (n * itemsize))))
-    s = int((budget - k * n * itemsize) // (m * (itemsize + index_dtype(k).itemsize)))
-    return k, max(1, min(s, k, n))
-
-
-def _random_codebook(rng, m, n, n_codes, b):
-    codes = rng.integers(0, n_codes, (m, n // b)).astype(index_dtype(n_codes))
-    cb = rng.laplace(size=(n_codes, b)).astype(np.float32)
-    if n_codes <= 16:
-        return Codebook(mc.pack_4bit(codes), cb, n, packed=True)
-    return Codebook(codes, cb, n)
-
-
-def _random_pruned(rng, m, n, nnz, n_codes=None):
-    per_row = np.full(m, nnz // m, np.int64)
-    per_row[: nnz % m] += 1
-    indptr = np.concatenate([[0], np.cumsum(per_row)]).astype(np.int32)
-    keys = rng.random((m, n))
-    cols = [np.sort(np.argpartition(keys[i], c)[:c]) for i, c in enumerate(per_row)]
-    indices = np.concatenate(cols).astype(index_dtype(n))
-    if n_codes is None:
-        return Pruned(indptr, indices, n, values=rng.standard_normal(nnz).astype(np.float32))
-    return Pruned(indptr, indices, n, codes=rng.integers(0, n_codes, nnz).astype(np.uint8),
-                  codebook=rng.laplace(size=n_codes).astype(np.float32))
-
-
-def build_forms(A, families=FAMILIES, ratios=RATIOS, random_factors=False, out=print):
-    """Every requested form of A (m x n float32) at every requested ratio, as a list of Form."""
-    m, n = A.shape
-    rng = np.random.default_rng([SEED, m, n, 1])
-    forms = []
-
-    def add(family, ratio, name, make, built):
-        t0 = time.perf_counter()
-        f = make()
-        form = Form(family, ratio, name, _params(f), built, f, time.perf_counter() - t0)
-        forms.append(form)
-        out(f"  built {form.key:<34} {form.params:<34} ratio {f.compression_ratio:7.3f}  "
-            f"({built}, {form.build_s:.1f} s)")
-
-    for family in families:
-        for r in ratios:
-            if family == "low_rank":
-                if random_factors:
-                    rank = int(m * n / (r * (m + n)))
-                    add(family, r, "low rank", lambda: LowRank(
-                        rng.standard_normal((m, rank), dtype=np.float32),
-                        rng.standard_normal((rank, n), dtype=np.float32)), "random factors")
-                else:
-                    add(family, r, "low rank", lambda: mc.compress(
-                        A, "low_rank", compression_ratio=r, random_state=0),
-                        "compress(ratio)")
-            elif family == "sparse_codes":
-                k, s = sparse_codes_shape(m, n, r)
-
-                def make_sc():
-                    idx = np.sort(np.argsort(rng.random((m, k)), axis=1)[:, :s], axis=1)
-                    D = rng.standard_normal((k, n), dtype=np.float32)
-                    D /= np.linalg.norm(D, axis=1, keepdims=True)
-                    return SparseCodes(idx.astype(index_dtype(k)),
-                                       rng.standard_normal((m, s), dtype=np.float32), D)
-
-                add(family, r, "sparse codes", make_sc, "random factors")
-            elif family == "codebook":
-                for name, n_codes, b in CODEBOOKS.get(r, []):
-                    if random_factors:
-                        add(family, r, name,
-                            lambda: _random_codebook(rng, m, n, n_codes, b), "random factors")
-                    else:
-                        add(family, r, name, lambda: mc.compress(
-                            A, "kmeans", n_codes=n_codes, block_size=b, max_iter=10,
-                            random_state=0), "compress(n_codes, block_size)")
-            elif family == "sign_bits":
-                k = SimhashCompressor(compression_ratio=r).solve((m, n), 4)
-                add(family, r, "sign bits", lambda: SignBits(
-                    rng.integers(0, 256, (k, (n + 7) // 8), dtype=np.uint8),
-                    rng.uniform(0.5, 1.5, n).astype(np.float32), SEED, m), "random factors")
-            elif family in ("pruned", "pruned_codes"):
-                codes = family == "pruned_codes"
-                name = "pruned, 16 codes" if codes else "pruned"
-                kw = dict(n_codes=16, random_state=0) if codes else {}
-                if random_factors:
-                    from matcompress.compressors import PruningCompressor
-
-                    c = PruningCompressor(compression_ratio=r, **kw)
-                    s = c.solve((m, n), 4)
-                    nnz = m * n - math.floor(s * m * n)
-                    add(family, r, name, lambda: _random_pruned(
-                        rng, m, n, nnz, 16 if codes else None), "random factors")
-                else:
-                    add(family, r, name, lambda: mc.compress(
-                        A, "pruning", compression_ratio=r, **kw), "compress(ratio)")
-            else:
-                raise ValueError(f"unknown form family {family!r}; known: {FAMILIES}")
-    return forms
-
-
-def _params(f):
-    m, n = f.shape
-    if isinstance(f, LowRank):
-        return f"rank {f.rank}"
-    if isinstance(f, SparseCodes):
-        return (f"{f.dictionary.shape[0]} atoms, s = {f.values.shape[1]} "
-                f"({f.indices.dtype.name} indices)")
-    if isinstance(f, Codebook):
-        return (f"{f.n_codes} codes x {f.block_size}, "
-                f"{'4-bit packed' if f.packed else f.codes.dtype.name}")
-    if isinstance(f, SignBits):
-        return f"k = {f.n_bits} bits"
-    if isinstance(f, Pruned):
-        what = (f"{f.indices.dtype.name} indices, "
-                + ("float32 values" if f.values is not None else
-                   f"{f.codes.dtype.name} codes of {f.codebook.size}"))
-        return f"density {f.density:.4f}, {what}"
-    return type(f).__name__
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,50 +197,13 @@ def cycling(fns):
     return lambda: next(it)()
 
 
-@dataclasses.dataclass
-class Timing:
-    best: float = math.inf
-    calls: int = 0
-    rounds: int = 0
-    slow: bool = False
-    load: _ob.ForeignLoad = dataclasses.field(default_factory=_ob.ForeignLoad)
-
-
-def _timed_call(fn, prepare=None):
-    """Seconds of one call of fn (after prepare(), untimed); the result is dropped at once."""
-    if prepare:
-        prepare()
-    t0 = time.perf_counter()
-    r = fn()
-    dt = time.perf_counter() - t0
-    del r
-    return dt
-
-
 def interleave(routes, rounds, settle, *, out=print):
     """routes: {name: (fn, prepare or None)}; prepare() runs before every call, untimed (e.g. an
-    instruction-set switch). Rounds over every route, best time each."""
-    res = {name: Timing() for name in routes}
-    for rnd in range(rounds):
-        for name, (fn, prepare) in routes.items():
-            t = res[name]
-            if t.slow and t.rounds >= SLOW_ROUNDS:
-                continue
-            settle()
-            if rnd == 0:  # warm-up: threads, pages, caches; decides whether the route is slow
-                t.slow = _timed_call(fn, prepare) > SLOW_SECONDS
-            spent, calls = 0.0, 0
-            with t.load:
-                while True:
-                    dt = _timed_call(fn, prepare)
-                    spent, calls = spent + dt, calls + 1
-                    t.best = min(t.best, dt)
-                    if t.slow or (calls >= 3 and spent >= MIN_TIME) or calls >= MAX_CALLS:
-                        break
-            t.calls += calls
-            t.rounds += 1
-        out(f"    round {rnd + 1}/{rounds} done")
-    return res
+    instruction-set switch). Rounds over every route, best time each (harness.interleave with
+    this script's calls per round and slow-route rule)."""
+    return harness.interleave(routes, rounds, settle, out=out, min_time=MIN_TIME,
+                              max_calls=MAX_CALLS, slow_seconds=SLOW_SECONDS,
+                              slow_rounds=SLOW_ROUNDS)
 
 
 def _ms(s):
@@ -411,13 +229,8 @@ def _table_load(res):
 
 def run_gemv(size, rounds, settle, out=print):
     """The batch-1 4-bit codebook GEMV against dense numpy, every ISA path and 1 thread."""
-    rng = np.random.default_rng(SEED)
-    codes = rng.integers(0, 16, (size, size)).astype(np.uint8)
-    cb = rng.laplace(size=16).astype(np.float32)
-    f = Codebook(mc.pack_4bit(codes), cb[:, None], size, packed=True)
-    W = f.to_dense()
-    x = rng.standard_normal((1, size)).astype(np.float32)
-    ref = x.astype(np.float64) @ W.astype(np.float64)
+    f, W, x, ref = gemv_case(size)
+    cb = np.ascontiguousarray(f.codebook[:, 0])
     order = ("generic", "avx2", "avx512")
     isas = [i for i in reversed(order) if order.index(i) <= order.index(_core.detected_isa())]
     dense = f"dense numpy x @ W ({_threads()} threads)"

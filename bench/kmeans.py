@@ -61,7 +61,7 @@ per row, one more only while the total would stay under 40 s (1 with --quick). B
 timings the script pauses 0.3 s and waits for other processes to leave the CPU (up to --wait-idle
 seconds in all; default 120, 5 with --quick), and it reports the cores other processes kept busy
 while each row was timed ("other load", flagged above 0.15 cores): the machines here are shared.
-Helpers come from bench/omp.py.
+Helpers come from ``matcompress.benchmark`` (through bench/omp.py).
 
 Seed spread (untimed, after the timings; --seeds N, default 5): the recomputed inertia of
 matcompress Lloyd (2N seeds), faiss on all values (N seeds per init) and scikit-learn KMeans (N
@@ -130,7 +130,8 @@ is that peak minus the RSS before the call, against input + output bytes (DESIGN
 
 Importable: ``run(quick=False, out=None, memory=True, wait_idle=None, optimal_budget=None,
 seeds=None, cases=CASES) -> dict``, ``format_report(result) -> str``, ``select_cases(spec)``
-(the cases --cases names) and ``main(argv=None)``.
+(the cases --cases names) and ``main(argv=None)``. The data, the inertia and the faiss call live
+in ``matcompress.benchmark.workloads`` (shared with ``matcompress bench``).
 """
 
 from __future__ import annotations
@@ -148,6 +149,14 @@ from typing import NamedTuple
 
 import numpy as np
 
+from matcompress.benchmark.workloads import (  # noqa: F401 - re-exported
+    INERTIA_CHUNK_BYTES, N_ITER, faiss_kmeans, faiss_kpp_method, inertia_1d, inertia_blocks,
+    make_blocks, make_values)
+from matcompress.benchmark.workloads import chunk_rows as _chunk_rows
+from matcompress.benchmark.workloads import import_faiss as _import_faiss
+from matcompress.benchmark.workloads import nearest_sq as _nearest_sq
+from matcompress.benchmark.workloads import prepare_centroids as _prepare_centroids
+
 try:  # part of a package (bench/ on a path as a package)
     from . import omp as _ob
 except ImportError:  # run as a script: bench/ is sys.path[0]; or imported with bench/ on the path
@@ -159,7 +168,6 @@ __all__ = ["CASES", "RUNNERS", "run", "format_report", "main", "make_values", "i
 
 SEED = _ob.SEED
 THREADS = 2
-N_ITER = 20  # the peers' iterations, and ours in the headline row
 TARGET_SPEEDUP = 20.0  # >= 20x the faster of scikit-learn and faiss ...
 # ... at an inertia <= theirs (compared as float64 sums; no tolerance)
 TARGET_MEMORY = 2.0  # peak extra memory < 2x (input + output)
@@ -177,7 +185,6 @@ SK_SEED_BUDGET = 45.0  # scikit-learn: only as many seeds as fit in this many se
 TARGET_BLOCK_LOW_DIM, TARGET_BLOCK_HIGH_DIM, BLOCK_LOW_DIM = 2.0, 1.0, 8
 INERTIA_EQUAL = 0.01  # "equal inertia": ours <= theirs * (1 + INERTIA_EQUAL)
 FAISS_MPPC = 256  # faiss's default max_points_per_centroid; our sub-sampled row's too
-INERTIA_CHUNK_BYTES = 2**20  # float64 distances per chunk (block inertia): cache-sized chunks
 SK_QUICK_WORK = 2e8  # --quick: scikit-learn on a block case only when n * k * dim <= this
 
 _say = _ob._say
@@ -204,25 +211,6 @@ CASES = (
 
 # --------------------------------------------------------------------------------------------
 # data, inertia
-
-
-def make_values(n, seed=SEED):
-    """n Laplace(0, 1) values, float32 (the same n and seed give the same values)."""
-    rng = np.random.default_rng([seed, 1])
-    return rng.laplace(size=n).astype(np.float32)
-
-
-def inertia_1d(x, codebook, chunk=1 << 20):
-    """Sum over x of the squared distance to the nearest codebook entry, in float64."""
-    cb = np.unique(np.asarray(codebook, dtype=np.float64).ravel())  # sorted, no duplicates
-    total = 0.0
-    for s in range(0, x.size, chunk):
-        v = np.asarray(x.ravel()[s:s + chunk], dtype=np.float64)
-        i = np.searchsorted(cb, v)
-        lo = cb[np.maximum(i - 1, 0)]
-        hi = cb[np.minimum(i, cb.size - 1)]
-        total += float(np.minimum((v - lo) ** 2, (v - hi) ** 2).sum())
-    return total
 
 
 def check_codes_1d(x, codebook, codes):
@@ -299,28 +287,6 @@ class Row:
 # peers
 
 
-def _import_faiss():
-    try:
-        import faiss
-
-        return faiss, None
-    except Exception as e:  # noqa: BLE001 - any import failure means "skip"
-        return None, f"faiss not importable ({type(e).__name__}: {e})"
-
-
-def faiss_kpp_method(faiss):
-    """(value of init_method for k-means++, or None, and how it was found)."""
-    value = getattr(faiss, "ClusteringInitMethod_KMEANS_PLUS_PLUS", None)
-    has_field = hasattr(faiss.ClusteringParameters(), "init_method")
-    if value is None or not has_field:
-        avail = sorted(a for a in dir(faiss) if a.startswith("ClusteringInitMethod_"))
-        return None, ("faiss has no ClusteringInitMethod_KMEANS_PLUS_PLUS / "
-                      f"ClusteringParameters.init_method (available: {avail or 'none'}): "
-                      "k-means++ rows skipped")
-    return int(value), (f"faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS = {int(value)} "
-                        f"(default init_method = {faiss.ClusteringParameters().init_method})")
-
-
 def faiss_rows(faiss, x, k, kpp):
     n = x.size
     X = np.ascontiguousarray(x.reshape(-1, 1))
@@ -335,10 +301,7 @@ def faiss_rows(faiss, x, k, kpp):
                 kw["init_method"] = init
 
             def fit(kw=kw):
-                km = faiss.Kmeans(1, k, **kw)
-                km.train(X)
-                return km.centroids, dict(n_iter=len(km.obj),
-                                          reported=float(km.obj[-1]) if len(km.obj) else None)
+                return faiss_kmeans(faiss, X, k, **kw)
 
             sample = (f"sample of {mppc * k:,} values" if sub else "all values")
             params = (f"Kmeans(1, {k}, niter={N_ITER}), {init_name}, "
@@ -510,12 +473,8 @@ def seed_spread(x, k, seeds, faiss, kpp, sk_seconds, out):
         for init_name, init in [("default init", None)] + (
                 [("k-means++ init", kpp)] if kpp is not None else []):
             def fit(s, init=init):
-                kw = dict(niter=N_ITER, seed=s, max_points_per_centroid=-(-x.size // k))
-                if init is not None:
-                    kw["init_method"] = init
-                km = faiss.Kmeans(1, k, **kw)
-                km.train(X)
-                return km.centroids
+                return faiss_kmeans(faiss, X, k, seed=s, max_points_per_centroid=-(-x.size // k),
+                                    init_method=init)[0]
             configs.append(("faiss", f"{init_name}, all values", seeds, fit))
     from sklearn.cluster import KMeans
 
@@ -846,45 +805,6 @@ def block_target(dim):
     return TARGET_BLOCK_LOW_DIM if dim <= BLOCK_LOW_DIM else TARGET_BLOCK_HIGH_DIM
 
 
-def make_blocks(n, dim, seed=SEED):
-    """n blocks of dim i.i.d. Laplace(0, 1) values, float32, shape (n, dim) (the same n, dim and
-    seed give the same blocks)."""
-    rng = np.random.default_rng([seed, 2, dim])
-    return rng.laplace(size=(n, dim)).astype(np.float32)
-
-
-def _prepare_centroids(centroids, dim):
-    """(C, -2 C^T, squared norms of C), float64, for _nearest_sq."""
-    C = np.asarray(centroids, dtype=np.float64).reshape(-1, dim)
-    return C, np.ascontiguousarray(-2.0 * C.T), (C * C).sum(axis=1)
-
-
-def _nearest_sq(V, prepared):
-    """float64 points V (m x d) and _prepare_centroids(...): the index of the nearest centroid of
-    each point (by |c|^2 - 2 v.c) and the squared distance to it, computed directly."""
-    C, m2ct, cn = prepared
-    s = V @ m2ct
-    s += cn
-    j = np.argmin(s, axis=1)
-    return j, ((V - C[j]) ** 2).sum(axis=1)
-
-
-def _chunk_rows(k):
-    return max(1, INERTIA_CHUNK_BYTES // (8 * k))
-
-
-def inertia_blocks(X, centroids):
-    """Sum over the rows of X of the squared distance to the nearest centroid, in float64, in
-    chunks of rows (never an n x k matrix)."""
-    prepared = _prepare_centroids(centroids, X.shape[1])
-    rows = _chunk_rows(prepared[0].shape[0])
-    total = 0.0
-    for s in range(0, X.shape[0], rows):
-        total += float(_nearest_sq(np.asarray(X[s:s + rows], dtype=np.float64), prepared)[1]
-                       .sum())
-    return total
-
-
 def check_codes_blocks(X, codebook, codes):
     """(points whose code is not their nearest centroid in float64, the largest excess of a
     point's squared error over the nearest one's relative to the squared norm of the point plus
@@ -977,16 +897,7 @@ def faiss_block_rows(faiss, X, k, kpp):
             kw["init_method"] = init
 
         def fit(kw=kw):
-            km = faiss.Kmeans(d, k, **kw)
-            km.train(X)
-            t0 = time.perf_counter()
-            if km.index.ntotal == k:  # the trained index holds the centroids
-                _, labels = km.index.search(X, 1)
-            else:
-                _, labels = km.assign(X)
-            search = time.perf_counter() - t0
-            return km.centroids, dict(n_iter=len(km.obj), search_s=search,
-                                      reported=float(km.obj[-1]) if len(km.obj) else None)
+            return faiss_kmeans(faiss, X, k, search=True, **kw)
 
         params = (f"Kmeans({d}, {k}, niter={N_ITER}, max_points_per_centroid={mppc}"
                   + (", init_method=KMEANS_PLUS_PLUS" if init is not None else "")
@@ -1064,9 +975,7 @@ def seed_spread_blocks(X, k, seeds, faiss, kpp, sub, out):
 
     def theirs(role, label, **kw):
         def fit(s):
-            km = faiss.Kmeans(d, k, niter=N_ITER, seed=s, **kw)
-            km.train(X)
-            return km.centroids
+            return faiss_kmeans(faiss, X, k, seed=s, **kw)[0]
         configs.append(("faiss", role, label, fit))
 
     ours("random_all", "random init, all points", init="random")

@@ -28,17 +28,17 @@ RSS is reset just before the call (``/proc/self/clear_refs`` <- 5) and read afte
 ``VmHWM`` in /proc/self/status; the figure is that peak minus the RSS just before the call.
 (``ru_maxrss`` of a child can start at the parent's RSS at fork time, so it is only a fallback.)
 
-Importable: ``run(quick, dtypes, out=None) -> list[dict]`` and ``main(argv=None)``.
+Importable: ``run(quick, dtypes, out=None) -> list[dict]`` and ``main(argv=None)``. The timing,
+load and memory helpers, the data and the SPAMS call live in the package
+(``matcompress.benchmark.harness`` and ``.workloads``, shared with ``matcompress bench``); the
+names the other bench/ scripts use are re-exported here.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import math
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -47,16 +47,25 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["CASES", "run", "format_report", "environment", "main"]
+# Shared with `matcompress bench` (the package is all a wheel installs): the helpers the other
+# bench/ scripts reach as omp.<name> are re-exported under their old names.
+from matcompress.benchmark.harness import (  # noqa: F401 - re-exported
+    BUSY_CORES, PEAK_RSS_HELPERS, SEED, SETTLE_SECONDS, ForeignLoad, Settler, best_time,
+    environment, format_environment, load_notes, source_state as _source_state)
+from matcompress.benchmark.harness import met as _met  # noqa: F401
+from matcompress.benchmark.harness import say as _say  # noqa: F401
+from matcompress.benchmark.harness import table as _table  # noqa: F401
+from matcompress.benchmark.workloads import (  # noqa: F401 - re-exported
+    make_dictionary, make_signals, relative_residual, spams_omp_fn, supports_equal)
+from matcompress.benchmark.workloads import import_spams as _import_spams  # noqa: F401
 
-SEED = 20240611
+__all__ = ["CASES", "run", "format_report", "environment", "main"]
 
 # Targets of DESIGN.md §7.
 TARGET_VS_SPAMS = 2.0  # matcompress signals/s >= 2x SPAMS
 TARGET_VS_SKLEARN = 50.0  # >= 50x scikit-learn
 TARGET_VS_GEMM = 3.0  # OMP time <= 3x the time of the GEMM D X^T
 TARGET_MEMORY = 2.0  # peak extra memory < 2x (input + output)
-BUSY_CORES = 0.15  # warn when other processes used more cores than this while timing
 
 
 class Case(NamedTuple):
@@ -81,189 +90,7 @@ LARGE_MEMORY_CASE = dict(name="a-large", n_components=256, n_features=64, s=8,
 
 
 # --------------------------------------------------------------------------------------------
-# data and timing
-
-
-def make_dictionary(n_components, n_features, dtype, seed=SEED):
-    rng = np.random.default_rng([seed, n_components, n_features])
-    D = rng.standard_normal((n_components, n_features), dtype=dtype)
-    D /= np.linalg.norm(D, axis=1, keepdims=True)
-    return D
-
-
-def make_signals(n_signals, n_features, dtype, seed=SEED):
-    rng = np.random.default_rng([seed, n_features, 1])
-    return rng.standard_normal((n_signals, n_features), dtype=dtype)
-
-
-# Idle BLAS / OpenMP worker threads busy-wait for a while after a call (OpenBLAS's pthreads
-# pool ~0.1 s, libgomp less) before they sleep. With several pools in one process (numpy's,
-# SciPy's and SPAMS' OpenBLAS, two libgomp) on 2 cores, the previous library's spinning threads
-# would steal the cores from the next one's measurement: wait this long before each library.
-SETTLE_SECONDS = 0.3
-
-
-def _system_busy_seconds():
-    """CPU seconds all cores spent busy (user, system, irq, steal) since boot; None if unknown."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    busy = v[0] + v[1] + v[2] + sum(v[5:8])  # user nice system | irq softirq steal
-    return busy / os.sysconf("SC_CLK_TCK")
-
-
-class ForeignLoad:
-    """Accumulates how many cores were busy with work other than this process (other processes,
-    or steal by the hypervisor) while timing: ratios measured on a busy machine mean little."""
-
-    def __init__(self):
-        self.wall = 0.0
-        self.other = 0.0
-
-    def __enter__(self):
-        self._t = (time.perf_counter(), time.process_time(), _system_busy_seconds())
-        return self
-
-    def __exit__(self, *exc):
-        w0, p0, b0 = self._t
-        b1 = _system_busy_seconds()
-        if b0 is not None and b1 is not None:
-            self.wall += time.perf_counter() - w0
-            self.other += max(0.0, (b1 - b0) - (time.process_time() - p0))
-        return False
-
-    @property
-    def cores(self):
-        return self.other / self.wall if self.wall > 0 else None
-
-
-class Settler:
-    """Before each library's timings: pause SETTLE_SECONDS, and keep pausing while other
-    processes keep more than BUSY_CORES cores busy, until `budget` seconds of waiting are spent
-    for the whole run (the machines here are shared; a pause cannot hurt a measurement)."""
-
-    def __init__(self, budget=0.0, pause=SETTLE_SECONDS):
-        self.budget, self.pause, self.waited = float(budget), pause, 0.0
-
-    def __call__(self):
-        while True:
-            meter = ForeignLoad()
-            with meter:
-                time.sleep(self.pause)
-            busy = meter.cores
-            if busy is None or busy <= BUSY_CORES or self.waited >= self.budget:
-                return
-            self.waited += meter.wall
-
-
-def load_notes(loads, waited, where=""):
-    """Report notes on a run's other load: the most cores other processes kept busy while
-    timings ran (when above BUSY_CORES) and the seconds spent waiting for an idle CPU."""
-    notes = []
-    loads = [v for v in loads if v is not None]
-    if loads and max(loads) > BUSY_CORES:
-        notes.append(f"other processes kept up to {max(loads):.2f} cores busy during some "
-                     f"timings{where}: those figures are unreliable")
-    if waited > 0:
-        notes.append(f"waited {waited:.0f} s in all for other processes to leave the CPU")
-    return notes
-
-
-def best_time(fn, repeats, min_time=0.0, max_repeats=30, settle=None, load=None):
-    """settle() (default: pause SETTLE_SECONDS), one warm-up call, then the best wall time of
-    >= `repeats` calls (more while the calls so far took less than `min_time` in total).
-    `load`: a ForeignLoad that accumulates other processes' CPU use during the timed calls.
-    Returns (best seconds, warm-up result, calls)."""
-    if settle is None:
-        time.sleep(SETTLE_SECONDS)
-    else:
-        settle()
-    result = fn()
-    best, total, calls = math.inf, 0.0, 0
-    with load if load is not None else _nothing():
-        while calls < repeats or (total < min_time and calls < max_repeats):
-            t0 = time.perf_counter()
-            r = fn()
-            dt = time.perf_counter() - t0
-            del r
-            best, total, calls = min(best, dt), total + dt, calls + 1
-    return best, result, calls
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def supports_equal(A, B):
-    """Fraction of rows whose sets of nonzero columns are identical."""
-    return float(np.mean(np.all((np.asarray(A) != 0) == (np.asarray(B) != 0), axis=1)))
-
-
-def relative_residual(X, codes, D):
-    X64 = np.asarray(X, dtype=np.float64)
-    R = X64 - np.asarray(codes, dtype=np.float64) @ np.asarray(D, dtype=np.float64)
-    return float(np.linalg.norm(R) / np.linalg.norm(X64))
-
-
-def _import_spams():
-    try:
-        import spams  # noqa: F401
-
-        return spams, None
-    except Exception as e:  # noqa: BLE001 - any import failure means "skip"
-        return None, f"spams not importable ({type(e).__name__}: {e})"
-
-
-# --------------------------------------------------------------------------------------------
 # peak memory, in a fresh process
-
-# Source shared by the memory-measuring child scripts (bench/omp.py, dictionary.py, kmeans.py):
-# the RSS now, the peak RSS, and start_peak() to reset the peak just before the measured call.
-PEAK_RSS_HELPERS = r"""
-import gc, resource
-
-def release_freed_memory():
-    # give freed heap memory back, so the measured call cannot reuse it unseen (no RSS growth)
-    gc.collect()
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-def rss_now():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-def maxrss():
-    # VmHWM: this process's peak RSS, which clear_refs resets. ru_maxrss can also hold the RSS
-    # of the parent at fork time (the kernel keeps the pre-exec peak), so it is only a fallback.
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-
-def start_peak():
-    # reset the peak RSS to the current one: (RSS now, peak now, how the peak is read)
-    before = rss_now()
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets the peak RSS to the current RSS
-        method = "peak RSS reset by /proc/self/clear_refs, read from VmHWM"
-    except OSError:
-        method = "peak RSS (VmHWM / ru_maxrss) minus RSS before"
-    return before, maxrss(), method
-"""
 
 _MEMORY_CHILD = PEAK_RSS_HELPERS + r"""
 import json, sys
@@ -313,11 +140,6 @@ def measure_memory(n_components, n_features, s, n_signals, dtype, return_sparse=
 
 # --------------------------------------------------------------------------------------------
 # the benchmark
-
-
-def _say(out, msg):
-    if out is not None:
-        print(msg, file=out, flush=True)
 
 
 def run_case(case: Case, dtype, *, quick=False, out=None, memory=True, n_threads=None,
@@ -380,10 +202,8 @@ def run_case(case: Case, dtype, *, quick=False, out=None, memory=True, n_threads
         row["notes"].append(why)
         _say(out, f"  spams          skipped: {why}")
     else:
-        Xf, Df = np.asfortranarray(X.T), np.asfortranarray(D.T)
-        t, A, calls = best_time(
-            lambda: spams.omp(Xf, Df, L=s, eps=0.0, lambda1=0.0, numThreads=T), repeats,
-            min_time, load=load, settle=settle)
+        t, A, calls = best_time(spams_omp_fn(spams, X, D, s, T), repeats, min_time,
+                                load=load, settle=settle)
         assert A.nnz > 0, "spams.omp returned all-zero codes (pass eps=0.0, lambda1=0.0)"
         row["spams_nnz_fraction"] = A.nnz / (n * s)
         row["spams_out_dtype"] = A.dtype.name
@@ -482,14 +302,6 @@ def run(quick: bool = False, dtypes=("float32",), out=None, memory: bool = True,
 # reporting
 
 
-def _table(header, body):
-    cols = list(zip(*([header] + body)))
-    w = [max(len(str(v)) for v in col) for col in cols]
-    line = lambda vals: "| " + " | ".join(str(v).ljust(x) for v, x in zip(vals, w)) + " |"  # noqa: E731
-    return "\n".join([line(header), "|" + "|".join("-" * (x + 2) for x in w) + "|"]
-                     + [line(r) for r in body])
-
-
 def _rate(v):
     if v is None:
         return "-"
@@ -498,10 +310,6 @@ def _rate(v):
     if v >= 1e3:
         return f"{v / 1e3:.1f}k"
     return f"{v:.0f}"
-
-
-def _met(ok):
-    return "met" if ok else "**missed**"
 
 
 def _ratio(v, target, higher_is_better=True):
@@ -589,76 +397,6 @@ def format_report(rows):
     return "\n\n".join(parts) + "\n"
 
 
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
-
-
-def environment():
-    """Versions, CPU and thread/BLAS facts for the report header."""
-    import importlib.metadata as md
-
-    import matcompress
-    import scipy
-    import sklearn
-
-    def version(dist):
-        try:
-            return md.version(dist)
-        except md.PackageNotFoundError:
-            return "not installed"
-
-    env = dict(
-        date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        cpu=_cpu_model(),
-        cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        python=platform.python_version(),
-        matcompress=matcompress.show_config(),
-        numpy=np.__version__, scipy=scipy.__version__, sklearn=sklearn.__version__,
-        spams=version("spams-bin") if version("spams-bin") != "not installed" else version("spams"),
-        omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
-    )
-    try:
-        from threadpoolctl import threadpool_info
-
-        env["threadpools"] = [
-            dict(api=p.get("internal_api"), lib=os.path.basename(p.get("filepath", "")),
-                 version=p.get("version"), threads=p.get("num_threads"),
-                 layer=p.get("threading_layer"), arch=p.get("architecture"))
-            for p in threadpool_info()]
-    except ImportError:
-        env["threadpools"] = "threadpoolctl not installed"
-    return env
-
-
-def format_environment(env, command):
-    lines = [
-        f"- command: `{command}`",
-        f"- date: {env['date']}",
-        f"- CPU: {env['cpu']} ({env['cpus']} usable cores); OMP_NUM_THREADS="
-        f"{env['omp_num_threads']}",
-        f"- matcompress.show_config(): `{env['matcompress']}`",
-        f"- python {env['python']}, numpy {env['numpy']}, scipy {env['scipy']}, "
-        f"scikit-learn {env['sklearn']}, spams-bin {env['spams']}",
-        "- thread pools (threadpoolctl):",
-    ]
-    pools = env["threadpools"]
-    if isinstance(pools, str):
-        lines.append(f"  - {pools}")
-    else:
-        for p in pools:
-            extra = ", ".join(f"{k} {p[k]}" for k in ("version", "layer", "arch") if p.get(k))
-            lines.append(f"  - {p['api']} `{p['lib']}`: {p['threads']} threads"
-                         + (f" ({extra})" if extra else ""))
-    return "\n".join(lines)
-
-
 def print_header(command):
     """Print (and return) the report header: the environment of `command` and the source state."""
     header = format_environment(environment(), command)
@@ -672,18 +410,7 @@ def print_header(command):
 
 def source_state():
     """The commit of the repository this script is in, and the library files changed since."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        commit = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, timeout=10).stdout.strip()
-        changed = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "python",
-                                  "csrc"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if not commit:
-        return None
-    files = [line[3:] for line in changed.splitlines() if line.strip()]
-    return f"{commit}" + (f" + uncommitted changes to {', '.join(files)}" if files else "")
+    return _source_state(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def finish(report, elapsed, markdown, title, header, data):

@@ -11,7 +11,8 @@ schedule switches to the factors at step 0 (``alpha_decrement=1``); one step fac
 ``sync_trainable`` removes A from the trainable variables (as ``CompressionCallback`` does) and
 the step is traced again before timing.
 
-Timing: the routes of a case interleaved in rounds (best of each), as bench/tf_ops.py.
+Timing: the routes of a case interleaved in rounds (best of each), as bench/tf_ops.py. The
+layers and the step live in ``matcompress.benchmark.tf_step`` (shared with ``matcompress bench``).
 """
 
 from __future__ import annotations
@@ -31,66 +32,18 @@ except ImportError:  # run as a script
     import omp as _ob
     from tf_ops import _routes_table, bench_main
 
-SEED = 20251127
-RATIO = 8
-
-
-def _step_fn(model, variables):
-    import keras
-    import tensorflow as tf
-
-    opt = keras.optimizers.SGD(0.01, momentum=0.9)
-    opt.build(variables)
-
-    @tf.function(autograph=False)
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.square(model(x, training=True) - y))
-        grads = tape.gradient(loss, variables)
-        opt.apply(grads, variables)
-        return loss
-
-    return step
+from matcompress.benchmark.tf_step import COMPRESSORS, RATIO, SEED, train_step_routes
 
 
 def run(quick=False, rounds=5, wait_idle=60.0, out=print):
-    import keras
-    import tensorflow as tf
-
-    import matcompress.tf as mctf
-    from matcompress import compressors as C
-
     rng = np.random.default_rng(SEED)
     settle = _ob.Settler(wait_idle)
     lines, summary, loads = [], [], []
-    schedule = mctf.CompressionSchedule(begin_step=0, alpha_decrement=1.0)
-    makers = {
-        "kmeans": lambda: C.KMeansCompressor(compression_ratio=RATIO, random_state=0),
-        "low_rank": lambda: C.LowRankCompressor(compression_ratio=RATIO),
-        "pruning": lambda: C.PruningCompressor(compression_ratio=RATIO),
-        "dictionary": lambda: C.DictionaryCompressor(compression_ratio=RATIO, max_iter=2,
-                                                     random_state=0),
-        "simhash": lambda: C.SimhashCompressor(compression_ratio=RATIO, random_state=0),
-    }
     shapes = [(256, 256)] if quick else [(1024, 1024), (4096, 1024)]
     batches = (32,) if quick else (32, 256)
     for m, n in shapes:
         for batch in batches:
-            x = tf.constant(rng.standard_normal((batch, m)).astype(np.float32))
-            y = tf.constant(rng.standard_normal((batch, n)).astype(np.float32))
-            dense = keras.Sequential([keras.Input((m,)), keras.layers.Dense(n)])
-            dense_step = _step_fn(dense, dense.trainable_variables)
-            routes = {"keras Dense": lambda s=dense_step: s(x, y)}
-            bytes_ = {}
-            for name, make in makers.items():
-                layer = mctf.CompressedDense(n, make(), schedule)
-                model = keras.Sequential([keras.Input((m,)), layer])
-                layer.kernel.assign(dense.layers[0].kernel)
-                _step_fn(model, model.trainable_variables)(x, y)  # the snapshot
-                layer.sync_trainable()
-                step = _step_fn(model, model.trainable_variables)
-                routes[f"CompressedDense, {name}"] = lambda s=step: s(x, y)
-                bytes_[name] = layer.plan.nbytes()
+            routes, bytes_ = train_step_routes(m, n, batch, rng)
             title = f"train step, {m} x {n}, batch {batch} (float32)"
             out(f"{title} ...")
             tab, best, ld = _routes_table(title, routes, rounds, settle, out)
@@ -102,7 +55,7 @@ def run(quick=False, rounds=5, wait_idle=60.0, out=print):
                          + f"; dense {m * n * 4:,}")
             lines.append("")
             loads.extend(ld)
-            for name in makers:
+            for name in COMPRESSORS:
                 summary.append((f"{name}, {m} x {n}, batch {batch}",
                                 best[f"CompressedDense, {name}"] / best["keras Dense"]))
     lines.append("Summary, CompressedDense train step / keras Dense (target <= 1.5):")

@@ -4,6 +4,7 @@ import doctest
 
 import pytest
 
+import matcompress.archive
 import matcompress.demo
 import matcompress.dictionary
 import matcompress.hashing
@@ -16,6 +17,7 @@ import matcompress.pruning
     "module",
     [
         matcompress.omp,
+        matcompress.archive,
         matcompress.demo,
         matcompress.dictionary,
         matcompress.kmeans,

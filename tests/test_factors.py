@@ -200,6 +200,37 @@ def test_to_dense_matches_documented_formula(factor, dtype):
     assert_product_close(dense, W, bound, dtype)
 
 
+def test_dense_rows_match_documented_formula(factor, dtype):
+    W, bound = reference(factor)
+    m, n = factor.shape
+    for start, stop in ((0, m), (0, 1), (1, m - 1), (m - 1, m), (2, 2), (m, m)):
+        rows = factor.dense_rows(start, stop)
+        assert rows.shape == (stop - start, n) and rows.dtype == dtype
+        assert_product_close(rows, W[start:stop], None if bound is None else bound[start:stop],
+                             dtype)
+    # blocks of rows put together give to_dense() (the same bits for the exact forms)
+    blocks = np.vstack([factor.dense_rows(i, min(i + 3, m)) for i in range(0, m, 3)])
+    if bound is None:
+        assert_array_equal(blocks, factor.to_dense())
+    else:
+        assert_product_close(blocks, W, bound, dtype)
+
+
+def test_dense_rows_generic_fallback_and_bounds(rng):
+    f = build("low_rank", np.float32, rng)
+    m = f.shape[0]
+    # the base class's route (rows of the identity times W) agrees with LowRank's own
+    assert_allclose(Factorization._dense_rows(f, 2, 5), f.dense_rows(2, 5), rtol=1e-5,
+                    atol=1e-6)
+    assert Factorization._dense_rows(f, 2, 5).dtype == np.float32
+    with pytest.raises(ValueError, match="stop must be <="):
+        f.dense_rows(0, m + 1)
+    with pytest.raises(ValueError, match="stop must be >= 3"):
+        f.dense_rows(3, 2)
+    with pytest.raises(ValueError, match="start must be >= 0"):
+        f.dense_rows(-1, 2)
+
+
 def test_sign_bits_dense_is_projection_times_signs_times_scale(dtype, rng):
     n, k, m = 21, 16, 30  # n not a multiple of 8: the last byte's high bits are padding
     signs = rng.integers(0, 2, (k, n)).astype(np.uint8)

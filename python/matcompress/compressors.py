@@ -141,6 +141,44 @@ def _round_down(x, digits=6):
     return math.floor(x * scale) / scale
 
 
+class _Progress:
+    """Progress of a chunked pass on stderr (``verbose``): a line at most every few seconds
+    and one at the end."""
+
+    def __init__(self, what, total, verbose, every=5.0):
+        import time
+
+        self.what, self.total, self.verbose, self.every = what, total, bool(verbose), every
+        self.clock = time.perf_counter
+        self.start = self.last = self.clock()
+
+    def __call__(self, done):
+        if not self.verbose:
+            return
+        now = self.clock()
+        if done < self.total and now - self.last < self.every:
+            return
+        import sys
+
+        self.last = now
+        print(f"{self.what}: {done:,} of {self.total:,} rows ({100 * done / self.total:.0f} %), "
+              f"{now - self.start:.1f} s", file=sys.stderr, flush=True)
+
+
+def _chunk_rows(chunk_rows, n_cols, what="chunk_rows"):
+    """Rows per chunk: as given, or about 2^22 values (16 MiB of float32)."""
+    if chunk_rows is None:
+        return max(1, (1 << 22) // max(1, n_cols))
+    return check_int(chunk_rows, what, min_value=1)
+
+
+def _sample_rows(m, n_rows, random_state):
+    """``n_rows`` distinct row indices of ``m``, ascending (memory-mapped input is then read
+    front to back), drawn from ``random_state``."""
+    rng = np.random.default_rng(random_state)
+    return np.sort(rng.choice(m, size=n_rows, replace=False))
+
+
 def _unreachable(method, ratio, best, detail):
     return ValueError(f"{method}: compression_ratio={ratio:g} is unreachable for this matrix "
                       f"({detail}); the best reachable ratio is {_round_down(best):g}")
@@ -222,18 +260,34 @@ class DictionaryCompressor(MatrixCompressor):
     method : {"ksvd", "mod", "online"}, default="ksvd"
     max_iter : int, default=10
     random_state : int or None
+    max_fit_rows : int, default=65536
+        Large matrices: when A has more rows, the dictionary is learned from a random sample of
+        this many rows (drawn from ``random_state``), and every row is then coded against it by
+        Batch-OMP (:func:`matcompress.sparse_encode`), ``chunk_rows`` rows at a time: memory
+        stays at the sample, one chunk and the codes (memory-mapped input works).
+    chunk_rows : int, optional
+        Rows coded per chunk on that path; default: about 2^22 values.
+    n_threads : int, optional
+        Threads of the coding on that path.
+    verbose : bool, default=False
+        Report the chunked coding's progress on stderr.
     """
 
     name = "dictionary"
 
     def __init__(self, n_atoms=None, n_nonzero_coefs=None, *, compression_ratio=None,
-                 method="ksvd", max_iter=10, random_state=None):
+                 method="ksvd", max_iter=10, random_state=None, max_fit_rows=65536,
+                 chunk_rows=None, n_threads=None, verbose=False):
         self.n_atoms = n_atoms
         self.n_nonzero_coefs = n_nonzero_coefs
         self.compression_ratio = compression_ratio
         self.method = method
         self.max_iter = max_iter
         self.random_state = random_state
+        self.max_fit_rows = max_fit_rows
+        self.chunk_rows = chunk_rows
+        self.n_threads = n_threads
+        self.verbose = verbose
 
     @staticmethod
     def stored_bytes(m, n, itemsize, k, s):
@@ -285,9 +339,21 @@ class DictionaryCompressor(MatrixCompressor):
         A = _check_matrix(A)
         m, n = A.shape
         k, s = self.solve(A.shape, A.dtype.itemsize)
+        limit = check_int(self.max_fit_rows, "max_fit_rows", min_value=1)
+        if m > limit:
+            if limit < k:
+                raise ValueError(f"max_fit_rows={limit} is below n_atoms={k}")
+            rng = np.random.default_rng(self.random_state)
+            sample = A[_sample_rows(m, limit, rng)]
+            _, dictionary, _ = dict_learning(sample, k, n_nonzero_coefs=s, method=self.method,
+                                             max_iter=self.max_iter, random_state=rng,
+                                             n_threads=self.n_threads)
+            del sample
+            return self._code_chunks(A, dictionary.astype(A.dtype, copy=False), s)
         codes, dictionary, _ = dict_learning(A, k, n_nonzero_coefs=s, method=self.method,
                                              max_iter=self.max_iter,
-                                             random_state=self.random_state)
+                                             random_state=self.random_state,
+                                             n_threads=self.n_threads)
         indices = np.zeros((m, s), index_dtype(k))
         values = np.zeros((m, s), A.dtype)
         rows, cols = np.nonzero(codes)
@@ -297,6 +363,30 @@ class DictionaryCompressor(MatrixCompressor):
         indices[rows[keep], slot[keep]] = cols[keep]
         values[rows[keep], slot[keep]] = codes[rows[keep], cols[keep]]
         return SparseCodes(indices, values, dictionary.astype(A.dtype, copy=False))
+
+    def _code_chunks(self, A, dictionary, s):
+        """SparseCodes of every row of A over ``dictionary``, by Batch-OMP in chunks; each
+        row's terms in atom order, unused slots (a row coded by fewer atoms) index 0, value 0."""
+        from .omp import sparse_encode
+
+        m, n = A.shape
+        k = dictionary.shape[0]
+        indices = np.zeros((m, s), index_dtype(k))
+        values = np.zeros((m, s), A.dtype)
+        gram = dictionary @ dictionary.T
+        step = _chunk_rows(self.chunk_rows, n)
+        progress = _Progress("dictionary: coding", m, self.verbose)
+        for start in range(0, m, step):
+            chunk = np.ascontiguousarray(A[start:start + step])
+            csr = sparse_encode(chunk, dictionary, gram=gram, n_nonzero_coefs=s,
+                                n_threads=self.n_threads, return_sparse=True)
+            counts = np.diff(csr.indptr)
+            rows = np.repeat(np.arange(chunk.shape[0]), counts)
+            slot = np.arange(rows.size) - np.repeat(csr.indptr[:-1], counts)
+            indices[start + rows, slot] = csr.indices
+            values[start + rows, slot] = csr.data
+            progress(min(m, start + step))
+        return SparseCodes(indices, values, dictionary)
 
 
 # --- k-means -------------------------------------------------------------------------------------
@@ -317,12 +407,24 @@ class KMeansCompressor(MatrixCompressor):
         (blocks must divide n).
     method, init, max_iter, random_state, n_threads
         As in :func:`matcompress.fit_codebook`.
+    max_fit_points : int, default=2**24
+        Large matrices (an embedding table of millions of rows, possibly a memory-mapped
+        ``.npy``): when A has more points (weights, or blocks) than this, the codebook is fitted
+        to a random sample of whole rows holding about this many points (drawn from
+        ``random_state``), and every row is then coded against it, ``chunk_rows`` rows at a
+        time; memory stays at the sample, one chunk and the codes. Every matrix up to 4096 x
+        4096 is fitted whole.
+    chunk_rows : int, optional
+        Rows coded per chunk on that path; default: about 2^22 values.
+    verbose : bool, default=False
+        Report the chunked coding's progress on stderr.
     """
 
     name = "kmeans"
 
     def __init__(self, n_codes=None, block_size=None, *, compression_ratio=None, method="auto",
-                 init="k-means++", max_iter=100, random_state=None, n_threads=None):
+                 init="k-means++", max_iter=100, random_state=None, n_threads=None,
+                 max_fit_points=2**24, chunk_rows=None, verbose=False):
         self.n_codes = n_codes
         self.block_size = block_size
         self.compression_ratio = compression_ratio
@@ -331,6 +433,9 @@ class KMeansCompressor(MatrixCompressor):
         self.max_iter = max_iter
         self.random_state = random_state
         self.n_threads = n_threads
+        self.max_fit_points = max_fit_points
+        self.chunk_rows = chunk_rows
+        self.verbose = verbose
 
     @staticmethod
     def stored_bytes(m, n, itemsize, n_codes, b):
@@ -385,15 +490,50 @@ class KMeansCompressor(MatrixCompressor):
         from .kmeans import fit_codebook, pack_4bit
 
         A = _check_matrix(A)
+        m, n = A.shape
         n_codes, b = self.solve(A.shape, A.dtype.itemsize)
-        codebook, codes, _ = fit_codebook(A, n_codes, block_size=b, method=self.method,
-                                          init=self.init, max_iter=self.max_iter,
-                                          random_state=self.random_state,
-                                          n_threads=self.n_threads)
+        limit = check_int(self.max_fit_points, "max_fit_points", min_value=1)
+        fit = dict(block_size=b, method=self.method, init=self.init, max_iter=self.max_iter,
+                   random_state=self.random_state, n_threads=self.n_threads)
+        per_row = n // b
+        if m * per_row <= limit:
+            codebook, codes, _ = fit_codebook(A, n_codes, **fit)
+            codebook = codebook.reshape(n_codes, b)
+            if n_codes <= 16:
+                return Codebook(pack_4bit(codes), codebook, n, packed=True)
+            return Codebook(codes.astype(index_dtype(n_codes), copy=False), codebook, n)
+        # Fit to a sample of rows, then code every row chunk by chunk.
+        rng = np.random.default_rng(self.random_state)
+        sample = A[_sample_rows(m, max(1, limit // per_row), rng)]
+        if sample.shape[0] * per_row < n_codes:
+            raise ValueError(f"max_fit_points={limit} leaves fewer points than n_codes="
+                             f"{n_codes}")
+        codebook = fit_codebook(sample, n_codes, **dict(fit, random_state=rng))[0]
+        del sample
         codebook = codebook.reshape(n_codes, b)
-        if n_codes <= 16:
-            return Codebook(pack_4bit(codes), codebook, A.shape[1], packed=True)
-        return Codebook(codes.astype(index_dtype(n_codes), copy=False), codebook, A.shape[1])
+        return Codebook(*self._code_chunks(A, codebook, pack_4bit), n, packed=n_codes <= 16)
+
+    def _code_chunks(self, A, codebook, pack_4bit):
+        """(codes, codebook): every row of A coded against ``codebook`` in chunks."""
+        from ._validation import check_n_threads
+        from .kmeans import _assign
+
+        m, n = A.shape
+        n_codes, b = codebook.shape
+        n_threads = check_n_threads(self.n_threads)
+        per_row = n // b
+        packed = n_codes <= 16
+        codes = (np.empty((m, (per_row + 1) // 2), np.uint8) if packed
+                 else np.empty((m, per_row), index_dtype(n_codes)))
+        step = _chunk_rows(self.chunk_rows, n)
+        progress = _Progress("kmeans: coding", m, self.verbose)
+        for start in range(0, m, step):
+            chunk = np.ascontiguousarray(A[start:start + step])
+            labels = _assign(chunk.reshape(-1, b), codebook, n_threads)
+            labels = labels.reshape(chunk.shape[0], per_row)
+            codes[start:start + step] = pack_4bit(labels) if packed else labels
+            progress(min(m, start + step))
+        return codes, codebook
 
 
 # --- simhash -------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 Each is a frozen dataclass with ``shape``, ``dtype``, ``nbytes`` (the stored bytes: every array,
 indices, codebooks and scales included), ``compression_ratio`` (dense bytes / stored bytes),
-``to_dense()``, ``matmul(x)`` (``x @ W`` from the factors, never building the dense matrix of the
-large forms) and ``save(path)`` / :func:`load` (``.npz`` with a format version).
+``to_dense()``, ``dense_rows(start, stop)`` (a block of rows of W), ``matmul(x)`` (``x @ W`` from
+the factors, never building the dense matrix of the large forms) and ``save(path)`` /
+:func:`load` (``.npz`` with a format version).
 
 =============  ======================================================  ===========================
 class          fields                                                  W ~
@@ -119,6 +120,23 @@ class Factorization(abc.ABC):
     def to_dense(self) -> np.ndarray:
         """W as a dense (m, n) array."""
 
+    def dense_rows(self, start, stop) -> np.ndarray:
+        """Rows ``start`` to ``stop - 1`` of W as a dense ``(stop - start, n)`` array: what
+        ``to_dense()[start:stop]`` holds, without building the other rows (to measure or
+        export a large W one block of rows at a time). Each form decodes only its stored parts
+        for those rows (the sign bits' projection rows regenerated from the seed)."""
+        m = self.shape[0]
+        start = check_int(start, "start", min_value=0, max_value=m)
+        stop = check_int(stop, "stop", min_value=start, max_value=m)
+        return self._dense_rows(start, stop)
+
+    def _dense_rows(self, start, stop):
+        """Rows [start, stop) of W (checked bounds). This fallback, for forms that do not
+        override it, multiplies rows of the identity by W from the factors."""
+        rows = np.zeros((stop - start, self.shape[0]), self.dtype)
+        rows[np.arange(stop - start), np.arange(start, stop)] = 1
+        return self.matmul(rows).astype(self.dtype, copy=False)
+
     #: The float fields a gradient is taken for (the discrete ones -- codes, indices, bits,
     #: the sparsity pattern, the seed -- stay fixed).
     trainable_fields: ClassVar[tuple[str, ...]] = ()
@@ -227,14 +245,8 @@ class Factorization(abc.ABC):
 
     def save(self, path):
         """Write the factorization to ``path`` (``.npz``, uncompressed; see :func:`load`)."""
-        fields = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if v is None:
-                continue
-            fields[f.name] = v if isinstance(v, np.ndarray) else np.asarray(v)
         np.savez(path, __kind__=np.asarray(self.kind), __version__=np.asarray(FORMAT_VERSION),
-                 **fields)
+                 **encode_fields(self))
 
     def __repr__(self):
         m, n = self.shape
@@ -292,6 +304,9 @@ class LowRank(Factorization):
     def to_dense(self):
         return self.left @ self.right
 
+    def _dense_rows(self, start, stop):
+        return self.left[start:stop] @ self.right
+
     trainable_fields: ClassVar[tuple[str, ...]] = ("left", "right")
 
     def _matmul(self, x):
@@ -324,7 +339,7 @@ class SparseCodes(Factorization):
                              "same shape (m, s)")
         if values.dtype != dictionary.dtype:
             raise TypeError("values and dictionary must share a dtype")
-        if indices.size and np.any(np.diff(indices.astype(np.int64), axis=1) < 0):
+        if indices.size and np.any(indices[:, 1:] < indices[:, :-1]):  # no wide temporary
             # Each row's terms are kept in atom order (the kernels read them so in place).
             order = np.argsort(indices, axis=1, kind="stable")
             indices = np.take_along_axis(indices, order, axis=1)
@@ -336,18 +351,26 @@ class SparseCodes(Factorization):
 
     def codes_csr(self):
         """The (m, k) sparse code matrix as a ``scipy.sparse.csr_array``."""
+        return self._codes_csr(0, self.values.shape[0])
+
+    def _codes_csr(self, start, stop):
+        """Rows [start, stop) of the sparse code matrix (CSR)."""
         import scipy.sparse as sp
 
-        m, s = self.values.shape
+        s = self.values.shape[1]
         k = self.dictionary.shape[0]
-        indptr = np.arange(m + 1, dtype=np.int64) * s
-        codes = sp.csr_array((self.values.reshape(-1).copy(), self.indices.reshape(-1).astype(np.int64),
-                              indptr), shape=(m, k))
+        indptr = np.arange(stop - start + 1, dtype=np.int64) * s
+        codes = sp.csr_array((self.values[start:stop].reshape(-1).copy(),
+                              self.indices[start:stop].reshape(-1).astype(np.int64), indptr),
+                             shape=(stop - start, k))
         codes.sum_duplicates()
         return codes
 
     def to_dense(self):
         return np.asarray(self.codes_csr() @ self.dictionary, dtype=self.dtype)
+
+    def _dense_rows(self, start, stop):
+        return np.asarray(self._codes_csr(start, stop) @ self.dictionary, dtype=self.dtype)
 
     trainable_fields: ClassVar[tuple[str, ...]] = ("values", "dictionary")
 
@@ -441,6 +464,15 @@ class Codebook(Factorization):
     def to_dense(self):
         return self._decode(0, self.n_cols)
 
+    def _dense_rows(self, start, stop):
+        codes = self.codes[start:stop]
+        if self.packed:
+            nibbles = np.empty((codes.shape[0], 2 * codes.shape[1]), np.uint8)
+            nibbles[:, 0::2] = codes & 0x0F
+            nibbles[:, 1::2] = codes >> 4
+            codes = nibbles[:, :self.n_cols // self.block_size]
+        return self.codebook[codes].reshape(codes.shape[0], self.n_cols)
+
     trainable_fields: ClassVar[tuple[str, ...]] = ("codebook",)
 
     def _native_codes(self):
@@ -520,6 +552,13 @@ class SignBits(Factorization):
 
     def to_dense(self):
         return (self.projection() @ self.signs()) * self.scale
+
+    def _dense_rows(self, start, stop):
+        from .hashing import projection
+
+        rows = projection(self.seed, self.n_rows, self.n_bits, dtype=self.dtype,
+                          rows=(start, stop))
+        return (rows @ self.signs()) * self.scale
 
     trainable_fields: ClassVar[tuple[str, ...]] = ("scale",)
 
@@ -622,6 +661,16 @@ class Pruned(Factorization):
     def to_dense(self):
         return self.to_csr().toarray()
 
+    def _dense_rows(self, start, stop):
+        import scipy.sparse as sp
+
+        lo, hi = int(self.indptr[start]), int(self.indptr[stop])
+        indptr = self.indptr[start:stop + 1].astype(np.int64) - lo
+        kept = (self.values[lo:hi] if self.values is not None
+                else self.codebook[self.codes[lo:hi]])
+        return sp.csr_array((kept, self.indices[lo:hi], indptr),
+                            shape=(stop - start, self.n_cols)).toarray()
+
     @property
     def trainable_fields(self):
         return ("values",) if self.values is not None else ("codebook",)
@@ -687,24 +736,59 @@ def load(path) -> Factorization:
         if version != FORMAT_VERSION:
             raise ValueError(f"{path} has format version {version}; this matcompress reads "
                              f"version {FORMAT_VERSION}")
-        cls = _KINDS.get(kind)
-        if cls is None:
-            raise ValueError(f"{path}: unknown factorization kind {kind!r}; known: "
-                             f"{sorted(_KINDS)}")
-        kwargs = {}
-        for f in dataclasses.fields(cls):
-            if f.name in names:
-                try:
-                    v = archive[f.name]
-                except ValueError as exc:  # e.g. an object array (pickles are never loaded)
-                    raise ValueError(f"{path}: field {f.name!r} cannot be read: {exc}") from None
-                kwargs[f.name] = v.item() if v.ndim == 0 else v
-        try:
-            return cls(**kwargs)
-        except TypeError as exc:
-            if "missing" in str(exc) or "unexpected" in str(exc):
-                raise ValueError(f"{path}: fields of {kind!r} missing or unknown: {exc}") from None
-            raise ValueError(f"{path}: malformed {kind!r}: {exc}") from None
-        except ValueError as exc:
-            raise ValueError(f"{path}: malformed {kind!r}: {exc}") from None
+        return decode_fields(kind, names, archive.__getitem__, path)
 
+
+def encode_fields(factorization) -> dict:
+    """The stored fields of ``factorization`` as ``{field: ndarray}``: what
+    :meth:`~Factorization.save` writes beside its header (arrays as they are, scalars such as a
+    seed as 0-d arrays, absent optional fields left out). :func:`decode_fields` inverts it;
+    :mod:`matcompress.archive` writes many factorizations' fields into one file with it."""
+    fields = {}
+    for f in dataclasses.fields(factorization):
+        v = getattr(factorization, f.name)
+        if v is not None:
+            fields[f.name] = v if isinstance(v, np.ndarray) else np.asarray(v)
+    return fields
+
+
+def decode_fields(kind, names, read, where) -> Factorization:
+    """The factorization of ``kind`` rebuilt from fields written by :func:`encode_fields`.
+
+    Parameters
+    ----------
+    kind : str
+        A factorization kind (``Factorization.kind``: "low_rank", "sparse_codes", ...).
+    names : collection of str
+        The field names present.
+    read : callable
+        ``read(name)`` returns the stored array of field ``name`` (a ValueError from it, e.g. an
+        object array that would need a pickle, is reported as an unreadable field).
+    where : str or path
+        What the messages name (the file, or the file and the entry).
+
+    Raises
+    ------
+    ValueError
+        For an unknown kind, or fields missing, unknown, unreadable or malformed.
+    """
+    cls = _KINDS.get(kind)
+    if cls is None:
+        raise ValueError(f"{where}: unknown factorization kind {kind!r}; known: "
+                         f"{sorted(_KINDS)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in names:
+            try:
+                v = read(f.name)
+            except ValueError as exc:  # e.g. an object array (pickles are never loaded)
+                raise ValueError(f"{where}: field {f.name!r} cannot be read: {exc}") from None
+            kwargs[f.name] = v.item() if v.ndim == 0 else v
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        if "missing" in str(exc) or "unexpected" in str(exc):
+            raise ValueError(f"{where}: fields of {kind!r} missing or unknown: {exc}") from None
+        raise ValueError(f"{where}: malformed {kind!r}: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"{where}: malformed {kind!r}: {exc}") from None
