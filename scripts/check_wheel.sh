@@ -2,8 +2,8 @@
 # Checks a binary wheel the way a user without a compiler gets it: a fresh virtual environment
 # (no system site-packages), no compiler reachable, the wheel installed with its test and demo
 # extras from PyPI (binary wheels only), then `matcompress demo --quick` and the test suite run
-# against the installed package, from a scratch directory holding a copy of tests/ and the
-# pytest configuration (so the source tree cannot be imported instead).
+# against the installed package, from a scratch directory holding a copy of the project without
+# its package sources (python/), so the source tree cannot be imported instead.
 # Usage: scripts/check_wheel.sh WHEEL [pytest args...]
 # Environment: MC_CHECK_DIR (scratch directory, replaced; default build/wheel-check).
 # No compiler: PATH is the environment's bin/ plus one directory of links to every program on
@@ -121,8 +121,23 @@ in_venv "$venv/bin/matcompress" demo --quick
 stage_done "demo --quick"
 
 echo "== wheel check: the test suite against the installed wheel (in $run)"
-cp -r "$repo/tests" "$repo/pyproject.toml" "$run/"  # pyproject.toml: the pytest configuration
-find "$run/tests" -name __pycache__ -prune -exec rm -rf {} +
+# Besides tests/ and the pytest configuration (pyproject.toml), the tests read README.md, .ci/run
+# and the bench/ scripts: copy the project's files (git's list, untracked ones included) except
+# python/.
+python3 - "$repo" "$run" <<'PY'
+import os
+import shutil
+import subprocess
+import sys
+
+repo, run = sys.argv[1:]
+listed = subprocess.run(["git", "-C", repo, "ls-files", "-z", "--cached", "--others",
+                         "--exclude-standard"], check=True, capture_output=True).stdout
+for name in listed.decode().split("\0"):
+    if name and not name.startswith("python/") and os.path.isfile(os.path.join(repo, name)):
+        os.makedirs(os.path.join(run, os.path.dirname(name)), exist_ok=True)
+        shutil.copy2(os.path.join(repo, name), os.path.join(run, name))
+PY
 status=0
 in_venv "$venv/bin/python" - "$venv" -p no:cacheprovider "$@" <<'PY' || status=$?
 import os
