@@ -312,7 +312,8 @@ def test_schedule_bad_types_raise_type_error_naming_the_argument(kwargs, arg):
 def test_schedule_config_round_trip_and_defaults():
     s = mctf.CompressionSchedule(begin_step=3, end_step=40, update_every=2, alpha_decrement=0.25)
     cfg = s.get_config()
-    assert cfg == {"begin_step": 3, "end_step": 40, "update_every": 2, "alpha_decrement": 0.25}
+    assert cfg == {"begin_step": 3, "end_step": 40, "update_every": 2, "alpha_decrement": 0.25,
+                   "calibrate": False}
     back = mctf.CompressionSchedule.from_config(cfg)
     assert back == s and back is not s and back.drop_step == s.drop_step == 3 + 3 * 2
     assert eval(repr(s), {"CompressionSchedule": mctf.CompressionSchedule}) == s
@@ -320,7 +321,7 @@ def test_schedule_config_round_trip_and_defaults():
                                          alpha_decrement=0.25)
     d = mctf.CompressionSchedule()
     assert d.get_config() == {"begin_step": 0, "end_step": -1, "update_every": 1,
-                              "alpha_decrement": 0.1}
+                              "alpha_decrement": 0.1, "calibrate": False}
     assert d.drop_step == 9
 
 

@@ -25,7 +25,9 @@ The built-in compressors run in the graph:
 Any other compressor — a user-defined one, or a built-in with an option the graph cannot run —
 is planned by compressing the matrix's initial value once with its numpy ``compress`` (for the
 shapes), and factorizes at the snapshot through ``tf.numpy_function``: it then runs on the host
-in each replica, and the compressor must return parts of the same shapes every time.
+in each replica, and the compressor must return parts of the same shapes every time. So does a
+compressor that takes calibration inputs (``uses_inputs``) when the plan is made with
+``calibrate=True``: ``factorize(A, X)`` then hands it the inputs X as ``compress(A, X=X)``.
 """
 
 from __future__ import annotations
@@ -55,19 +57,26 @@ class Plan:
         The non-array fields (``n_cols``, ``packed``, ``seed``, ``n_rows``).
     in_graph : bool
         False when the factorization runs through ``tf.numpy_function``.
+    uses_inputs : bool
+        True when ``factorize`` hands calibration inputs to the compressor.
     """
 
-    def __init__(self, compressor, kind, parts, static, fn, in_graph=True):
+    def __init__(self, compressor, kind, parts, static, fn, in_graph=True, uses_inputs=False):
         self.compressor = compressor
         self.kind = kind
         self.parts = parts
         self.static = static
         self._fn = fn
         self.in_graph = in_graph
+        self.uses_inputs = uses_inputs
 
-    def factorize(self, A):
-        """The parts (name -> tensor, shapes and dtypes as in ``parts``) of the current A."""
-        out = self._fn(tf.convert_to_tensor(A))
+    def factorize(self, A, X=None):
+        """The parts (name -> tensor, shapes and dtypes as in ``parts``) of the current A;
+        ``X`` (rows, m), the calibration inputs, is used when :attr:`uses_inputs`."""
+        if self.uses_inputs:
+            out = self._fn(tf.convert_to_tensor(A), X)
+        else:
+            out = self._fn(tf.convert_to_tensor(A))
         for name, (shape, dtype, _) in self.parts.items():
             t = out[name]
             if t.dtype != tf.as_dtype(dtype):
@@ -86,15 +95,24 @@ class Plan:
         return total
 
 
-def plan(compressor, shape, dtype, initial=None):
+def takes_inputs(compressor):
+    """Whether ``compressor.compress`` takes calibration inputs (``X=``): its class says so
+    with ``uses_inputs = True``."""
+    return bool(getattr(compressor, "uses_inputs", False))
+
+
+def plan(compressor, shape, dtype, initial=None, calibrate=False):
     """The :class:`Plan` of ``compressor`` for a matrix of ``shape`` and float ``dtype``.
     ``initial`` (the matrix's initial value, numpy) is needed only for a compressor that has no
-    in-graph route."""
+    in-graph route, or with ``calibrate`` for one that takes calibration inputs (it then runs
+    through its numpy ``compress`` with the inputs)."""
     if not isinstance(compressor, _compressors.MatrixCompressor):
         raise TypeError("compressor must be a matcompress MatrixCompressor (built-in or a "
                         f"subclass); got {type(compressor).__name__}")
     m, n = (int(d) for d in shape)
     dtype = np.dtype(dtype)
+    if calibrate and takes_inputs(compressor):
+        return _numpy_plan(compressor, m, n, dtype, initial, calibrate=True)
     route = _ROUTES.get(type(compressor))
     if route is not None:
         p = route(compressor, m, n, dtype)
@@ -275,7 +293,7 @@ _ROUTES = {
 
 # ---- any compressor: its numpy compress through tf.numpy_function ----------------------------
 
-def _numpy_plan(c, m, n, dtype, initial):
+def _numpy_plan(c, m, n, dtype, initial, calibrate=False):
     if initial is None:
         raise ValueError(f"{type(c).__name__} has no in-graph route: its plan needs the "
                          "matrix's initial value")
@@ -292,8 +310,8 @@ def _numpy_plan(c, m, n, dtype, initial):
     static = {k: v for k, v in arrays.items() if not isinstance(v, np.ndarray)}
     names = list(parts)
 
-    def run(a):
-        f = _checked(c, a, m, n, name)
+    def run(a, x=None):
+        f = _checked(c, a, m, n, name, x)
         got = _ops._factor_arrays(f, dtype)
         if got["kind"] != kind:
             raise ValueError(f"{name}.compress returned a {got['kind']} factorization at the "
@@ -310,16 +328,17 @@ def _numpy_plan(c, m, n, dtype, initial):
             out.append(np.ascontiguousarray(v, parts[k][1]))
         return out
 
-    def fn(A):
-        outs = tf.numpy_function(run, [A], [tf.as_dtype(parts[k][1]) for k in names],
+    def fn(A, X=None):
+        args = [A] if X is None else [A, tf.cast(tf.reshape(X, [-1, m]), A.dtype)]
+        outs = tf.numpy_function(run, args, [tf.as_dtype(parts[k][1]) for k in names],
                                  stateful=False)
         return dict(zip(names, outs))
 
-    return Plan(c, kind, parts, static, fn, in_graph=False)
+    return Plan(c, kind, parts, static, fn, in_graph=False, uses_inputs=calibrate)
 
 
-def _checked(c, a, m, n, name):
-    f = c.compress(np.asarray(a))
+def _checked(c, a, m, n, name, x=None):
+    f = c.compress(np.asarray(a)) if x is None else c.compress(np.asarray(a), X=np.asarray(x))
     if not isinstance(f, _factors.Factorization):
         raise TypeError(f"{name}.compress must return a matcompress Factorization; got "
                         f"{type(f).__name__}")

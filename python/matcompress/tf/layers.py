@@ -86,6 +86,8 @@ class _Core:
         # later step reads A (or trains the parts), so a graph traced from then on leaves out
         # the branches for them.
         self.dropped = self.frozen = False
+        # Set by sync once the snapshot has been taken: no calibration batch from then on.
+        self.calibrated = False
 
     def sync(self, t):
         """Records the phase of the step t to come; returns (A trainable, parts trainable)."""
@@ -94,6 +96,7 @@ class _Core:
         # begin_step): that step takes the traced phases.
         self.dropped = not a_on and t > self.schedule.begin_step
         self.frozen = not parts_on
+        self.calibrated = t > self.schedule.begin_step
         return a_on, parts_on
 
     def value(self, name):
@@ -121,8 +124,23 @@ class _Core:
             out["projected_signs"] = tf.convert_to_tensor(self.signs)
         return out
 
-    def _snapshot(self):
-        parts = self.plan.factorize(tf.convert_to_tensor(self.kernel))
+    def _calibration(self, inputs):
+        """The inputs as the (rows, m) calibration batch of the snapshot, or None."""
+        if not self.plan.uses_inputs or inputs is None or self.calibrated:
+            return None
+        m = int(self.kernel.shape[0])
+        X = tf.reshape(tf.convert_to_tensor(inputs), [-1, m])
+        # Every replica must factorize the same matrix from the same batch (each assigns its
+        # own copy of the parts): the whole batch, gathered. A collective cannot run inside
+        # the tf.cond of the snapshot, so it runs in every step until the snapshot has been
+        # taken (a graph traced after it, as CompressionCallback does, leaves it out).
+        ctx = tf.distribute.get_replica_context()
+        if ctx is not None and ctx.num_replicas_in_sync > 1:
+            X = ctx.all_gather(X, axis=0)
+        return X
+
+    def _snapshot(self, X=None):
+        parts = self.plan.factorize(tf.convert_to_tensor(self.kernel), X)
         for name, var in self.parts.items():
             shape, dtype, _ = self.plan.parts[name]
             value = parts[name]
@@ -136,19 +154,23 @@ class _Core:
             _assign_local(self.signs, _ops.factored_rows(tf.range(m), unit))
         return tf.constant(True)
 
-    def advance(self, training):
+    def advance(self, training, inputs=None):
         """The step index of this call: with training, the counter's value before this call
-        (factorizing at begin_step, then counting the call); else the last training step."""
+        (factorizing at begin_step, from ``inputs`` too when the plan takes them, then
+        counting the call); else the last training step."""
         t = tf.convert_to_tensor(self.step)
         if not training:
             return t - 1
-        tf.cond(tf.equal(t, self.schedule.begin_step), self._snapshot,
+        X = self._calibration(inputs)
+        tf.cond(tf.equal(t, self.schedule.begin_step), lambda: self._snapshot(X),
                 lambda: tf.constant(False))
         self.step.assign_add(1)
         return t
 
-    def apply(self, training, dense_fn, factored_fn, dtype):
-        """dense_fn(A) before the snapshot, the blend during, factored_fn(parts) after."""
+    def apply(self, training, dense_fn, factored_fn, dtype, inputs=None):
+        """dense_fn(A) before the snapshot, the blend during, factored_fn(parts) after;
+        ``inputs`` (the left operand of the product) calibrate the snapshot when the plan
+        takes them."""
         s = self.schedule
         if self.dropped:
             frozen = True if self.frozen else None
@@ -161,7 +183,7 @@ class _Core:
                 if frozen is None and s.end_step >= 0:
                     frozen = t >= s.end_step
             return factored_fn(self.factors(frozen))
-        t = self.advance(training)
+        t = self.advance(training, inputs)
         alpha = s.alpha(t, dtype)
         phase = tf.where(t < s.begin_step, 0, tf.where(alpha > 0, 1, 2))
         frozen = (t >= s.end_step) if s.end_step >= 0 else None
@@ -209,7 +231,9 @@ def _check_schedule(schedule):
 class _CompressedLayer(keras.layers.Layer):
     """The variables and schedule common to the compressed layers."""
 
-    def _build_compression(self, shape):
+    def _build_compression(self, shape, takes_batch=False):
+        """``takes_batch``: the layer's input is the left operand of its matrix, so a
+        calibrating schedule can hand it to the compressor at the snapshot."""
         m, n = shape
         dtype = np.dtype(self.variable_dtype)
         if dtype.kind != "f" or dtype.itemsize not in (4, 8):
@@ -217,7 +241,8 @@ class _CompressedLayer(keras.layers.Layer):
                             f"got {self.variable_dtype}")
         # A compressor without an in-graph route is planned on the initial value (its shapes).
         plan = _factorize.plan(self.compressor, (m, n), dtype,
-                               initial=tf.convert_to_tensor(self.kernel).numpy())
+                               initial=tf.convert_to_tensor(self.kernel).numpy(),
+                               calibrate=self.schedule.calibrate and takes_batch)
         self._parts = {}
         for name, (shape_, dt, trainable) in plan.parts.items():
             shape_, dt = _storage(shape_, dt)
@@ -247,8 +272,10 @@ class _CompressedLayer(keras.layers.Layer):
         step counter; True when something changed (a ``tf.function`` training step must then be
         traced again: :class:`CompressionCallback` does that in ``model.fit``)."""
         t = int(tf.convert_to_tensor(self.step).numpy())
+        was = self._core.calibrated
         a_on, parts_on = self._core.sync(t)
-        changed = False
+        # Past the snapshot a calibrating layer's retraced step leaves out the batch's gather.
+        changed = self._core.plan.uses_inputs and was != self._core.calibrated
         if self.kernel.trainable != a_on:
             self.kernel.trainable = a_on
             changed = True
@@ -291,7 +318,7 @@ class CompressedDense(_CompressedLayer):
         self.bias = (self.add_weight(name="bias", shape=(self.units,),
                                      initializer=self.bias_initializer)
                      if self.use_bias else None)
-        self._build_compression((m, self.units))
+        self._build_compression((m, self.units), takes_batch=True)
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: m})
 
     def call(self, inputs, training=None):
@@ -300,7 +327,7 @@ class CompressedDense(_CompressedLayer):
             x = tf.cast(x, self.compute_dtype)
         y = self._core.apply(bool(training), lambda A: tf.matmul(x, A) if x.shape.rank == 2
                              else tf.tensordot(x, A, axes=1),
-                             lambda f: _ops.factored_matmul(x, f), x.dtype)
+                             lambda f: _ops.factored_matmul(x, f), x.dtype, inputs=x)
         return _bias_activation(self, y)
 
     def compute_output_shape(self, input_shape):
@@ -459,7 +486,18 @@ class CompressedKernel(_CompressedLayer, _KernelWrapper):
 
     def build(self, input_shape=None):
         keras.layers.Wrapper.build(self, input_shape)
-        self._build_compression(tuple(self._locate().shape))
+        shape = tuple(self._locate().shape)
+        self._build_compression(shape, takes_batch=self._takes_batch(input_shape, shape[0]))
+
+    def _takes_batch(self, input_shape, m):
+        """The layer's inputs are the left operand of the kernel (an input-facing kernel whose
+        rows match the inputs' last axis: Dense-like and recurrent layers' ``kernel``, not
+        their ``recurrent_kernel``)."""
+        try:
+            last = int(input_shape[-1])
+        except (TypeError, IndexError, ValueError):  # no shape, a nested one, unknown width
+            return False
+        return last == m and "recurrent" not in self.kernel_attr.split(".")[-1]
 
     @property
     def kernel(self):
@@ -469,9 +507,10 @@ class CompressedKernel(_CompressedLayer, _KernelWrapper):
 
     def call(self, inputs, training=None, mask=None):
         m = int(self._core.kernel.shape[0])
+        batch = inputs if self._core.plan.uses_inputs else None
         w = self._core.apply(bool(training), lambda A: A,
                              lambda f: _ops.factored_rows(tf.range(m), f),
-                             tf.as_dtype(self._core.kernel.dtype))
+                             tf.as_dtype(self._core.kernel.dtype), inputs=batch)
         return self._call_with(w, inputs, training, mask)
 
     def get_config(self):
@@ -735,7 +774,8 @@ class CompressedMatrix(tf.Module):
         self.schedule = _check_schedule(schedule)
         self.kernel = variable
         plan = _factorize.plan(self.compressor, tuple(variable.shape),
-                               variable.dtype.as_numpy_dtype, initial=variable.numpy())
+                               variable.dtype.as_numpy_dtype, initial=variable.numpy(),
+                               calibrate=self.schedule.calibrate)
         agg = tf.VariableAggregation.ONLY_FIRST_REPLICA
         self._parts = {name: tf.Variable(tf.zeros(*_storage(shape, dtype)), trainable=trainable,
                                          name=name, aggregation=agg)
@@ -758,7 +798,7 @@ class CompressedMatrix(tf.Module):
         x = tf.convert_to_tensor(x, self.kernel.dtype)
         return self._core.apply(training, lambda A: tf.matmul(x, A) if x.shape.rank == 2
                                 else tf.tensordot(x, A, axes=1),
-                                lambda f: _ops.factored_matmul(x, f), x.dtype)
+                                lambda f: _ops.factored_matmul(x, f), x.dtype, inputs=x)
 
     def value(self):
         """The matrix the last step used: A, the blend, or the product of the factors."""

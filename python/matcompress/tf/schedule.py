@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import tensorflow as tf
 
 from .._validation import check_float, check_int
@@ -32,15 +33,28 @@ class CompressionSchedule:
     update_every : int, default=1
     alpha_decrement : float in (0, 1], default=0.1
         1 switches to the factors at the snapshot.
+    calibrate : bool, default=False
+        Data-aware factorization: at ``begin_step`` a compressor that takes calibration inputs
+        (``uses_inputs``, e.g. k-means with GPTQ codes) receives the batch that the compressed
+        matrix multiplies at that step (the inputs of a Dense layer, flattened to
+        (rows, m); under a distribution strategy the batches of every replica, gathered, so
+        every replica computes the same factors) and minimizes the error of that batch's
+        product ``||X (A - W)||`` rather than ``||A - W||``. The factorization then runs on
+        the host through its numpy ``compress``. Layers whose input is not the left operand of
+        their matrix (embedding tables, recurrent kernels) factorize without inputs.
     """
 
-    def __init__(self, begin_step=0, end_step=-1, update_every=1, alpha_decrement=0.1):
+    def __init__(self, begin_step=0, end_step=-1, update_every=1, alpha_decrement=0.1,
+                 calibrate=False):
         self.begin_step = check_int(begin_step, "begin_step", min_value=0)
         self.end_step = check_int(end_step, "end_step", min_value=-1)
         self.update_every = check_int(update_every, "update_every", min_value=1)
         self.alpha_decrement = check_float(alpha_decrement, "alpha_decrement")
         if not 0.0 < self.alpha_decrement <= 1.0:
             raise ValueError(f"alpha_decrement must lie in (0, 1]; got {alpha_decrement}")
+        if not isinstance(calibrate, (bool, np.bool_)):
+            raise TypeError(f"calibrate must be True or False; got {calibrate!r}")
+        self.calibrate = bool(calibrate)
         if self.end_step != -1 and self.end_step <= self.begin_step:
             raise ValueError(f"end_step={self.end_step} must come after begin_step="
                              f"{self.begin_step} (or be -1: never)")
@@ -71,7 +85,8 @@ class CompressionSchedule:
 
     def get_config(self):
         return {"begin_step": self.begin_step, "end_step": self.end_step,
-                "update_every": self.update_every, "alpha_decrement": self.alpha_decrement}
+                "update_every": self.update_every, "alpha_decrement": self.alpha_decrement,
+                "calibrate": self.calibrate}
 
     @classmethod
     def from_config(cls, config):
