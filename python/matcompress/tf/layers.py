@@ -551,12 +551,35 @@ def to_factorization(kind, static, arrays):
             return F.Pruned(indptr, indices, n, values=a["values"])
         return F.Pruned(indptr, indices, n, codes=a["codes"].astype(
             F.index_dtype(a["codebook"].shape[0])), codebook=a["codebook"])
+    if kind == "scaled_codebook":
+        from ..quant import ScaledCodebook
+
+        return ScaledCodebook(a["codes"].astype(np.uint8), a["codebook"],
+                              a["scales"].astype(np.float16), int(static["n_cols"]),
+                              int(static["group_size"]), int(static["channel_axis"]))
+    if kind == "sum":
+        from ..composite import Sum
+
+        return Sum(tuple(to_factorization(part.pop("kind"), *_split_static(part))
+                         for part in _ops.split_sum({**static, **a})))
     raise ValueError(f"unknown factorization kind {kind!r}")
+
+
+def _split_static(fields):
+    """(static, arrays) of a part's fields."""
+    arrays = {k: v for k, v in fields.items() if isinstance(v, np.ndarray)}
+    return {k: v for k, v in fields.items() if k not in arrays}, arrays
 
 
 def _op_parts(kind, static, parts):
     """The parts as the ops take them: index arrays cast to the ops' dtypes."""
     out = {"kind": kind, **static}
+    if kind == "sum":
+        for i, part in enumerate(_ops.split_sum({**static, **parts})):
+            sub_static = {k: v for k, v in part.items() if k != "kind" and k not in parts_of(part)}
+            sub = _op_parts(part["kind"], sub_static, parts_of(part))
+            out.update({f"parts.{i}.{k}": v for k, v in sub.items()})
+        return out
     for name, value in parts.items():
         t = tf.convert_to_tensor(value)
         if kind == "sparse_codes" and name == "indices" and t.dtype != tf.int32:
@@ -570,6 +593,30 @@ def _op_parts(kind, static, parts):
             t = tf.cast(t, tf.uint16 if int(static["n_cols"]) <= 65536 else tf.int32)
         out[name] = t
     return out
+
+
+def parts_of(fields):
+    """The tensor or array entries of a part's fields (not its static ints, bools, kind)."""
+    return {k: v for k, v in fields.items()
+            if not isinstance(v, (int, bool, str, np.integer, np.bool_))}
+
+
+def _stored_fields(f, prefix=""):
+    """(arrays, static) of a factorization as its stored dtypes: the fields the ops read,
+    a sum's parts flattened under "parts.<i>." with their kinds as "parts.<i>.kind"."""
+    if f.kind == "sum":
+        arrays, static = {}, {}
+        for i, part in enumerate(f.parts):
+            a, s = _stored_fields(part, f"{prefix}parts.{i}.")
+            arrays.update(a)
+            static.update(s, **{f"{prefix}parts.{i}.kind": part.kind})
+        return arrays, static
+    arrays = {prefix + name: getattr(f, name) for name in _ops._FIELDS[f.kind]
+              if isinstance(getattr(f, name, None), np.ndarray)}
+    static = {prefix + name: (int(v) if not isinstance(v, bool) else v)
+              for name in _ops._FIELDS[f.kind]
+              if not isinstance(v := getattr(f, name, None), np.ndarray) and v is not None}
+    return arrays, static
 
 
 class _FactoredLayer(keras.layers.Layer):
@@ -600,12 +647,8 @@ class _FactoredLayer(keras.layers.Layer):
 
     @staticmethod
     def _spec(f):
+        arrays, static = _stored_fields(f)
         trainable = set(f.trainable_fields)
-        arrays = {name: getattr(f, name) for name in _ops._FIELDS[f.kind]
-                  if isinstance(getattr(f, name, None), np.ndarray)}
-        static = {name: (int(v) if not isinstance(v, bool) else v)
-                  for name in _ops._FIELDS[f.kind]
-                  if not isinstance(v := getattr(f, name, None), np.ndarray) and v is not None}
         spec = {k: [list(v.shape), np.dtype(v.dtype).name, k in trainable]
                 for k, v in arrays.items()}
         return spec, static, arrays

@@ -223,7 +223,73 @@ _FIELDS = {
     "codebook": ("codes", "codebook", "n_cols", "packed"),
     "sign_bits": ("bits", "scale", "seed", "n_rows"),
     "pruned": ("indptr", "indices", "n_cols", "values", "codes", "codebook"),
+    "scaled_codebook": ("codes", "codebook", "scales", "n_cols", "group_size", "channel_axis"),
+    # A sum's parts are flattened: part i's fields as "parts.<i>.<field>", its kind as
+    # "parts.<i>.kind" (nested sums nest the prefix).
+    "sum": (),
 }
+
+
+def split_sum(factors):
+    """The parts of a ``"sum"`` mapping (fields ``"parts.<i>.<field>"``), each as a mapping of
+    its own kind, in order."""
+    parts = {}
+    for key, value in factors.items():
+        if key.startswith("parts."):
+            _, i, rest = key.split(".", 2)
+            parts.setdefault(int(i), {})[rest] = value
+    return [parts[i] for i in sorted(parts)]
+
+
+def _unpack_codes(packed, bits, n):
+    """(rows, ceil(n * bits / 8)) uint8 codes packed as :func:`matcompress.pack_bits` packs
+    them (least significant bit first) -> (rows, n) int32."""
+    p = tf.cast(packed, tf.int32)
+    rows = tf.shape(p)[0]
+    if 8 % bits == 0:
+        per, mask = 8 // bits, (1 << bits) - 1
+        out = tf.stack([tf.bitwise.bitwise_and(tf.bitwise.right_shift(p, k * bits), mask)
+                        for k in range(per)], axis=-1)
+        return tf.reshape(out, [rows, -1])[:, :n]
+    if bits == 16:
+        pairs = tf.reshape(p, [rows, -1, 2])
+        return tf.bitwise.bitwise_or(pairs[..., 0], tf.bitwise.left_shift(pairs[..., 1], 8))[:, :n]
+    # 3, 5, 6 or 7 bits: codes straddle bytes; through the bit string.
+    bit = tf.bitwise.bitwise_and(
+        tf.bitwise.right_shift(tf.cast(packed, tf.uint8)[..., None],
+                               tf.range(8, dtype=tf.uint8)), tf.constant(1, tf.uint8))
+    bit = tf.reshape(bit, [rows, -1])[:, :n * bits]
+    weights = tf.constant([1 << t for t in range(bits)], tf.int32)
+    return tf.reduce_sum(tf.cast(tf.reshape(bit, [rows, n, bits]), tf.int32) * weights, -1)
+
+
+def _scaled_codebook_rows(get, ids, dtype):
+    """Rows ``ids`` (int64 vector; None: all) of a scaled codebook's W, decoded in ``dtype``
+    (gradients reach the codebook and the scales through the gathers)."""
+    codebook = tf.cast(get("codebook"), dtype)
+    scales = tf.cast(get("scales"), dtype)
+    codes = get("codes")
+    n, gs, axis = int(get("n_cols")), int(get("group_size")), int(get("channel_axis"))
+    n_books, n_codes = int(codebook.shape[0]), int(codebook.shape[1])
+    m = int(codes.shape[0]) if codes.shape[0] is not None else None
+    if ids is not None:
+        codes = tf.gather(codes, ids)
+    bits = 16 if n_codes > 256 else max(1, (n_codes - 1).bit_length())
+    idx = _unpack_codes(codes, bits, n)
+    rows = tf.range(m, dtype=tf.int64) if ids is None else ids
+    if n_books > 1:
+        if axis == 1:
+            run = -(-n // n_books)
+            idx = idx + (tf.range(n, dtype=tf.int32) // run * n_codes)[None, :]
+        else:
+            run = -(-m // n_books)
+            idx = idx + tf.cast(rows // run * n_codes, tf.int32)[:, None]
+    w = tf.gather(tf.reshape(codebook, [-1]), idx)
+    if axis == 1:
+        s = tf.gather(scales, rows // gs)
+    else:
+        s = tf.repeat(tf.gather(scales, rows), gs, axis=1)[:, :n]
+    return w * s
 
 
 def factor_tensors(factorization, dtype=None):
@@ -276,6 +342,13 @@ def _factor_arrays(factorization, dtype):
             out.update(values=f.values.astype(dt))
         else:
             out.update(codes=f.codes.astype(np.int32), codebook=f.codebook.astype(dt))
+    elif f.kind == "scaled_codebook":
+        # The scales in the compute dtype (trained so); stored as float16 again on the way out.
+        out.update(codes=f.codes, codebook=f.codebook.astype(dt), scales=f.scales.astype(dt),
+                   n_cols=f.n_cols, group_size=f.group_size, channel_axis=f.channel_axis)
+    elif f.kind == "sum":
+        for i, part in enumerate(f.parts):
+            out.update({f"parts.{i}.{k}": v for k, v in _factor_arrays(part, dt).items()})
     else:  # a user-defined Factorization: no native product
         raise TypeError(f"no TensorFlow op for factorizations of kind {f.kind!r}")
     return out
@@ -340,6 +413,13 @@ def factored_rows(ids, factors, name=None):
             rows = tf.scatter_nd(tf.stack([which, cols], axis=1), vals,
                                  tf.stack([tf.size(flat, tf.int64),
                                            tf.constant(int(get("n_cols")), tf.int64)]))
+        elif kind == "scaled_codebook":
+            rows = _scaled_codebook_rows(get, flat, get("codebook").dtype)
+        elif kind == "sum":
+            parts = split_sum(factors)
+            rows = factored_rows(flat, parts[0])
+            for part in parts[1:]:
+                rows = rows + factored_rows(flat, part)
         else:
             raise ValueError(f"unknown factorization kind {kind!r}; known: {sorted(_FIELDS)}")
         n = rows.shape[-1] if rows.shape[-1] is not None else tf.shape(rows)[-1]
@@ -374,9 +454,17 @@ def factored_matmul(x, factors, name=None):
         known = x.shape.rank is not None and x.shape[-1] is not None
         m = x.shape[-1] if known else tf.shape(x)[-1]
         x2 = x if flat else tf.reshape(x, [-1, m])
-        lib = load_library() if kind != "low_rank" else None
+        lib = load_library() if kind not in ("low_rank", "scaled_codebook", "sum") else None
         if kind == "low_rank":
             y = tf.matmul(tf.matmul(x2, get("left")), get("right"))
+        elif kind == "scaled_codebook":
+            # W decoded (codes unpacked, codebook gathered, scaled), then one GEMM.
+            y = tf.matmul(x2, _scaled_codebook_rows(get, None, x2.dtype))
+        elif kind == "sum":
+            parts = split_sum(factors)
+            y = factored_matmul(x2, parts[0])
+            for part in parts[1:]:
+                y = y + factored_matmul(x2, part)
         elif kind == "sparse_codes":
             y = lib.matcompress_sparse_codes_mat_mul(x2, get("indices"), get("values"),
                                                      get("dictionary"))
