@@ -163,7 +163,7 @@ def pack_bits(codes, bits):
         raise ValueError(f"codes must lie in [0, {1 << bits}) to be packed in {bits} bits; got "
                          f"values in [{int(codes.min())}, {int(codes.max())}]")
     lead, n = codes.shape[:-1], codes.shape[-1]
-    flat = codes.reshape(-1, n)
+    flat = codes.reshape(math.prod(lead), n)
     out = np.empty((flat.shape[0], _packed_width(n, bits)), np.uint8)
     for a, b in _row_blocks(flat.shape[0], n):
         out[a:b] = _pack_rows(flat[a:b], bits)
@@ -196,7 +196,7 @@ def unpack_bits(packed, bits, n):
         raise ValueError(f"n={n} codes of {bits} bits take {_packed_width(n, bits)} bytes per "
                          f"row; packed has {packed.shape[-1]}")
     lead = packed.shape[:-1]
-    flat = packed.reshape(-1, packed.shape[-1])
+    flat = packed.reshape(math.prod(lead), packed.shape[-1])
     out = np.empty((flat.shape[0], n), np.uint16 if bits == 16 else np.uint8)
     for a, b in _row_blocks(flat.shape[0], n):
         out[a:b] = _unpack_rows(flat[a:b], bits, n)
@@ -539,7 +539,8 @@ class ScaledKMeansCompressor(MatrixCompressor):
     refits every scale by weighted least squares given the codes,
     ``s = sum(h w c) / sum(h c^2)``, rounds it to float16, and refits the codebook (recoding
     every weight to its nearest entry). Scales are stored relative to a power of two of the
-    largest (the codebook absorbs it), so weights of any magnitude fit float16's range.
+    largest (the codebook absorbs it), so weights of any magnitude fit float16's range: the
+    largest scale lies in [2^12, 2^13); a group more than 2^36 below it gets scale 0.
     References: E. Frantar et al., "GPTQ", ICLR 2023; J. Lin et al., "AWQ", MLSys 2024 (the
     per-group scaled int4 formats).
 
@@ -551,7 +552,7 @@ class ScaledKMeansCompressor(MatrixCompressor):
     >>> W = (rng.standard_normal((512, 256)) * rng.lognormal(0, 1, 256)).astype(np.float32)
     >>> f = mc.compress(W, "scaled_kmeans", compression_ratio=8, random_state=0)
     >>> f.bits, f.group_size, f.compression_ratio >= 8
-    (3, 64, True)
+    (3, 32, True)
     >>> err = np.linalg.norm(W - f.to_dense()) / np.linalg.norm(W)
     >>> bool(err < 0.2)
     True
