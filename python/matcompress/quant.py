@@ -436,14 +436,29 @@ class _Grid:
             return sigma[rows // self.gs]
         return sigma[rows][:, self.col_groups]
 
-    def group_sum(self, acc, p, rows):
-        """acc (grid) += the sums of p (len(rows), n) over each group (rows ascending)."""
+    def group_range(self, rows):
+        """(lo, hi): the rows of the grid holding the groups of ``rows`` (ascending)."""
+        if self.axis == 1:
+            return rows[0] // self.gs, rows[-1] // self.gs + 1
+        return rows[0], rows[-1] + 1
+
+    def group_sizes(self):
+        """Weights per group (the grid's shape)."""
+        if self.axis == 1:
+            per = np.minimum(self.gs, self.m - np.arange(self.shape[0]) * self.gs)
+            return np.broadcast_to(per[:, None], self.shape)
+        per = np.minimum(self.gs, self.n - np.arange(self.shape[1]) * self.gs)
+        return np.broadcast_to(per[None, :], self.shape)
+
+    def group_sum(self, acc, p, rows, base=0):
+        """acc (grid rows from ``base`` on) += the sums of p (len(rows), n) over each group
+        (rows ascending)."""
         if self.axis == 1:
             g = rows // self.gs
             starts = np.flatnonzero(np.concatenate([[True], g[1:] != g[:-1]]))
-            acc[g[starts]] += np.add.reduceat(p, starts, axis=0)
+            acc[g[starts] - base] += np.add.reduceat(p, starts, axis=0)
         else:
-            acc[rows] += np.add.reduceat(p, np.arange(0, self.n, self.gs), axis=1)
+            acc[rows - base] += np.add.reduceat(p, np.arange(0, self.n, self.gs), axis=1)
 
     def group_max(self, acc, p, rows):
         if self.axis == 1:
@@ -667,7 +682,13 @@ class _Fit:
 
     def __init__(self, owner, A, h, grid, n_codes, step, limit, rng):
         self.owner, self.A, self.h, self.grid = owner, A, h, grid
-        self.n_codes, self.step, self.rng = n_codes, step, rng
+        self.n_codes, self.rng = n_codes, rng
+        # Least-squares scales chunk by chunk when no group spans two chunks (row groups: the
+        # chunks are whole groups), so no grid-sized float64 sums are kept.
+        if grid.axis == 1 and grid.gs <= step:
+            step -= step % grid.gs
+        self.step = step
+        self.local = grid.axis == 0 or grid.gs <= step
         self.bits = code_bits(n_codes)
         m, n = A.shape
         if m * n <= limit:
@@ -702,16 +723,13 @@ class _Fit:
     # -- scales ---------------------------------------------------------------------------
 
     def _initial_scales(self, init):
+        """float16 scales of the groups (None when A is 0)."""
         g = self.grid
         acc = np.zeros(g.shape)
         if init == "rms":
             for rows, w in self._chunks():
                 g.group_sum(acc, w * w, rows)
-            count = np.zeros(g.shape)
-            ones = np.ones((1, g.n))
-            for rows, _ in self._chunks():
-                g.group_sum(count, np.broadcast_to(ones, (rows.size, g.n)), rows)
-            stat = np.sqrt(acc / count)
+            stat = np.sqrt(acc / g.group_sizes())
         else:
             for rows, w in self._chunks():
                 g.group_max(acc, np.abs(w), rows)
@@ -722,7 +740,7 @@ class _Fit:
         # Relative to a power of two of the largest (which becomes ~2^12, leaving float16
         # headroom for the refits); the codebook, fitted to w / scale, absorbs the factor.
         exponent = math.frexp(top)[1] - 13
-        return _round16(np.ldexp(stat, -exponent)).astype(np.float64)
+        return _round16(np.ldexp(stat, -exponent))
 
     # -- codebook -------------------------------------------------------------------------
 
@@ -736,7 +754,7 @@ class _Fit:
             pieces = [(rows, np.asarray(self.A[rows], np.float64))]
         data = [([], []) for _ in range(g.n_books)]
         for rows, w in pieces:
-            s = g.expand(sigma, rows)
+            s = g.expand(sigma, rows).astype(np.float64)
             hw = s * s if self.h is None else self._hrows(rows) * s * s
             for b, r, c in g.book_slices(rows):
                 sb, wb, hb = s[r, c], w[r, c], hw[r, c]
@@ -768,16 +786,24 @@ class _Fit:
 
     # -- coding ---------------------------------------------------------------------------
 
+    @staticmethod
+    def _least_squares(num, den, old):
+        """float16 num / den where den > 0, else the old scale."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(den > 0, _round16(num / den), old)
+
     def _pass(self, sigma, books, *, codes_out=None, refit=True):
-        """Code every weight given the scales and books: (weighted squared error, least-squares
-        scales or None); the packed codes written to ``codes_out`` when given."""
+        """Code every weight given the float16 scales and the books: (weighted squared error,
+        least-squares float16 scales or None); the packed codes written to ``codes_out`` when
+        given."""
         g = self.grid
         err = 0.0
-        num = np.zeros(g.shape) if refit else None
-        den = np.zeros(g.shape) if refit else None
+        new = sigma.copy() if refit else None
+        if refit and not self.local:
+            num, den = np.zeros(g.shape), np.zeros(g.shape)
         bk = books.astype(np.float64)
         for rows, w in self._chunks():
-            s = g.expand(sigma, rows)
+            s = g.expand(sigma, rows).astype(np.float64)
             with np.errstate(divide="ignore", invalid="ignore"):
                 v = np.where(s != 0, w / s, 0.0)
             codes = np.empty(w.shape, np.intp)
@@ -791,15 +817,20 @@ class _Fit:
             err += float(np.sum(resid * resid if hr is None else hr * resid * resid))
             if refit:
                 hc = c if hr is None else hr * c
-                g.group_sum(num, hc * w, rows)
-                g.group_sum(den, hc * c, rows)
+                if self.local:
+                    lo, hi = g.group_range(rows)
+                    num, den = np.zeros((hi - lo, g.shape[1])), np.zeros((hi - lo, g.shape[1]))
+                    g.group_sum(num, hc * w, rows, lo)
+                    g.group_sum(den, hc * c, rows, lo)
+                    new[lo:hi] = self._least_squares(num, den, sigma[lo:hi])
+                else:
+                    g.group_sum(num, hc * w, rows)
+                    g.group_sum(den, hc * c, rows)
             if codes_out is not None:
                 codes_out[rows[0]:rows[-1] + 1] = _pack_rows(codes, self.bits)
-        if not refit:
-            return err, None
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ls = np.where(den > 0, num / den, sigma)
-        return err, _round16(ls).astype(np.float64)
+        if refit and not self.local:
+            new = self._least_squares(num, den, sigma)
+        return err, new
 
     def run(self, n_refits):
         m, n = self.A.shape
@@ -837,4 +868,4 @@ class _Fit:
         sigma, books = best[1]
         if coded is not best[1]:
             self._pass(sigma, books, codes_out=codes, refit=False)
-        return ScaledCodebook(codes, books, sigma.astype(np.float16), n, g.gs, g.axis)
+        return ScaledCodebook(codes, books, sigma, n, g.gs, g.axis)
