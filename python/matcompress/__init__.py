@@ -13,26 +13,33 @@ from .kmeans import KMeansQuantizer, fit_codebook, pack_4bit, unpack_4bit
 from .lowrank import low_rank, randomized_svd
 from .omp import sparse_encode
 from .pruning import prune, prune_mask, taylor_scores
+from . import quant
+from .quant import ScaledCodebook, ScaledKMeansCompressor, pack_bits, unpack_bits
 
 __all__ = [
     "__version__",
     "DictionaryLearning",
     "dict_learning",
     "KMeansQuantizer",
+    "ScaledCodebook",
+    "ScaledKMeansCompressor",
     "compress",
     "compressors",
     "factors",
     "fit_codebook",
     "low_rank",
     "pack_4bit",
+    "pack_bits",
     "randomized_svd",
     "prune",
     "prune_mask",
+    "quant",
     "show_config",
     "simhash",
     "sparse_encode",
     "taylor_scores",
     "unpack_4bit",
+    "unpack_bits",
 ]
 
 

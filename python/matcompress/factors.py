@@ -6,19 +6,23 @@ indices, codebooks and scales included), ``compression_ratio`` (dense bytes / st
 the factors, never building the dense matrix of the large forms) and ``save(path)`` /
 :func:`load` (``.npz`` with a format version).
 
-=============  ======================================================  ===========================
-class          fields                                                  W ~
-=============  ======================================================  ===========================
-LowRank        left (m, r), right (r, n)                               left @ right
-SparseCodes    indices (m, s), values (m, s), dictionary (k, n)        row i = sum_t values[i, t]
-                                                                       * dictionary[indices[i, t]]
-Codebook       codes (m, n / b) (4-bit packed: (m, ceil(n / 2b))),     W[i, jb:(j+1)b] =
-               codebook (n_codes, b)                                   codebook[codes[i, j]]
-SignBits       bits (k, ceil(n / 8)) packed signs, scale (n), seed, m  (R @ S) * scale, R (m, k)
-                                                                       regenerated from seed
-Pruned         CSR indptr (m + 1), indices (nnz), values (nnz) or      the kept entries
-               codes (nnz) + codebook (n_codes,)
-=============  ======================================================  ===========================
+==============  ======================================================  ===========================
+class           fields                                                  W ~
+==============  ======================================================  ===========================
+LowRank         left (m, r), right (r, n)                               left @ right
+SparseCodes     indices (m, s), values (m, s), dictionary (k, n)        row i = sum_t values[i, t]
+                                                                        * dictionary[indices[i, t]]
+Codebook        codes (m, n / b) (4-bit packed: (m, ceil(n / 2b))),     W[i, jb:(j+1)b] =
+                codebook (n_codes, b)                                   codebook[codes[i, j]]
+SignBits        bits (k, ceil(n / 8)) packed signs, scale (n), seed, m  (R @ S) * scale, R (m, k)
+                                                                        regenerated from seed
+Pruned          CSR indptr (m + 1), indices (nnz), values (nnz) or      the kept entries
+                codes (nnz) + codebook (n_codes,)
+ScaledCodebook  codes (m, ceil(n * bits / 8)), bits = ceil(log2         W[i, j] = scales[g(i, j)]
+                n_codes), codebook (n_books, n_codes), float16          * codebook[book(i, j),
+                scales per group of rows of a column (channel_axis      code[i, j]]
+                1) or of columns of a row (0); matcompress.quant
+==============  ======================================================  ===========================
 """
 
 from __future__ import annotations
@@ -180,7 +184,8 @@ class Factorization(abc.ABC):
 
         ``dx = dy @ W.T`` has the shape of x (None when ``need_dx`` is false); ``grads`` maps
         each name in :attr:`trainable_fields` to the gradient of L with respect to that field
-        (same shape and dtype as the field; empty when ``need_grads`` is false), the discrete
+        (same shape and dtype as the field -- float16 fields: the compute dtype; empty when
+        ``need_grads`` is false), the discrete
         parts held fixed: both low-rank sides; sparse-code values on their fixed support and
         the dictionary; codebook entries (a segment sum over the code map); sign-bit scales;
         pruned values (or their codebook). Computed from the factors, never building W: no
@@ -210,7 +215,9 @@ class Factorization(abc.ABC):
         out = {}
         for name, g in grads.items():
             field = getattr(self, name)
-            out[name] = np.asarray(g, field.dtype).reshape(field.shape)
+            # float16 fields (ScaledCodebook's scales): the gradient in the compute dtype
+            dt = field.dtype if field.dtype in _FLOATS else ct
+            out[name] = np.asarray(g, dt).reshape(field.shape)
         return dx, out
 
     def __matmul__(self, other):  # W @ other
@@ -704,6 +711,8 @@ class Pruned(Factorization):
                                             minlength=self.codebook.shape[0])}
 
 
+# matcompress.quant adds ScaledCodebook ("scaled_codebook") when the package is imported (it
+# builds on the compressors module, which imports this one).
 _KINDS = {cls.kind: cls for cls in (LowRank, SparseCodes, Codebook, SignBits, Pruned)}
 
 
