@@ -5,7 +5,9 @@
 """
 
 from ._version import __version__
-from . import compressors, factors
+from . import composite, compressors, factors
+from .composite import (CompositeCompressor, LowRankResidualCompressor, OutlierCompressor,
+                        PruneQuantizeCompressor, Sum)
 from .compressors import compress
 from .dictionary import DictionaryLearning, dict_learning
 from .hashing import simhash
@@ -16,9 +18,15 @@ from .pruning import prune, prune_mask, taylor_scores
 
 __all__ = [
     "__version__",
+    "CompositeCompressor",
     "DictionaryLearning",
     "dict_learning",
     "KMeansQuantizer",
+    "LowRankResidualCompressor",
+    "OutlierCompressor",
+    "PruneQuantizeCompressor",
+    "Sum",
+    "composite",
     "compress",
     "compressors",
     "factors",
