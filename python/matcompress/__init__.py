@@ -5,7 +5,9 @@
 """
 
 from ._version import __version__
-from . import compressors, factors
+from . import composite, compressors, factors
+from .composite import (CompositeCompressor, LowRankResidualCompressor, OutlierCompressor,
+                        PruneQuantizeCompressor, Sum)
 from .compressors import compress
 from .dictionary import DictionaryLearning, dict_learning
 from .hashing import simhash
@@ -18,11 +20,17 @@ from .quant import ScaledCodebook, ScaledKMeansCompressor, pack_bits, unpack_bit
 
 __all__ = [
     "__version__",
+    "CompositeCompressor",
     "DictionaryLearning",
     "dict_learning",
     "KMeansQuantizer",
     "ScaledCodebook",
     "ScaledKMeansCompressor",
+    "LowRankResidualCompressor",
+    "OutlierCompressor",
+    "PruneQuantizeCompressor",
+    "Sum",
+    "composite",
     "compress",
     "compressors",
     "factors",

@@ -22,6 +22,9 @@ ScaledCodebook  codes (m, ceil(n * bits / 8)), bits = ceil(log2         W[i, j] 
                 n_codes), codebook (n_books, n_codes), float16          * codebook[book(i, j),
                 scales per group of rows of a column (channel_axis      code[i, j]]
                 1) or of columns of a row (0); matcompress.quant
+Sum             parts: 2+ factorizations of one shape and dtype, stored  parts[0] + parts[1] + ...
+                as fields "p<i>/__kind__", "p<i>/<field>"
+                (:mod:`matcompress.composite`)
 ==============  ======================================================  ===========================
 """
 
@@ -214,11 +217,16 @@ class Factorization(abc.ABC):
             dx = dx.reshape(x.shape)
         out = {}
         for name, g in grads.items():
-            field = getattr(self, name)
+            field = self._field(name)
             # float16 fields (ScaledCodebook's scales): the gradient in the compute dtype
             dt = field.dtype if field.dtype in _FLOATS else ct
             out[name] = np.asarray(g, dt).reshape(field.shape)
         return dx, out
+
+    def _field(self, name):
+        """The stored array a name of :attr:`trainable_fields` refers to (a composite form
+        resolves the dotted names of its parts' fields, e.g. ``"parts.1.codebook"``)."""
+        return getattr(self, name)
 
     def __matmul__(self, other):  # W @ other
         return self.to_dense() @ other
@@ -249,6 +257,37 @@ class Factorization(abc.ABC):
     def compression_ratio(self) -> float:
         """Dense bytes of W over the stored bytes."""
         return self.dense_nbytes / self.nbytes
+
+    def _encode_fields(self) -> dict:
+        """``{name: ndarray}``: what :func:`encode_fields` returns for this form (the dataclass
+        fields; a composite form overrides it to store its parts under prefixed names)."""
+        fields = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if v is not None:
+                fields[f.name] = v if isinstance(v, np.ndarray) else np.asarray(v)
+        return fields
+
+    @classmethod
+    def _decode_fields(cls, names, read, where):
+        """The inverse of :meth:`_encode_fields` (arguments as :func:`decode_fields`)."""
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name in names:
+                try:
+                    v = read(f.name)
+                except ValueError as exc:  # e.g. an object array (pickles are never loaded)
+                    raise ValueError(f"{where}: field {f.name!r} cannot be read: {exc}") from None
+                kwargs[f.name] = v.item() if v.ndim == 0 else v
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:
+            if "missing" in str(exc) or "unexpected" in str(exc):
+                raise ValueError(f"{where}: fields of {cls.kind!r} missing or unknown: "
+                                 f"{exc}") from None
+            raise ValueError(f"{where}: malformed {cls.kind!r}: {exc}") from None
+        except ValueError as exc:
+            raise ValueError(f"{where}: malformed {cls.kind!r}: {exc}") from None
 
     def save(self, path):
         """Write the factorization to ``path`` (``.npz``, uncompressed; see :func:`load`)."""
@@ -711,8 +750,10 @@ class Pruned(Factorization):
                                             minlength=self.codebook.shape[0])}
 
 
-# matcompress.quant adds ScaledCodebook ("scaled_codebook") when the package is imported (it
-# builds on the compressors module, which imports this one).
+#: Factorization classes by kind, for :func:`load` and :func:`decode_fields`.
+#: :mod:`matcompress.quant` adds ScaledCodebook ("scaled_codebook") and
+#: :mod:`matcompress.composite` adds Sum ("sum") when they are imported (``import
+#: matcompress`` does, before any file can be read).
 _KINDS = {cls.kind: cls for cls in (LowRank, SparseCodes, Codebook, SignBits, Pruned)}
 
 
@@ -753,12 +794,7 @@ def encode_fields(factorization) -> dict:
     :meth:`~Factorization.save` writes beside its header (arrays as they are, scalars such as a
     seed as 0-d arrays, absent optional fields left out). :func:`decode_fields` inverts it;
     :mod:`matcompress.archive` writes many factorizations' fields into one file with it."""
-    fields = {}
-    for f in dataclasses.fields(factorization):
-        v = getattr(factorization, f.name)
-        if v is not None:
-            fields[f.name] = v if isinstance(v, np.ndarray) else np.asarray(v)
-    return fields
+    return factorization._encode_fields()
 
 
 def decode_fields(kind, names, read, where) -> Factorization:
@@ -785,19 +821,4 @@ def decode_fields(kind, names, read, where) -> Factorization:
     if cls is None:
         raise ValueError(f"{where}: unknown factorization kind {kind!r}; known: "
                          f"{sorted(_KINDS)}")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in names:
-            try:
-                v = read(f.name)
-            except ValueError as exc:  # e.g. an object array (pickles are never loaded)
-                raise ValueError(f"{where}: field {f.name!r} cannot be read: {exc}") from None
-            kwargs[f.name] = v.item() if v.ndim == 0 else v
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        if "missing" in str(exc) or "unexpected" in str(exc):
-            raise ValueError(f"{where}: fields of {kind!r} missing or unknown: {exc}") from None
-        raise ValueError(f"{where}: malformed {kind!r}: {exc}") from None
-    except ValueError as exc:
-        raise ValueError(f"{where}: malformed {kind!r}: {exc}") from None
+    return cls._decode_fields(names, read, where)

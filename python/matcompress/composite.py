@@ -1,0 +1,758 @@
+"""Composite factorizations: W as a sum of stored forms, and the compressors that build them.
+
+Trained layers are close to full rank (``PEERS.md``, "What real weights look like"): at a byte
+budget the methods that win mix forms. :class:`Sum` stores W as the sum of two or more
+factorizations of one shape and dtype; the compressors here build such sums:
+
+=======================  ===================  ==================================================
+compressor               name                 W ~
+=======================  ===================  ==================================================
+LowRankResidualCompr.    "low_rank_residual"  LowRank (truncated SVD) + residual quantized
+OutlierCompressor        "outliers"           quantized + Pruned (a few weights kept exactly)
+PruneQuantizeCompressor  "prune_kmeans"       Pruned with k-means codes (sparsity and bits
+                                              searched jointly for a ratio)
+CompositeCompressor      "composite"          first compressor on A, the next on the residual,
+                                              and so on
+=======================  ===================  ==================================================
+
+With ``compression_ratio=R`` each splits the byte budget (dense bytes / R) between its parts and
+passes the parts a ``compression_ratio`` of their own. The forms a quantizer can store come in
+steps (4-bit or 8-bit codes, blocks), so a part often leaves some of its share unused: the
+composites give those bytes to the part that can use any number of them (more rank, more
+outliers) or to the next part. The parts are fitted with ``grad`` and, when their ``compress``
+takes it, ``X``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import re
+from typing import ClassVar
+
+import numpy as np
+
+from ._validation import check_array, check_float, check_int
+from .compressors import (MatrixCompressor, PruningCompressor, _check_matrix, _check_ratio,
+                          _unreachable, get)
+from .factors import _KINDS, Factorization, LowRank, Pruned, decode_fields, index_dtype
+
+__all__ = ["Sum", "LowRankResidualCompressor", "OutlierCompressor", "PruneQuantizeCompressor",
+           "CompositeCompressor", "DEFAULT_QUANTIZER", "RANK_SHARES"]
+
+#: The quantizer of the residual (``low_rank_residual``) and of the non-outlier weights
+#: (``outliers``) when none is given: a registered compressor name.
+DEFAULT_QUANTIZER = "kmeans"
+
+#: Shares of the byte budget tried for the low-rank part of ``low_rank_residual`` when neither
+#: ``rank`` nor ``rank_share`` is given (see docs/decisions.md, "Composite factorizations").
+RANK_SHARES = (0.1, 0.3, 0.6)
+
+
+# --- the Sum factorization -----------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class Sum(Factorization):
+    """W = parts[0] + parts[1] + ...: two or more factorizations of one shape and dtype.
+
+    ``nbytes`` is the sum of the parts' bytes. ``matmul`` adds the parts' products (each from
+    its own factors; W is never built), the backward pass adds the parts' ``dx`` and gives the
+    gradient of each part's trainable fields under the name ``"parts.<i>.<field>"`` (nested
+    sums: ``"parts.0.parts.1.left"``). ``to_dense`` adds the parts' dense matrices in order,
+    in the dtype of W.
+
+    Stored (``save``, :func:`matcompress.archive.save_many`) as one flat set of fields: part
+    ``i``'s kind as ``"p<i>/__kind__"`` and its fields as ``"p<i>/<field>"``.
+    """
+
+    parts: tuple
+    kind: ClassVar[str] = "sum"
+
+    def __post_init__(self):
+        parts = self.parts
+        if isinstance(parts, Factorization) or not isinstance(parts, (tuple, list)):
+            raise TypeError("parts must be a tuple or list of Factorization objects; got "
+                            f"{type(parts).__name__}")
+        parts = tuple(parts)
+        if len(parts) < 2:
+            raise ValueError(f"parts must hold at least 2 factorizations; got {len(parts)}")
+        for i, p in enumerate(parts):
+            if not isinstance(p, Factorization):
+                raise TypeError(f"parts[{i}] must be a Factorization; got {type(p).__name__}")
+        shape, dtype = tuple(parts[0].shape), parts[0].dtype
+        for i, p in enumerate(parts[1:], 1):
+            if tuple(p.shape) != shape:
+                raise ValueError(f"parts[{i}] has shape {tuple(p.shape)}; parts[0] has {shape}: "
+                                 "the parts of a sum must have one shape")
+            if p.dtype != dtype:
+                raise TypeError(f"parts[{i}] has dtype {p.dtype}; parts[0] has {dtype}: the "
+                                "parts of a sum must have one dtype")
+        object.__setattr__(self, "parts", parts)
+
+    shape = property(lambda self: tuple(self.parts[0].shape))
+    dtype = property(lambda self: self.parts[0].dtype)
+
+    @property
+    def nbytes(self):
+        return int(sum(p.nbytes for p in self.parts))
+
+    def to_dense(self):
+        out = np.array(self.parts[0].to_dense(), dtype=self.dtype, copy=True)
+        for p in self.parts[1:]:
+            out += p.to_dense()
+        return out
+
+    def _dense_rows(self, start, stop):
+        out = np.array(self.parts[0]._dense_rows(start, stop), dtype=self.dtype, copy=True)
+        for p in self.parts[1:]:
+            out += p._dense_rows(start, stop)
+        return out
+
+    @property
+    def trainable_fields(self):
+        return tuple(f"parts.{i}.{name}" for i, p in enumerate(self.parts)
+                     for name in p.trainable_fields)
+
+    def _field(self, name):
+        head, _, rest = name.partition(".")
+        index, _, rest = rest.partition(".")
+        if head != "parts" or not index.isdigit() or int(index) >= len(self.parts) or not rest:
+            raise KeyError(f"{name!r} names no field of a part of this Sum")
+        return self.parts[int(index)]._field(rest)
+
+    def _matmul(self, x):
+        y = self.parts[0]._matmul(x)
+        if not y.flags.writeable:
+            y = y.copy()
+        for p in self.parts[1:]:
+            y += p._matmul(x)
+        return y
+
+    def _backward(self, x, dy, need_dx, need_grads):
+        dx, grads = None, {}
+        for i, p in enumerate(self.parts):
+            dxi, gi = p._backward(x, dy, need_dx, need_grads)
+            if need_dx:
+                dx = np.array(dxi, copy=True) if dx is None else dx + dxi
+            grads.update({f"parts.{i}.{name}": g for name, g in gi.items()})
+        return dx, grads
+
+    def _encode_fields(self):
+        out = {}
+        for i, p in enumerate(self.parts):
+            out[f"p{i}/__kind__"] = np.asarray(p.kind)
+            out.update({f"p{i}/{name}": a for name, a in p._encode_fields().items()})
+        return out
+
+    @classmethod
+    def _decode_fields(cls, names, read, where):
+        names = set(names)
+        parts = []
+        while f"p{len(parts)}/__kind__" in names:
+            i = len(parts)
+            prefix = f"p{i}/"
+            try:
+                kind = read(prefix + "__kind__")
+            except ValueError as exc:
+                raise ValueError(f"{where}: field {prefix + '__kind__'!r} cannot be read: "
+                                 f"{exc}") from None
+            if kind.dtype.kind != "U" or kind.ndim != 0:
+                raise ValueError(f"{where}: malformed 'sum': {prefix + '__kind__'!r} is not a "
+                                 "string")
+            sub = {n[len(prefix):] for n in names if n.startswith(prefix)} - {"__kind__"}
+            parts.append(decode_fields(str(kind), sub, lambda f, prefix=prefix: read(prefix + f),
+                                       f"{where}, part {i}"))
+        stray = sorted(n for n in names if re.match(r"p\d+/", n)
+                       and int(n[1:n.index("/")]) >= len(parts))
+        if stray:
+            raise ValueError(f"{where}: fields of 'sum' missing or unknown: {stray} belong to no "
+                             f"part (parts 0 to {len(parts) - 1} have a kind)")
+        try:
+            return cls(tuple(parts))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: malformed 'sum': {exc}") from None
+
+    def __eq__(self, other):
+        if type(other) is not type(self):
+            return NotImplemented
+        return len(self.parts) == len(other.parts) and all(
+            a == b for a, b in zip(self.parts, other.parts))
+
+    __hash__ = None
+
+    def __repr__(self):
+        m, n = self.shape
+        kinds = ", ".join(type(p).__name__ for p in self.parts)
+        return (f"Sum(parts=({kinds}), shape=({m}, {n}), dtype={self.dtype}, "
+                f"nbytes={self.nbytes}, compression_ratio={self.compression_ratio:.3g})")
+
+
+_KINDS[Sum.kind] = Sum
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+def _as_compressor(spec, what):
+    """A compressor from a registered name, an instance, or a ``get_config()`` dict."""
+    if isinstance(spec, MatrixCompressor):
+        return spec
+    if isinstance(spec, str):
+        return get(spec)
+    if isinstance(spec, dict):
+        return MatrixCompressor.from_config(spec)
+    raise TypeError(f"{what} must be a compressor name, a MatrixCompressor or a get_config() "
+                    f"dict; got {type(spec).__name__}")
+
+
+def _config_of(spec, what):
+    """JSON-friendly form of a compressor spec: names stay names, the rest become configs."""
+    return spec if isinstance(spec, str) else _as_compressor(spec, what).get_config()
+
+
+def _with_ratio(comp, ratio, random_state):
+    """A copy of ``comp`` targeting ``ratio`` (and seeded by ``random_state`` when it has none)."""
+    params = dict(comp.get_config()["config"])
+    if "compression_ratio" not in params:
+        raise ValueError(f"{comp.name or type(comp).__name__} takes no compression_ratio: with "
+                         "compression_ratio, every part must be able to target a ratio")
+    params["compression_ratio"] = ratio
+    if random_state is not None and "random_state" in params and params["random_state"] is None:
+        params["random_state"] = random_state
+    return type(comp)(**params)
+
+
+def _accepts_x(comp):
+    try:
+        params = inspect.signature(comp.compress).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins have signatures
+        return False
+    return "X" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _run(comp, A, grad, X):
+    """``comp.compress(A, grad=grad)``, with ``X=X`` when given and accepted."""
+    if X is not None and _accepts_x(comp):
+        return comp.compress(A, grad=grad, X=X)
+    return comp.compress(A, grad=grad)
+
+
+_BEST = re.compile(r"the best reachable ratio is ([0-9.eE+-]+|inf)")
+
+
+def _best_ratio(exc):
+    """The best reachable ratio an unreachable-ratio ValueError names, or None."""
+    found = _BEST.search(str(exc))
+    return float(found.group(1)) if found else None
+
+
+def _min_bytes(comp, shape, itemsize):
+    """The fewest bytes ``comp`` can store a matrix of ``shape`` in (from the unreachable-ratio
+    error of its ``solve`` at an absurd ratio), or 0 when that cannot be told."""
+    m, n = shape
+    solve = getattr(_with_ratio(comp, 1e300, None), "solve", None)
+    if solve is None:
+        return 0
+    try:
+        solve(shape, itemsize)
+    except ValueError as exc:
+        best = _best_ratio(exc)
+        if best:
+            return m * n * itemsize / best
+    return 0
+
+
+def _budget_ratio(dense, nbytes):
+    """The ratio that gives a part at most ``nbytes`` (a hair above dense / nbytes, so that
+    rounding never lets a part exceed its share)."""
+    return dense / nbytes * (1 + 1e-12)
+
+
+def _check_x(X, m):
+    if X is None:
+        return None
+    X = check_array(X, "X")
+    if X.shape[1] != m:
+        raise ValueError(f"X must have shape (n_samples, {m}) (inputs of x @ A); got {X.shape}")
+    return X
+
+
+def _error(D, X):
+    """||D||_F, or ||X @ D||_F with inputs X: what the searches minimize."""
+    return float(np.linalg.norm(D if X is None else X @ D))
+
+
+def _exact_correction(target, base):
+    """c with ``base + c == target`` exactly in the dtype (``target - base``, moved by an ulp or
+    two where rounding misses)."""
+    c = target - base
+    for _ in range(8):
+        miss = (base + c) != target
+        if not miss.any():
+            break
+        up = (base[miss] + c[miss]) < target[miss]
+        c[miss] = np.nextafter(c[miss], np.where(up, np.inf, -np.inf).astype(c.dtype))
+    return c
+
+
+def _csr(shape, flat_positions, values, dtype):
+    """A Pruned holding ``values`` at the row-major ``flat_positions`` (any order)."""
+    m, n = shape
+    order = np.argsort(flat_positions, kind="stable")
+    pos = flat_positions[order]
+    rows, cols = np.divmod(pos, n)
+    indptr = np.zeros(m + 1, np.int64)
+    np.cumsum(np.bincount(rows, minlength=m), out=indptr[1:])
+    return Pruned(indptr.astype(np.int32), cols.astype(index_dtype(n)), n,
+                  values=np.asarray(values, dtype)[order])
+
+
+def _top(scores, k):
+    """Flat positions of the ``k`` largest ``scores`` (ties: the lower position)."""
+    flat = scores.reshape(-1)
+    if k <= 0:
+        return np.zeros(0, np.int64)
+    if k >= flat.size:
+        return np.arange(flat.size, dtype=np.int64)
+    order = np.argsort(-flat, kind="stable")
+    return np.sort(order[:k]).astype(np.int64)
+
+
+# --- low rank + quantized residual ---------------------------------------------------------------
+
+class LowRankResidualCompressor(MatrixCompressor):
+    """A ~ U V (truncated SVD) + the residual A - U V compressed by ``residual``: a :class:`Sum`
+    of a :class:`~matcompress.factors.LowRank` and the residual compressor's form.
+
+    The low-rank part takes the few large singular directions trained layers have, which would
+    stretch a quantizer's range; the quantizer takes the near-full-rank rest.
+
+    Parameters
+    ----------
+    rank : int, optional
+        The rank of the low-rank part. Without ``compression_ratio``, ``residual`` must then be
+        a configured compressor (e.g. ``KMeansCompressor(n_codes=16)``); with it, the residual
+        gets the bytes the rank leaves.
+    residual : str, MatrixCompressor or dict, default=DEFAULT_QUANTIZER ("kmeans")
+        The residual's compressor: a registered name, an instance, or a ``get_config()`` dict.
+    compression_ratio : float, optional
+        Dense bytes / stored bytes to meet. The low-rank part gets ``rank_share`` of the byte
+        budget (or each share of :data:`RANK_SHARES` is tried and the lowest error kept), the
+        residual compressor the rest; the bytes the residual's form leaves unused (its sizes
+        come in steps) then go to further rank, and the residual is refitted.
+    rank_share : float in (0, 1), optional
+        The share of the budget for the low-rank part (no search).
+    method : {"randomized", "svd"}, default="randomized"
+        The truncated SVD (:func:`matcompress.low_rank`); one SVD at the largest rank any
+        candidate needs serves every candidate.
+    random_state : int or None
+        Seeds the SVD and the residual compressor when that has no seed of its own.
+
+    Notes
+    -----
+    The search minimizes ``||A - W||_F``, or ``||X (A - W)||_F`` when ``compress`` gets inputs
+    ``X`` (also passed to a residual compressor that takes them). A residual compressor that
+    cannot take a ``compression_ratio`` works with ``rank`` only.
+    """
+
+    name = "low_rank_residual"
+
+    def __init__(self, rank=None, residual=DEFAULT_QUANTIZER, *, compression_ratio=None,
+                 rank_share=None, method="randomized", random_state=None):
+        self.rank = rank
+        self.residual = residual
+        self.compression_ratio = compression_ratio
+        self.rank_share = rank_share
+        self.method = method
+        self.random_state = random_state
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg["config"]["residual"] = _config_of(self.residual, "residual")
+        return cfg
+
+    def compress(self, A, *, grad=None, X=None):
+        from .lowrank import low_rank
+
+        A = _check_matrix(A)
+        m, n = A.shape
+        X = _check_x(X, m)
+        ratio = _check_ratio(self.compression_ratio)
+        residual = _as_compressor(self.residual, "residual")
+        rank = None if self.rank is None else check_int(
+            self.rank, "rank", min_value=1, max_value=min(m, n),
+            max_reason=f"min(m, n) = {min(m, n)}")
+        share = None
+        if self.rank_share is not None:
+            share = check_float(self.rank_share, "rank_share")
+            if not 0 < share < 1:
+                raise ValueError(f"rank_share must lie in (0, 1); got {share}")
+            if rank is not None:
+                raise ValueError(f"{self.name}: give rank or rank_share, not both")
+        if ratio is None:
+            if rank is None:
+                raise ValueError(f"{self.name}: give rank or compression_ratio")
+            if share is not None:
+                raise ValueError(f"{self.name}: rank_share needs compression_ratio")
+            lr = low_rank(A, rank, method=self.method, random_state=self.random_state)
+            return Sum((lr, _run(residual, A - lr.to_dense(), grad, X)))
+
+        isz = A.dtype.itemsize
+        dense = m * n * isz
+        budget = dense / ratio
+        row = (m + n) * isz  # bytes per unit of rank
+        res_min = _min_bytes(residual, (m, n), isz)
+        if rank is not None:
+            if budget - rank * row < max(res_min, 1):
+                raise _unreachable(self.name, ratio, dense / (rank * row + res_min),
+                                   f"rank {rank} stores {rank * row} bytes, the residual at "
+                                   f"least {math.ceil(res_min)}")
+            ranks = [rank]
+        else:
+            top = int(min(min(m, n), (budget - res_min) // row))
+            if top < 1 or budget - row < max(res_min, 1):
+                raise _unreachable(self.name, ratio, dense / (row + res_min),
+                                   f"rank 1 stores {row} bytes, the residual at least "
+                                   f"{math.ceil(res_min)}")
+            shares = RANK_SHARES if share is None else (share,)
+            ranks = sorted({min(top, max(1, int(s * budget // row))) for s in shares})
+        full = low_rank(A, max(ranks) if rank is not None else top, method=self.method,
+                        random_state=self.random_state)
+        cap = full.rank if rank is None else rank
+
+        def fit(r):
+            lr = LowRank(full.left[:, :r], full.right[:r])
+            R = A - lr.to_dense()
+            comp = _with_ratio(residual, _budget_ratio(dense, budget - r * row),
+                               self.random_state)
+            try:
+                res = _run(comp, R, grad, X)
+            except ValueError as exc:
+                best = _best_ratio(exc)
+                if best is None:
+                    raise
+                raise _unreachable(self.name, ratio, dense / (row + dense / best),
+                                   f"the residual compressor: {exc}") from None
+            return lr, res, _error(R - res.to_dense(), X)
+
+        best, seen = None, set()
+        for r in ranks:
+            if r in seen:
+                continue
+            seen.add(r)
+            lr, res, err = fit(r)
+            # The residual's form comes in steps: its unused bytes buy more rank; the residual
+            # is then refitted at the same form (the bytes it used still fit).
+            more = int((budget - r * row - res.nbytes) // row)
+            r2 = min(cap, r + more)
+            if more > 0 and r2 > r and r2 not in seen:
+                seen.add(r2)
+                lr2, res2, err2 = fit(r2)
+                if lr2.nbytes + res2.nbytes <= budget and err2 <= err:
+                    lr, res, err = lr2, res2, err2
+            if best is None or err < best[2]:
+                best = (lr, res, err)
+        return Sum((best[0], best[1]))
+
+
+# --- outliers kept exactly -----------------------------------------------------------------------
+
+_OUTLIER_SCORES = ("magnitude", "error")
+
+
+class OutlierCompressor(MatrixCompressor):
+    """A few weights kept exactly, the rest quantized (as SpQR keeps its outliers): a
+    :class:`Sum` of the quantizer's form and a :class:`~matcompress.factors.Pruned` holding, at
+    the outlier positions, the exact correction (W there equals A bit for bit).
+
+    The quantizer is fitted on the matrix with the outliers set to 0 (where trained weights
+    concentrate), so they do not stretch its codebook.
+
+    Parameters
+    ----------
+    outlier_fraction : float in [0, 1), default=0.01
+        The fraction of the weights kept exactly.
+    quantizer : str, MatrixCompressor or dict, default=DEFAULT_QUANTIZER ("kmeans")
+        A registered name, an instance, or a ``get_config()`` dict. Without
+        ``compression_ratio`` it must be configured (e.g. ``KMeansCompressor(n_codes=16)``).
+    compression_ratio : float, optional
+        Dense bytes / stored bytes to meet: the quantizer gets the budget less the outliers'
+        bytes (CSR: ``(m + 1) * 4 + nnz * (index bytes + itemsize)``).
+    scores : {"magnitude", "error"}, default="magnitude"
+        Which weights are outliers: the largest ``|A|``; or, after a first fit with those set
+        aside, the largest errors ``|A - Q|`` of that fit (the quantizer is then refitted
+        without them: two fits).
+    fill : bool, default=True
+        With ``compression_ratio``: the bytes the quantizer's form leaves unused (its sizes come
+        in steps) hold further outliers, the weights of largest error ``|A - Q|``, so more than
+        ``outlier_fraction`` can be kept.
+    random_state : int or None
+        Seeds the quantizer when it has no seed of its own.
+    """
+
+    name = "outliers"
+
+    def __init__(self, outlier_fraction=0.01, quantizer=DEFAULT_QUANTIZER, *,
+                 compression_ratio=None, scores="magnitude", fill=True, random_state=None):
+        self.outlier_fraction = outlier_fraction
+        self.quantizer = quantizer
+        self.compression_ratio = compression_ratio
+        self.scores = scores
+        self.fill = fill
+        self.random_state = random_state
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg["config"]["quantizer"] = _config_of(self.quantizer, "quantizer")
+        return cfg
+
+    @staticmethod
+    def stored_bytes(m, n, itemsize, nnz):
+        """Bytes of the outliers' CSR part."""
+        return (m + 1) * 4 + nnz * (index_dtype(n).itemsize + itemsize)
+
+    def compress(self, A, *, grad=None, X=None):
+        A = _check_matrix(A)
+        m, n = A.shape
+        X = _check_x(X, m)
+        frac = check_float(self.outlier_fraction, "outlier_fraction", min_value=0.0)
+        if not frac < 1:
+            raise ValueError(f"outlier_fraction must lie in [0, 1); got {frac}")
+        if self.scores not in _OUTLIER_SCORES:
+            raise ValueError(f"scores must be one of {_OUTLIER_SCORES}; got {self.scores!r}")
+        if not isinstance(self.fill, (bool, np.bool_)):
+            raise TypeError(f"fill must be True or False; got {self.fill!r}")
+        ratio = _check_ratio(self.compression_ratio)
+        quantizer = _as_compressor(self.quantizer, "quantizer")
+        isz = A.dtype.itemsize
+        dense = m * n * isz
+        k = int(round(frac * m * n))
+        sparse = self.stored_bytes(m, n, isz, k)
+        if ratio is not None:
+            budget = dense / ratio
+            q_min = _min_bytes(quantizer, (m, n), isz)
+            if budget - sparse < max(q_min, 1):
+                raise _unreachable(self.name, ratio, dense / (sparse + q_min),
+                                   f"{k} outliers take {sparse} bytes, the quantizer at least "
+                                   f"{math.ceil(q_min)}")
+            quantizer = _with_ratio(quantizer, _budget_ratio(dense, budget - sparse),
+                                    self.random_state)
+
+        def quantize(pos):
+            inner = A.copy()
+            inner.reshape(-1)[pos] = 0
+            try:
+                return _run(quantizer, inner, grad, X)
+            except ValueError as exc:
+                best = _best_ratio(exc)
+                if best is None or ratio is None:
+                    raise
+                raise _unreachable(self.name, ratio, dense / (sparse + dense / best),
+                                   f"the quantizer: {exc}") from None
+
+        pos = _top(np.abs(A), k)
+        q = quantize(pos)
+        if self.scores == "error" and k:
+            err = np.abs(A - q.to_dense())
+            pos = _top(err, k)
+            q = quantize(pos)
+        Q = q.to_dense()
+        if ratio is not None and self.fill:
+            per = index_dtype(n).itemsize + isz
+            extra = int((dense / ratio - sparse - q.nbytes) // per)
+            if extra > 0:
+                err = np.abs(A - Q).reshape(-1)
+                err[pos] = -1  # already kept
+                pos = np.union1d(pos, _top(err, min(extra, m * n - pos.size)))
+        flat_a, flat_q = A.reshape(-1)[pos], Q.reshape(-1)[pos]
+        corr = _exact_correction(flat_a, flat_q)
+        return Sum((q, _csr((m, n), pos, corr, A.dtype)))
+
+
+# --- pruning then k-means ------------------------------------------------------------------------
+
+class PruneQuantizeCompressor(MatrixCompressor):
+    """Pruning, then scalar k-means on the kept values (Deep Compression): a
+    :class:`~matcompress.factors.Pruned` with codes, as ``PruningCompressor(n_codes=...)``, with
+    the sparsity and the codebook size searched for a ratio.
+
+    Parameters
+    ----------
+    sparsity : float in [0, 1), optional
+    n_codes : int, optional
+        Without ``compression_ratio``: both given, as ``PruningCompressor(sparsity,
+        n_codes=n_codes)``.
+    compression_ratio : float, optional
+        Dense bytes / stored bytes to meet. For each codebook size ``2**b``, ``b`` in ``bits``,
+        the lowest sparsity that fits the budget (codes take 1 byte each up to 256 codes, so
+        the sizes differ only in their codebook's bytes); a size that keeps no more weights
+        than a larger one is skipped; the others are fitted and the lowest ``||A - W||_F``
+        (``||X (A - W)||_F`` with inputs ``X``) kept.
+    bits : tuple of int, default=(2, 3, 4, 5, 6, 7, 8)
+        The code widths searched.
+    scores : {"magnitude", "taylor"}, default="magnitude"
+        As :class:`~matcompress.compressors.PruningCompressor`.
+    random_state, n_threads
+        For the quantization and the selection.
+    """
+
+    name = "prune_kmeans"
+
+    def __init__(self, sparsity=None, n_codes=None, *, compression_ratio=None,
+                 bits=(2, 3, 4, 5, 6, 7, 8), scores="magnitude", random_state=None,
+                 n_threads=None):
+        self.sparsity = sparsity
+        self.n_codes = n_codes
+        self.compression_ratio = compression_ratio
+        self.bits = bits
+        self.scores = scores
+        self.random_state = random_state
+        self.n_threads = n_threads
+
+    def _pruner(self, **params):
+        return PruningCompressor(scores=self.scores, random_state=self.random_state,
+                                 n_threads=self.n_threads, **params)
+
+    def compress(self, A, *, grad=None, X=None):
+        A = _check_matrix(A)
+        m, n = A.shape
+        X = _check_x(X, m)
+        ratio = _check_ratio(self.compression_ratio)
+        if ratio is None:
+            if self.sparsity is None or self.n_codes is None:
+                raise ValueError(f"{self.name}: give sparsity and n_codes, or compression_ratio")
+            return self._pruner(sparsity=self.sparsity, n_codes=self.n_codes).compress(
+                A, grad=grad)
+        if self.sparsity is not None or self.n_codes is not None:
+            raise ValueError(f"{self.name}: give either sparsity and n_codes or "
+                             "compression_ratio, not both")
+        if isinstance(self.bits, (str, bytes)) or not hasattr(self.bits, "__iter__"):
+            raise TypeError(f"bits must be a sequence of integers; got {self.bits!r}")
+        bits = sorted({check_int(b, "bits", min_value=1, max_value=16) for b in self.bits})
+        if not bits:
+            raise ValueError("bits must hold at least one code width")
+        plans, best_reach = [], 0.0
+        for b in bits:
+            pruner = self._pruner(compression_ratio=ratio, n_codes=1 << b)
+            try:
+                s = pruner.solve(A.shape, A.dtype.itemsize)
+            except ValueError as exc:
+                best_reach = max(best_reach, _best_ratio(exc) or 0.0)
+                continue
+            plans.append((s, b, pruner))
+        if not plans:
+            raise _unreachable(self.name, ratio, best_reach,
+                               "the row offsets and the smallest codebook fill the budget")
+        # keep (sparsity, bits) unless a wider codebook keeps as many weights
+        plans = [p for p in plans if not any(q[1] > p[1] and q[0] <= p[0] for q in plans)]
+        best = None
+        for _, _, pruner in plans:
+            f = pruner.compress(A, grad=grad)
+            err = _error(A - f.to_dense(), X)
+            if best is None or err < best[1]:
+                best = (f, err)
+        return best[0]
+
+
+# --- a chain of compressors ----------------------------------------------------------------------
+
+class CompositeCompressor(MatrixCompressor):
+    """The first compressor fitted to A, the next to the residual, and so on: a :class:`Sum`.
+
+    Parameters
+    ----------
+    compressors : sequence of str, MatrixCompressor or dict
+        Two or more: registered names, instances, or ``get_config()`` dicts. ``get_config``
+        gives names as names and the rest as their config dicts (JSON-friendly), which
+        ``from_config`` reads back.
+    shares : sequence of float, optional
+        With ``compression_ratio``: the share of the byte budget of each compressor (positive,
+        summing to 1); default equal shares. Each part targets its share plus the bytes the
+        parts before it left unused.
+    compression_ratio : float, optional
+        Dense bytes / stored bytes to meet. Without it every compressor must be configured.
+    random_state : int or None
+        Seeds each compressor that has no seed of its own (with ``compression_ratio``).
+    """
+
+    name = "composite"
+
+    def __init__(self, compressors=(), shares=None, *, compression_ratio=None,
+                 random_state=None):
+        self.compressors = compressors
+        self.shares = shares
+        self.compression_ratio = compression_ratio
+        self.random_state = random_state
+
+    def _compressors(self):
+        specs = self.compressors
+        if isinstance(specs, (str, dict, MatrixCompressor)) or not isinstance(specs,
+                                                                                (list, tuple)):
+            raise TypeError("compressors must be a list of compressor names, MatrixCompressor "
+                            f"objects or get_config() dicts; got {type(specs).__name__}")
+        if len(specs) < 2:
+            raise ValueError(f"compressors must hold at least 2 compressors; got {len(specs)}")
+        return [_as_compressor(c, f"compressors[{i}]") for i, c in enumerate(specs)]
+
+    def _shares(self, k):
+        if self.shares is None:
+            return [1 / k] * k
+        if isinstance(self.shares, (str, bytes)) or not hasattr(self.shares, "__len__"):
+            raise TypeError(f"shares must be a sequence of {k} numbers; got {self.shares!r}")
+        if len(self.shares) != k:
+            raise ValueError(f"shares must hold one share per compressor ({k}); got "
+                             f"{len(self.shares)}")
+        shares = [check_float(s, f"shares[{i}]") for i, s in enumerate(self.shares)]
+        if any(s <= 0 for s in shares):
+            raise ValueError(f"shares must be positive; got {list(self.shares)}")
+        if abs(sum(shares) - 1) > 1e-6:
+            raise ValueError(f"shares must sum to 1; got {list(self.shares)} (sum "
+                             f"{sum(shares):.6g})")
+        return shares
+
+    def get_config(self):
+        cfg = super().get_config()
+        comps = self.compressors
+        if isinstance(comps, (list, tuple)):
+            cfg["config"]["compressors"] = [_config_of(c, f"compressors[{i}]")
+                                            for i, c in enumerate(comps)]
+        return cfg
+
+    def compress(self, A, *, grad=None, X=None):
+        A = _check_matrix(A)
+        m, n = A.shape
+        X = _check_x(X, m)
+        comps = self._compressors()
+        ratio = _check_ratio(self.compression_ratio)
+        if ratio is None and self.shares is not None:
+            raise ValueError(f"{self.name}: shares split the budget of compression_ratio; give "
+                             "compression_ratio with them")
+        shares = self._shares(len(comps))
+        isz = A.dtype.itemsize
+        dense = m * n * isz
+        if ratio is not None:
+            budget = dense / ratio
+            need = [_min_bytes(c, (m, n), isz) for c in comps]
+            worst = max(b / s for b, s in zip(need, shares))
+            if worst > budget:
+                raise _unreachable(self.name, ratio, dense / worst,
+                                   f"with shares {[round(s, 6) for s in shares]}, the parts need "
+                                   f"at least {[math.ceil(b) for b in need]} bytes")
+        parts, R, carry = [], A, 0.0
+        for i, (comp, share) in enumerate(zip(comps, shares)):
+            if ratio is not None:
+                mine = share * budget + carry
+                comp = _with_ratio(comp, _budget_ratio(dense, mine), self.random_state)
+            try:
+                f = _run(comp, R, grad, X)
+            except ValueError as exc:
+                if ratio is None or _best_ratio(exc) is None:
+                    raise
+                raise _unreachable(self.name, ratio, dense / worst,
+                                   f"compressors[{i}]: {exc}") from None
+            if ratio is not None:
+                carry = max(0.0, mine - f.nbytes)
+            parts.append(f)
+            if i + 1 < len(comps):
+                R = R - f.to_dense()
+        return Sum(tuple(parts))
