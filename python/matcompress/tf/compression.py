@@ -46,6 +46,7 @@ def _compressed_twin(layer, compressor, schedule, selected=True):
                               bias_initializer=cfg["bias_initializer"], name=layer.name,
                               dtype=layer.dtype_policy)
         if layer.built:
+            new._source_kernel = np.asarray(layer.kernel.numpy())
             new.build((None, int(layer.kernel.shape[0])))
             new.kernel.assign(layer.kernel)
             if new.bias is not None:
@@ -58,6 +59,7 @@ def _compressed_twin(layer, compressor, schedule, selected=True):
                                   mask_zero=cfg["mask_zero"], name=layer.name,
                                   dtype=layer.dtype_policy)
         if layer.built:
+            new._source_kernel = np.asarray(layer.embeddings.numpy())
             new.build(None)
             new.kernel.assign(layer.embeddings)
         return new

@@ -301,6 +301,15 @@ def _numpy_plan(c, m, n, dtype, initial, calibrate=False):
     if initial.shape != (m, n):
         raise ValueError(f"initial must have shape {(m, n)}; got {initial.shape}")
     name = type(c).__name__
+    # A compressor whose structure (rank, sparsity, method) depends on the matrix's values
+    # decides it once, here, on the matrix the layer is built with: the variables' shapes are
+    # fixed from then on. ``resolve(A)`` returns the compressor with those choices made.
+    resolve = getattr(c, "resolve", None)
+    if callable(resolve):
+        c = resolve(initial)
+        if not isinstance(c, _compressors.MatrixCompressor):
+            raise TypeError(f"{name}.resolve must return a MatrixCompressor; got "
+                            f"{type(c).__name__}")
     first = _checked(c, initial, m, n, name)
     arrays = _ops._factor_arrays(first, dtype)
     kind = arrays.pop("kind")

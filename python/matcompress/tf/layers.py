@@ -240,8 +240,13 @@ class _CompressedLayer(keras.layers.Layer):
             raise TypeError(f"{type(self).__name__} needs float32 or float64 variables; "
                             f"got {self.variable_dtype}")
         # A compressor without an in-graph route is planned on the initial value (its shapes).
-        plan = _factorize.plan(self.compressor, (m, n), dtype,
-                               initial=tf.convert_to_tensor(self.kernel).numpy(),
+        # The source layer's trained matrix when apply_compression made this layer from one
+        # (a compressor whose structure depends on the values decides it on that), else A's
+        # initial value.
+        initial = getattr(self, "_source_kernel", None)
+        if initial is None or tuple(initial.shape) != (m, n):
+            initial = tf.convert_to_tensor(self.kernel).numpy()
+        plan = _factorize.plan(self.compressor, (m, n), dtype, initial=initial,
                                calibrate=self.schedule.calibrate and takes_batch)
         self._parts = {}
         for name, (shape_, dt, trainable) in plan.parts.items():

@@ -257,7 +257,7 @@ def _unpack_codes(packed, bits, n):
     # 3, 5, 6 or 7 bits: codes straddle bytes; through the bit string.
     bit = tf.bitwise.bitwise_and(
         tf.bitwise.right_shift(tf.cast(packed, tf.uint8)[..., None],
-                               tf.range(8, dtype=tf.uint8)), tf.constant(1, tf.uint8))
+                               tf.constant(list(range(8)), tf.uint8)), tf.constant(1, tf.uint8))
     bit = tf.reshape(bit, [rows, -1])[:, :n * bits]
     weights = tf.constant([1 << t for t in range(bits)], tf.int32)
     return tf.reduce_sum(tf.cast(tf.reshape(bit, [rows, n, bits]), tf.int32) * weights, -1)
