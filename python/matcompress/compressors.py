@@ -155,8 +155,8 @@ def input_moments(X, *, diagonal_only=False, chunk_rows=None):
     Parameters
     ----------
     X : ndarray of shape (n_samples, m)
-        Validated inputs (see ``_validation.check_inputs``); float32 or float64, possibly
-        memory-mapped.
+        Inputs validated by ``_validation.check_inputs(X, m)`` (2-D float32 or float64, finite,
+        at least one row, width m); possibly memory-mapped.
     diagonal_only : bool, default=False
         Only the diagonal (the mean square of each input), O(n_samples * m).
     chunk_rows : int, optional
@@ -179,12 +179,15 @@ def input_moments(X, *, diagonal_only=False, chunk_rows=None):
     step = _chunk_rows(chunk_rows, m)
     H = None if diagonal_only else np.zeros((m, m))
     diag = np.zeros(m)
-    for start in range(0, n_samples, step):
-        chunk = np.asarray(X[start:start + step], dtype=np.float64)
-        diag += np.einsum("ij,ij->j", chunk, chunk)
-        if H is not None:
-            H += chunk.T @ chunk
-    diag /= n_samples
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
+        for start in range(0, n_samples, step):
+            chunk = np.asarray(X[start:start + step], dtype=np.float64)
+            diag += np.einsum("ij,ij->j", chunk, chunk)
+            if H is not None:
+                H += chunk.T @ chunk
+        diag /= n_samples
+    if not np.all(np.isfinite(diag)):
+        raise ValueError("X is too large: the squares of its values overflow float64")
     if H is None:
         return None, diag
     H /= n_samples
@@ -501,11 +504,13 @@ class DictionaryCompressor(MatrixCompressor):
         if root is not None:
             live = root > 0
             codes[live] /= root[live, None]
-            if not live.all():
-                from .omp import sparse_encode
+            if not live.all():  # OMP as sparse_encode, without its warning on rows that stop
+                from ._validation import check_n_threads  # early (harmless here)
+                from .dictionary import _omp_codes
 
-                codes[~live] = sparse_encode(A[~live], dictionary.astype(A.dtype, copy=False),
-                                             n_nonzero_coefs=s, n_threads=self.n_threads)
+                codes[~live] = _omp_codes(np.ascontiguousarray(A[~live]),
+                                          dictionary.astype(A.dtype, copy=False), s,
+                                          check_n_threads(self.n_threads))
         indices = np.zeros((m, s), index_dtype(k))
         values = np.zeros((m, s), A.dtype)
         rows, cols = np.nonzero(codes)
@@ -570,15 +575,17 @@ class KMeansCompressor(MatrixCompressor):
         Rows coded per chunk on that path; default: about 2^22 values.
     verbose : bool, default=False
         Report the chunked coding's progress on stderr.
-    data_aware : {"gptq", "diagonal"}, optional
-        With calibration inputs (``compress(A, X=X)``), how they are used; default ``"gptq"``
-        for scalar codes, ``"diagonal"`` for blocks. Both fit the codebook to the weights
-        weighted by the second moment of their input, ``H_ii = mean(X[:, i] ** 2)`` for every
-        weight of row i (the diagonal of the output error). ``"diagonal"`` then codes each
-        weight (block) by its nearest entry; ``"gptq"`` codes the rows in order with GPTQ's
-        error feedback through the full ``H = X^T X / n_samples``
-        (:func:`matcompress.gptq.gptq_quantize`; codes chosen as the nearest entry of each
-        updated row). Without X this parameter is not used.
+    data_aware : {"gptq", "diagonal"}, default="gptq"
+        With calibration inputs (``compress(A, X=X)``), how they are used. Both fit the
+        codebook by k-means weighted by the second moment of each weight's input,
+        ``H_ii = mean(X[:, i] ** 2)`` for every weight (block) of row i: the diagonal of the
+        output error ``||X (A - A_hat)||^2``. ``"diagonal"`` then codes each weight (block) by
+        its nearest entry; ``"gptq"`` codes the rows in order with GPTQ's error feedback
+        through the full ``H = X^T X / n_samples`` (:func:`matcompress.gptq.gptq_quantize`:
+        each row, updated by the errors of the rows before it, coded by its nearest entries;
+        blocks lie along a row, so they share one input and GPTQ applies to them unchanged).
+        The codebook is not refitted to the GPTQ codes (docs/decisions.md: it gained under
+        0.1 %). Without X this parameter is not used.
     damp : float, default=0.01
         ``"gptq"``: ``H + damp * mean(diag H) * I`` is used.
     """
@@ -656,7 +663,7 @@ class KMeansCompressor(MatrixCompressor):
     def _data_aware_mode(self, b):
         mode = self.data_aware
         if mode is None:
-            return "gptq" if b == 1 else "diagonal"
+            return "gptq"
         if mode not in ("gptq", "diagonal"):
             raise ValueError(f"data_aware must be 'gptq', 'diagonal' or None; got {mode!r}")
         return mode
@@ -738,7 +745,6 @@ class KMeansCompressor(MatrixCompressor):
 
     def _gptq_codes(self, A, codebook, H, damp):
         """(m, n // b) codes of A chosen by GPTQ against the fixed ``codebook``."""
-        from ._validation import check_n_threads
         from .gptq import gptq_quantize
         from .kmeans import _assign
 
@@ -755,10 +761,10 @@ class KMeansCompressor(MatrixCompressor):
                 codes[start] = idx
                 return values[idx][None, :]
         else:
-            n_threads = check_n_threads(self.n_threads)
+            # one row's blocks at a time: too little work to share between threads
 
             def quantize_rows(rows, start):
-                idx = _assign(rows.reshape(-1, b), book, n_threads)
+                idx = _assign(rows.reshape(-1, b), book, 1)
                 codes[start] = idx
                 return book[idx].reshape(1, n)
 
@@ -857,15 +863,16 @@ def _output_scales(f, A, X, chunk_rows=None):
     """``f`` (SignBits) with each column's scale minimizing ``||X (a_j - scale_j R s_j)||``."""
     from .factors import SignBits
 
-    R = f.projection().astype(np.float64)
-    S = f.signs().astype(np.float64)
+    # V = R S (m, n) once: O(m k n), then 2 n_samples m n for X V and X A (cheaper than X R
+    # then (X R) S when k > m n / (m + n), the usual case: k of the order of m at 8x)
+    V = f.projection().astype(np.float64) @ f.signs().astype(np.float64)
     A64 = A.astype(np.float64)
     num = np.zeros(A.shape[1])
     den = np.zeros(A.shape[1])
-    step = _chunk_rows(chunk_rows, max(A.shape[0], A.shape[1], R.shape[1]))
+    step = _chunk_rows(chunk_rows, max(A.shape))
     for start in range(0, X.shape[0], step):
         chunk = np.asarray(X[start:start + step], dtype=np.float64)
-        XV = (chunk @ R) @ S
+        XV = chunk @ V
         num += np.einsum("ij,ij->j", XV, chunk @ A64)
         den += np.einsum("ij,ij->j", XV, XV)
     scale = f.scale.astype(np.float64)
