@@ -173,8 +173,9 @@ def test_input_moments(dtype):
 # (method, params, bound): the data-aware output error is at most bound times the data-free one
 # on every seed and W below. Measured worst ratio over 10 seeds and both kinds of W (64 x 48, 256
 # samples, input scales spanning 100x): kmeans 16 codes 0.92, 4 codes 0.96, "diagonal" 0.97,
-# pairs "diagonal" 0.89, pairs (GPTQ) 0.86, low rank 0.96, dictionary 0.90, pruning 0.73, pruning with
-# codes 0.76, simhash 0.98 (its scales are the exact optimum for the same signs: never above 1).
+# pairs "diagonal" 0.89, pairs (GPTQ) 0.86, low rank 0.96, dictionary 0.90, pruning 0.73,
+# pruning with codes 0.76, simhash 0.98 (its scales are the exact optimum for the same signs:
+# never above 1).
 AWARE = [
     ("kmeans", dict(n_codes=16), 0.97),
     ("kmeans", dict(n_codes=4), 0.99),
