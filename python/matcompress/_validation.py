@@ -151,3 +151,17 @@ def check_random_state(random_state, name="random_state"):
     if random_state < 0:
         raise ValueError(f"{name} must be a non-negative integer; got {random_state}")
     return np.random.default_rng(operator.index(random_state))
+
+
+def check_inputs(X, n_rows, name="X"):
+    """Calibration inputs of a layer computing ``X @ W`` for W with ``n_rows`` rows: ``X`` as a
+    C-contiguous 2-D float32/float64 array (other real dtypes become float64) of width
+    ``n_rows`` with at least one row, finite; or raise naming ``name``."""
+    arr = check_array(X, name, allow_empty=True)
+    if arr.shape[1] != n_rows:
+        raise ValueError(f"{name} must have one column per row of the matrix (the layer computes "
+                         f"{name} @ W with W of {n_rows} rows); got {name} of shape {arr.shape}")
+    if arr.shape[0] < 1:
+        raise ValueError(f"{name} has no rows (shape {arr.shape}); at least one calibration "
+                         "sample is needed")
+    return arr

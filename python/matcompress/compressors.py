@@ -5,6 +5,12 @@ Each built-in takes either its own parameters or a target ``compression_ratio`` 
 stored bytes, every index, codebook and scale counted) and then solves for the parameters so that
 the stored bytes meet the target. A subclass of :class:`MatrixCompressor` written by a user
 works everywhere a built-in does (``get_config`` / ``from_config`` included).
+
+Data-aware compression: ``compress(A, X=X)`` with calibration inputs X (n_samples, m) of a layer
+computing ``x @ A`` minimizes (exactly or approximately, per method) the layer's output error
+``||X (A - A_hat)||_F`` instead of ``||A - A_hat||_F``. Compressors that use X say so with the class
+attribute ``uses_inputs = True``; X enters through ``H = X^T X / n_samples``
+(:func:`input_moments`).
 """
 
 from __future__ import annotations
@@ -16,11 +22,12 @@ from typing import ClassVar
 
 import numpy as np
 
-from ._validation import check_array, check_float, check_int
+from ._validation import check_array, check_float, check_inputs, check_int
 from .factors import Codebook, Factorization, Pruned, SparseCodes, index_dtype
 
 __all__ = [
     "MatrixCompressor",
+    "input_moments",
     "LowRankCompressor",
     "DictionaryCompressor",
     "KMeansCompressor",
@@ -41,9 +48,18 @@ class MatrixCompressor(abc.ABC):
     ``__init__`` stored under the same names (as scikit-learn estimators), which is all
     ``get_config`` / ``from_config`` need. A class attribute ``name`` registers the subclass so
     ``MatrixCompressor.from_config`` and :func:`get` find it by name.
+
+    Data-aware compressors set the class attribute ``uses_inputs = True`` and accept the
+    calibration inputs as ``compress(A, *, grad=None, X=None)``. It is False here, and a
+    subclass written for the older signature ``compress(self, A, *, grad=None)`` keeps working:
+    every caller that has inputs (:func:`compress` included) passes ``X`` only to compressors
+    whose ``uses_inputs`` is True, and ignores it for the others (as ``grad`` is ignored by
+    methods that do not use gradients).
     """
 
     name: ClassVar[str] = ""
+    #: True when ``compress`` accepts the calibration inputs ``X`` (and uses them).
+    uses_inputs: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -51,9 +67,11 @@ class MatrixCompressor(abc.ABC):
             _REGISTRY[cls.name] = cls
 
     @abc.abstractmethod
-    def compress(self, A, *, grad=None) -> Factorization:
+    def compress(self, A, *, grad=None, X=None) -> Factorization:
         """Compress A (m x n); ``grad`` (the loss gradient with respect to A, same shape) is used
-        by gradient-aware methods and ignored by the others."""
+        by gradient-aware methods and ignored by the others. ``X`` (n_samples, m): calibration
+        inputs of the layer computing ``x @ A``, passed only when ``uses_inputs`` is True; the
+        compressor then minimizes the output error ``||X (A - A_hat)||_F``."""
 
     def get_config(self) -> dict:
         """``{"name": ..., "config": {parameter: value}}`` (JSON-friendly parameters)."""
@@ -101,8 +119,13 @@ def get(name, **params) -> MatrixCompressor:
     return cls(**params)
 
 
-def compress(A, method, /, *, compression_ratio=None, grad=None, **params) -> Factorization:
-    """One line: ``get(method, compression_ratio=..., **params).compress(A, grad=grad)``.
+def compress(A, method, /, *, compression_ratio=None, grad=None, X=None,
+             **params) -> Factorization:
+    """One line: ``get(method, compression_ratio=..., **params).compress(A, grad=grad, X=X)``.
+
+    ``X`` (calibration inputs of the layer computing ``x @ A``, shape (n_samples, m)) is passed
+    on only when the compressor's ``uses_inputs`` is True (every built-in's is); it is ignored
+    otherwise, so a user compressor written as ``compress(self, A, *, grad=None)`` still works.
 
     Examples
     --------
@@ -115,7 +138,75 @@ def compress(A, method, /, *, compression_ratio=None, grad=None, **params) -> Fa
     """
     if compression_ratio is not None:
         params["compression_ratio"] = compression_ratio
-    return get(method, **params).compress(A, grad=grad)
+    return _compress_with(get(method, **params), A, grad=grad, X=X)
+
+
+def _compress_with(compressor, A, *, grad=None, X=None):
+    """``compressor.compress(A, grad=grad, X=X)``, with X passed only when the compressor's
+    ``uses_inputs`` is True (so an old-signature user compressor works)."""
+    if X is not None and getattr(compressor, "uses_inputs", False):
+        return compressor.compress(A, grad=grad, X=X)
+    return compressor.compress(A, grad=grad)
+
+
+def input_moments(X, *, diagonal_only=False, chunk_rows=None):
+    """The calibration inputs' second moment ``H = X^T X / n_samples`` and its diagonal.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, m)
+        Inputs validated by ``_validation.check_inputs(X, m)`` (2-D float32 or float64, finite,
+        at least one row, width m); possibly memory-mapped.
+    diagonal_only : bool, default=False
+        Only the diagonal (the mean square of each input), O(n_samples * m).
+    chunk_rows : int, optional
+        Rows of X converted to float64 at a time; default: about 2^22 values.
+
+    Returns
+    -------
+    H : ndarray of shape (m, m), float64, or None with ``diagonal_only``
+        Accumulated in float64 over chunks of rows (one GEMM per chunk), exactly symmetric.
+    diag : ndarray of shape (m,), float64
+        ``mean(X ** 2, axis=0)``.
+
+    Notes
+    -----
+    The output error of a layer is ``||X (W - W_hat)||_F^2 = n_samples * trace(E^T H E)`` with
+    ``E = W - W_hat``; keeping only the diagonal gives ``n_samples * sum_ij H_ii E_ij^2``, the
+    weighted error the diagonal (cheaper) data-aware methods minimize.
+    """
+    n_samples, m = X.shape
+    step = _chunk_rows(chunk_rows, m)
+    H = None if diagonal_only else np.zeros((m, m))
+    diag = np.zeros(m)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
+        for start in range(0, n_samples, step):
+            chunk = np.asarray(X[start:start + step], dtype=np.float64)
+            diag += np.einsum("ij,ij->j", chunk, chunk)
+            if H is not None:
+                H += chunk.T @ chunk
+        diag /= n_samples
+    if not np.all(np.isfinite(diag)):
+        raise ValueError("X is too large: the squares of its values overflow float64")
+    if H is None:
+        return None, diag
+    H /= n_samples
+    H = (H + H.T) / 2
+    return H, diag
+
+
+def _row_weights(diag):
+    """The diagonal of H scaled to a largest value of 1 (weights only matter relative to each
+    other; this keeps them representable in float32), or None when it is zero (X all zero:
+    every approximation has zero output error, so the data-free one is used)."""
+    top = float(diag.max())
+    if not top > 0:
+        return None
+    return diag / top
+
+
+def _check_damp(damp):
+    return check_float(damp, "damp", min_value=0.0)
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -211,16 +302,26 @@ class LowRankCompressor(MatrixCompressor):
         Instead of ``rank``: the largest rank whose factors fit in dense bytes / ratio.
     method : {"randomized", "svd"}, default="randomized"
     random_state : int or None
+    damp : float, default=0.01
+        With calibration inputs X: the factors minimize ``||X (A - left @ right)||_F^2 / n_samples
+        + damp * mean(diag H) * ||A - left @ right||_F^2`` with ``H = X^T X / n_samples``,
+        exactly, by whitening: with ``H + damp * mean(diag H) * I = C C^T`` (Cholesky), the
+        truncated SVD ``U_r S_r V_r^T`` of ``C^T A`` gives ``left = C^-T U_r S_r^(1/2)``,
+        ``right = S_r^(1/2) V_r^T``. The ridge term keeps the problem well posed when X has fewer
+        samples than A has rows (``damp=0`` then raises) and leans the directions X never
+        excites towards the data-free fit.
     """
 
     name = "low_rank"
+    uses_inputs = True
 
     def __init__(self, rank=None, *, compression_ratio=None, method="randomized",
-                 random_state=None):
+                 random_state=None, damp=0.01):
         self.rank = rank
         self.compression_ratio = compression_ratio
         self.method = method
         self.random_state = random_state
+        self.damp = damp
 
     def solve(self, shape, itemsize):
         """The rank used for a matrix of ``shape``."""
@@ -235,12 +336,37 @@ class LowRankCompressor(MatrixCompressor):
             raise _unreachable(self.name, ratio, m * n / (m + n), "rank 1 stores m + n values")
         return rank
 
-    def compress(self, A, *, grad=None):
+    def compress(self, A, *, grad=None, X=None):
         from .lowrank import low_rank
 
         A = _check_matrix(A)
-        return low_rank(A, self.solve(A.shape, A.dtype.itemsize), method=self.method,
-                        random_state=self.random_state)
+        rank = self.solve(A.shape, A.dtype.itemsize)
+        if X is not None:
+            damp = _check_damp(self.damp)
+            H, diag = input_moments(check_inputs(X, A.shape[0]))
+            if _row_weights(diag) is not None:
+                return _whitened_low_rank(A, rank, H, damp, self.method, self.random_state)
+        return low_rank(A, rank, method=self.method, random_state=self.random_state)
+
+
+def _whitened_low_rank(A, rank, H, damp, method, random_state):
+    """The rank-``rank`` minimizer of ``trace(E^T (H + damp mean(diag H) I) E)``, E = A - LR."""
+    import scipy.linalg
+
+    from .factors import LowRank
+    from .gptq import _dampened
+    from .lowrank import low_rank
+
+    try:
+        C = scipy.linalg.cholesky(_dampened(H, damp), lower=True, check_finite=False)
+    except np.linalg.LinAlgError:
+        raise ValueError("H + damp * mean(diag H) * I is not positive definite; raise damp "
+                         "(H = X^T X / n_samples is singular when X has fewer independent rows "
+                         "than columns)") from None
+    f = low_rank(C.T @ A.astype(np.float64), rank, method=method, random_state=random_state)
+    left = scipy.linalg.solve_triangular(C, f.left, trans="T", lower=True, check_finite=False)
+    return LowRank(np.ascontiguousarray(left, dtype=A.dtype),
+                   np.ascontiguousarray(f.right, dtype=A.dtype))
 
 
 # --- dictionary ----------------------------------------------------------------------------------
@@ -271,9 +397,23 @@ class DictionaryCompressor(MatrixCompressor):
         Threads of the coding on that path.
     verbose : bool, default=False
         Report the chunked coding's progress on stderr.
+
+    Notes
+    -----
+    With calibration inputs X (``compress(A, X=X)``), the dictionary is learned for the
+    diagonal of the output error, ``sum_i H_ii ||a_i - c_i D||^2`` with
+    ``H_ii = mean(X[:, i] ** 2)``: the rows are learned from as ``sqrt(H_ii) a_i`` and their
+    codes divided back by ``sqrt(H_ii)``. This is exactly the row-weighted K-SVD / MOD / online
+    learning, because OMP's choice of atoms does not depend on a row's scale and its
+    coefficients scale with it; so the weights move the atoms (towards the rows whose inputs are
+    large) and not the coding of a row against a given dictionary. Rows whose input is always
+    zero are coded by OMP against the learned dictionary. The correlations between inputs (the
+    off-diagonal of H) are not used: they couple the codes of different rows, which this
+    row-by-row coding cannot represent.
     """
 
     name = "dictionary"
+    uses_inputs = True
 
     def __init__(self, n_atoms=None, n_nonzero_coefs=None, *, compression_ratio=None,
                  method="ksvd", max_iter=10, random_state=None, max_fit_rows=65536,
@@ -333,27 +473,44 @@ class DictionaryCompressor(MatrixCompressor):
                                "not even 2 atoms and 1 nonzero per row fit")
         return best
 
-    def compress(self, A, *, grad=None):
+    def compress(self, A, *, grad=None, X=None):
         from .dictionary import dict_learning
 
         A = _check_matrix(A)
         m, n = A.shape
         k, s = self.solve(A.shape, A.dtype.itemsize)
         limit = check_int(self.max_fit_rows, "max_fit_rows", min_value=1)
+        root = None  # sqrt of the row weights, with X
+        if X is not None:
+            weight = _row_weights(input_moments(check_inputs(X, m), diagonal_only=True)[1])
+            if weight is not None:
+                root = np.sqrt(weight).astype(A.dtype)
         if m > limit:
             if limit < k:
                 raise ValueError(f"max_fit_rows={limit} is below n_atoms={k}")
             rng = np.random.default_rng(self.random_state)
-            sample = A[_sample_rows(m, limit, rng)]
+            rows = _sample_rows(m, limit, rng)
+            sample = A[rows] if root is None else A[rows] * root[rows, None]
             _, dictionary, _ = dict_learning(sample, k, n_nonzero_coefs=s, method=self.method,
                                              max_iter=self.max_iter, random_state=rng,
                                              n_threads=self.n_threads)
             del sample
             return self._code_chunks(A, dictionary.astype(A.dtype, copy=False), s)
-        codes, dictionary, _ = dict_learning(A, k, n_nonzero_coefs=s, method=self.method,
+        codes, dictionary, _ = dict_learning(A if root is None else A * root[:, None], k,
+                                             n_nonzero_coefs=s, method=self.method,
                                              max_iter=self.max_iter,
                                              random_state=self.random_state,
                                              n_threads=self.n_threads)
+        if root is not None:
+            live = root > 0
+            codes[live] /= root[live, None]
+            if not live.all():  # OMP as sparse_encode, without its warning on rows that stop
+                from ._validation import check_n_threads  # early (harmless here)
+                from .dictionary import _omp_codes
+
+                codes[~live] = _omp_codes(np.ascontiguousarray(A[~live]),
+                                          dictionary.astype(A.dtype, copy=False), s,
+                                          check_n_threads(self.n_threads))
         indices = np.zeros((m, s), index_dtype(k))
         values = np.zeros((m, s), A.dtype)
         rows, cols = np.nonzero(codes)
@@ -418,13 +575,30 @@ class KMeansCompressor(MatrixCompressor):
         Rows coded per chunk on that path; default: about 2^22 values.
     verbose : bool, default=False
         Report the chunked coding's progress on stderr.
+    data_aware : {"gptq", "diagonal"}, default="gptq"
+        With calibration inputs (``compress(A, X=X)``), how they are used. Both fit the
+        codebook by k-means weighted by the second moment of each weight's input,
+        ``H_ii = mean(X[:, i] ** 2)`` for every weight (block) of row i: the diagonal of the
+        output error ``||X (A - A_hat)||^2``. ``"diagonal"`` then codes each weight (block) by
+        its nearest entry; ``"gptq"`` codes the rows in order with GPTQ's error feedback
+        through the full ``H = X^T X / n_samples`` (:func:`matcompress.gptq.gptq_quantize`:
+        each row, updated by the errors of the rows before it, coded by its nearest entries;
+        blocks lie along a row, so they share one input and GPTQ applies to them unchanged).
+        The codebook is not refitted to the GPTQ codes (docs/decisions.md: it gained at most
+        0.5 %). GPTQ works on a float64 copy of A and needs H (m x m) and its inverse factor;
+        past ``max_fit_points`` the codebook is still fitted to a sample of rows, and GPTQ
+        then codes every row. Without X this parameter is not used.
+    damp : float, default=0.01
+        ``"gptq"``: ``H + damp * mean(diag H) * I`` is used.
     """
 
     name = "kmeans"
+    uses_inputs = True
 
     def __init__(self, n_codes=None, block_size=None, *, compression_ratio=None, method="auto",
                  init="k-means++", max_iter=100, random_state=None, n_threads=None,
-                 max_fit_points=2**24, chunk_rows=None, verbose=False):
+                 max_fit_points=2**24, chunk_rows=None, verbose=False, data_aware=None,
+                 damp=0.01):
         self.n_codes = n_codes
         self.block_size = block_size
         self.compression_ratio = compression_ratio
@@ -436,6 +610,8 @@ class KMeansCompressor(MatrixCompressor):
         self.max_fit_points = max_fit_points
         self.chunk_rows = chunk_rows
         self.verbose = verbose
+        self.data_aware = data_aware
+        self.damp = damp
 
     @staticmethod
     def stored_bytes(m, n, itemsize, n_codes, b):
@@ -486,7 +662,15 @@ class KMeansCompressor(MatrixCompressor):
                                f"4-bit codes on blocks of {b} are the smallest form")
         return best[2], -best[1]
 
-    def compress(self, A, *, grad=None):
+    def _data_aware_mode(self, b):
+        mode = self.data_aware
+        if mode is None:
+            return "gptq"
+        if mode not in ("gptq", "diagonal"):
+            raise ValueError(f"data_aware must be 'gptq', 'diagonal' or None; got {mode!r}")
+        return mode
+
+    def compress(self, A, *, grad=None, X=None):
         from .kmeans import fit_codebook, pack_4bit
 
         A = _check_matrix(A)
@@ -496,6 +680,17 @@ class KMeansCompressor(MatrixCompressor):
         fit = dict(block_size=b, method=self.method, init=self.init, max_iter=self.max_iter,
                    random_state=self.random_state, n_threads=self.n_threads)
         per_row = n // b
+        weight = H = None  # row weights (diagonal of H, largest 1) and H, with X
+        if X is not None:
+            mode = self._data_aware_mode(b)
+            damp = _check_damp(self.damp)
+            X = check_inputs(X, m)
+            H, diag = input_moments(X, diagonal_only=mode == "diagonal")
+            weight = _row_weights(diag)
+            if weight is None:
+                H = None
+        if weight is not None:
+            return self._compress_data_aware(A, n_codes, b, fit, limit, weight, H, damp)
         if m * per_row <= limit:
             codebook, codes, _ = fit_codebook(A, n_codes, **fit)
             codebook = codebook.reshape(n_codes, b)
@@ -512,6 +707,71 @@ class KMeansCompressor(MatrixCompressor):
         del sample
         codebook = codebook.reshape(n_codes, b)
         return Codebook(*self._code_chunks(A, codebook, pack_4bit), n, packed=n_codes <= 16)
+
+    def _compress_data_aware(self, A, n_codes, b, fit, limit, weight, H, damp):
+        """The codebook fitted with the weights of the rows (``weight``, one per row); codes
+        by nearest entry, or by GPTQ when ``H`` is given."""
+        from .kmeans import fit_codebook, pack_4bit
+
+        m, n = A.shape
+        per_row = n // b
+        packed = n_codes <= 16
+
+        def weights_of(rows):  # one per point: every weight (block) of row i gets weight[i]
+            return np.broadcast_to(weight[rows][:, None], (rows.size, per_row))
+
+        if m * per_row <= limit:
+            codebook, codes, _ = fit_codebook(A, n_codes, sample_weight=weights_of(np.arange(m)),
+                                              **fit)
+        else:
+            rng = np.random.default_rng(self.random_state)
+            rows = _sample_rows(m, max(1, limit // per_row), rng)
+            if rows.size * per_row < n_codes:
+                raise ValueError(f"max_fit_points={limit} leaves fewer points than n_codes="
+                                 f"{n_codes}")
+            if not np.any(weight[rows] > 0):
+                raise ValueError("X is zero on every input of the rows sampled to fit the "
+                                 "codebook (max_fit_points); raise max_fit_points")
+            codebook = fit_codebook(A[rows], n_codes, sample_weight=weights_of(rows),
+                                    **dict(fit, random_state=rng))[0]
+            codes = None
+        codebook = codebook.reshape(n_codes, b)
+        if H is not None:
+            codes = self._gptq_codes(A, codebook, H, damp)
+        elif codes is None:
+            codes, codebook = self._code_chunks(A, codebook, pack_4bit)
+            return Codebook(codes, codebook, n, packed=packed)
+        if packed:
+            return Codebook(pack_4bit(codes), codebook, n, packed=True)
+        return Codebook(codes.astype(index_dtype(n_codes), copy=False), codebook, n)
+
+    def _gptq_codes(self, A, codebook, H, damp):
+        """(m, n // b) codes of A chosen by GPTQ against the fixed ``codebook``."""
+        from .gptq import gptq_quantize
+        from .kmeans import _assign
+
+        m, n = A.shape
+        n_codes, b = codebook.shape
+        codes = np.empty((m, n // b), index_dtype(max(n_codes, 256)))
+        book = codebook.astype(np.float64)
+        if b == 1:
+            values = book[:, 0]  # ascending: the nearest entry by its midpoints, the first of
+            mids = (values[1:] + values[:-1]) / 2  # two equally near ones
+
+            def quantize_rows(rows, start):
+                idx = np.searchsorted(mids, rows[0], side="left")
+                codes[start] = idx
+                return values[idx][None, :]
+        else:
+            # one row's blocks at a time: too little work to share between threads
+
+            def quantize_rows(rows, start):
+                idx = _assign(rows.reshape(-1, b), book, 1)
+                codes[start] = idx
+                return book[idx].reshape(1, n)
+
+        gptq_quantize(A, H, quantize_rows, damp=damp)
+        return codes
 
     def _code_chunks(self, A, codebook, pack_4bit):
         """(codes, codebook): every row of A coded against ``codebook`` in chunks."""
@@ -550,9 +810,18 @@ class SimhashCompressor(MatrixCompressor):
         Instead of ``n_bits``: the most bits that fit.
     random_state : int or None
     n_threads : int or None
+
+    Notes
+    -----
+    With calibration inputs X (``compress(A, X=X)``) the signs are the same and each column's
+    scale is refitted to minimize that column's output error ``||X (a_j - scale_j v_j)||``
+    (``v_j = R s_j``): ``scale_j = <X v_j, X a_j> / ||X v_j||^2`` (the data-free scale where
+    ``X v_j = 0``). The output error separates over columns, so these scales are the exact
+    optimum for the given signs.
     """
 
     name = "simhash"
+    uses_inputs = True
 
     def __init__(self, n_bits=None, *, compression_ratio=None, random_state=None,
                  n_threads=None):
@@ -579,12 +848,39 @@ class SimhashCompressor(MatrixCompressor):
                                "the per-column scales alone exceed the budget")
         return k
 
-    def compress(self, A, *, grad=None):
+    def compress(self, A, *, grad=None, X=None):
         from .hashing import simhash
 
         A = _check_matrix(A)
-        return simhash(A, self.solve(A.shape, A.dtype.itemsize), random_state=self.random_state,
-                       n_threads=self.n_threads)
+        if X is not None:
+            X = check_inputs(X, A.shape[0])
+        f = simhash(A, self.solve(A.shape, A.dtype.itemsize), random_state=self.random_state,
+                    n_threads=self.n_threads)
+        if X is None:
+            return f
+        return _output_scales(f, A, X)
+
+
+def _output_scales(f, A, X, chunk_rows=None):
+    """``f`` (SignBits) with each column's scale minimizing ``||X (a_j - scale_j R s_j)||``."""
+    from .factors import SignBits
+
+    # V = R S (m, n) once: O(m k n), then 2 n_samples m n for X V and X A (cheaper than X R
+    # then (X R) S when k > m n / (m + n), the usual case: k of the order of m at 8x)
+    V = f.projection().astype(np.float64) @ f.signs().astype(np.float64)
+    A64 = A.astype(np.float64)
+    num = np.zeros(A.shape[1])
+    den = np.zeros(A.shape[1])
+    step = _chunk_rows(chunk_rows, max(A.shape))
+    for start in range(0, X.shape[0], step):
+        chunk = np.asarray(X[start:start + step], dtype=np.float64)
+        XV = chunk @ V
+        num += np.einsum("ij,ij->j", XV, chunk @ A64)
+        den += np.einsum("ij,ij->j", XV, XV)
+    scale = f.scale.astype(np.float64)
+    ok = den > 0
+    scale[ok] = num[ok] / den[ok]
+    return SignBits(bits=f.bits, scale=scale.astype(A.dtype), seed=f.seed, n_rows=f.n_rows)
 
 
 # --- pruning -------------------------------------------------------------------------------------
@@ -605,19 +901,26 @@ class PruningCompressor(MatrixCompressor):
         Instead of ``sparsity``: the lowest sparsity whose stored bytes fit.
     scores : {"magnitude", "taylor"}, default="magnitude"
         |A|, or the first-order Taylor score |A * grad| (Molchanov et al. 2017; ``compress``
-        then needs ``grad``).
+        then needs ``grad``). With calibration inputs X (``compress(A, X=X)``) the magnitude
+        score becomes ``|A_ij| * sqrt(H_ii)``, ``H_ii = mean(X[:, i] ** 2)``: the Wanda score
+        (Sun et al. 2024), whose square is the output error that removing the entry alone
+        adds, ``H_ii A_ij^2`` (OBD's diagonal saliency, LeCun et al. 1990, with the Hessian of
+        the output error). The selection stays global (or by block, or N:M) as without X; the
+        kept values are not updated. The Taylor score uses ``grad`` and ignores X.
     block_shape : (int, int), default=(1, 1)
         Blocks pruned together (scored by the L2 norm of their entries' scores).
     n_m : (int, int), optional
         N:M structured sparsity (e.g. (2, 4)): N kept in every M consecutive entries of a row;
         the sparsity is then 1 - N / M and neither ``sparsity`` nor ``compression_ratio`` applies.
     n_codes : int, optional
-        Quantize the kept values to this many scalar codes.
+        Quantize the kept values to this many scalar codes (with X: each value weighted by
+        ``H_ii`` of its row in the k-means, as :class:`KMeansCompressor`'s ``"diagonal"``).
     random_state, n_threads
         For the quantization and the selection.
     """
 
     name = "pruning"
+    uses_inputs = True
 
     def __init__(self, sparsity=None, *, compression_ratio=None, scores="magnitude",
                  block_shape=(1, 1), n_m=None, n_codes=None, random_state=None, n_threads=None):
@@ -673,13 +976,19 @@ class PruningCompressor(MatrixCompressor):
             s = math.nextafter(s, 1.0)
         return s
 
-    def compress(self, A, *, grad=None):
+    def compress(self, A, *, grad=None, X=None):
         from .pruning import prune, taylor_scores
 
         A = _check_matrix(A)
         sparsity = self.solve(A.shape, A.dtype.itemsize)
+        weight = None
+        if X is not None:
+            weight = _row_weights(input_moments(check_inputs(X, A.shape[0]),
+                                                diagonal_only=True)[1])
         if self.scores == "magnitude":
             scores = "magnitude"
+            if weight is not None:
+                scores = np.abs(A) * np.sqrt(weight)[:, None]
         elif self.scores == "taylor":
             if grad is None:
                 raise ValueError("scores='taylor' needs grad (the loss gradient with respect "
@@ -699,8 +1008,13 @@ class PruningCompressor(MatrixCompressor):
         if values.size == 0:
             raise ValueError("nothing kept to quantize")
         n_codes = min(int(self.n_codes), values.size)
+        sample_weight = None
+        if weight is not None:
+            sample_weight = np.repeat(weight, np.diff(pruned.indptr))
+            if not np.any(sample_weight > 0):
+                sample_weight = None
         codebook, codes, _ = fit_codebook(values, n_codes, random_state=self.random_state,
-                                          n_threads=self.n_threads)
+                                          n_threads=self.n_threads, sample_weight=sample_weight)
         return Pruned(pruned.indptr, pruned.indices, pruned.n_cols,
                       codes=codes.astype(index_dtype(n_codes), copy=False), codebook=codebook)
 
