@@ -2,7 +2,8 @@
 and 16x fewer bytes, without retraining.
 
     python bench/quality.py [--quick] [--retrain] [--results FILE] [--markdown FILE]
-                            [--png FILE] [--cache DIR] [--models NAMES] [--seed N]
+                            [--png FILE] [--json FILE] [--cache DIR] [--models NAMES]
+                            [--seed N]
 
 The benchmark lives in the package (``matcompress.benchmark.quality``); see its docstring for
 the models, the matrices and the inputs captured, the methods and the figures. Trained weights

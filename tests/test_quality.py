@@ -6,6 +6,7 @@ command line."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -247,8 +248,11 @@ def test_command_line_writes_its_section_only(tmp_path, capsys):
                        "\n\nold figures\n\n## Last\n\nkeep me too\n")
     png = tmp_path / "q.png"
     code = Q.main(["--quick", "--models", "gaussian", "--cache", str(tmp_path / "c"),
-                   "--results", str(results), "--png", str(png)])
+                   "--results", str(results), "--png", str(png), "--json",
+                   str(tmp_path / "q.json")])
     assert code == 0
+    rows = json.loads((tmp_path / "q.json").read_text())["rows"]
+    assert {r["method"] for r in rows} >= {"dense", "sk_kmeans_4bit", "np_prune"}
     text = results.read_text()
     assert "old figures" not in text and "keep me\n" in text and "keep me too" in text
     assert text.count(Q.SECTION_TITLE) == 1 and "**synthetic Gaussian**" in text
@@ -256,3 +260,20 @@ def test_command_line_writes_its_section_only(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert Q.main(["--models", "nope"]) == 2
     assert "unknown" in capsys.readouterr().err
+
+
+def test_embedding_inputs_are_token_ids_and_one_hot_rows_for_fitting():
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((50, 8)).astype(np.float32)
+    calib, held = rng.integers(0, 50, 300), rng.integers(0, 50, 200)
+    mat = Q.Matrix("embedding", W, calib, held, lookup=True)
+    X = Q.calibration_inputs(mat)
+    assert X.shape == (300, 50) and X.sum() == 300
+    np.testing.assert_array_equal(X @ W, W[calib])
+    W2 = W + 0.1 * rng.standard_normal(W.shape).astype(np.float32)
+    werr, oerr = Q.relative_errors(mat, W2)
+    assert werr == pytest.approx(np.linalg.norm(W - W2) / np.linalg.norm(W), rel=1e-6)
+    assert oerr == pytest.approx(np.linalg.norm((W - W2)[held]) / np.linalg.norm(W[held]),
+                                 rel=1e-6)
+    dense = Q.Matrix("dense", W, rng.standard_normal((30, 50)), rng.standard_normal((40, 50)))
+    assert Q.calibration_inputs(dense) is dense.calib

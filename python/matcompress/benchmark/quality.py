@@ -2,7 +2,8 @@
 retraining. The logic behind ``python bench/quality.py``.
 
     python bench/quality.py [--quick] [--retrain] [--results FILE] [--markdown FILE]
-                            [--png FILE] [--cache DIR] [--models NAMES] [--seed N]
+                            [--png FILE] [--json FILE] [--cache DIR] [--models NAMES]
+                            [--seed N]
 
 Subjects (each a set of 2-D weight matrices with the inputs they see):
 
@@ -32,6 +33,9 @@ Their inputs (the rows x of ``y = x @ W``), captured by a Keras sub-model:
 - attention query / key / value: the LayerNorm output fed to the attention; attention output
   projection: the per-head context (the attention scores, returned by the layer, times the
   value projection), checked against the layer's output.
+
+Data-aware methods get the calibration rows; for an Embedding table, the one-hot rows of the
+calibration token ids.
 
 Calibration inputs (what data-aware methods fit to) come from the training split, held-out
 inputs (what the output error is measured on) from the test split: at most ``N_CAL`` and
@@ -558,6 +562,18 @@ def relative_errors(mat, W2):
     return werr, float(np.linalg.norm(X @ D) / np.linalg.norm(X @ W))
 
 
+def calibration_inputs(mat):
+    """The calibration inputs a data-aware method fits ``mat`` to: the captured rows, or for an
+    embedding table the one-hot rows of the calibration token ids (so that X^T X holds the token
+    counts: the lookup error weighted by frequency)."""
+    if not mat.lookup:
+        return mat.calib
+    ids = mat.calib.ravel()
+    X = np.zeros((ids.size, mat.W.shape[0]), np.float32)
+    X[np.arange(ids.size), ids] = 1.0
+    return X
+
+
 _REACH = re.compile(r"best reachable ratio is ([0-9.eE+-]+)")
 
 
@@ -588,7 +604,8 @@ def measure(subject, methods, ratios=RATIOS, say=print):
             new, per = [], []
             try:
                 for mat in subject.matrices:
-                    W2, nbytes = method.fit(mat.W, ratio, mat.calib)
+                    X = calibration_inputs(mat) if method.data_aware else None
+                    W2, nbytes = method.fit(mat.W, ratio, X)
                     new.append(W2)
                     per.append((nbytes,) + relative_errors(mat, W2))
             except ValueError as exc:
@@ -869,7 +886,8 @@ DESCRIPTION = ("How well each compression method keeps trained models at a byte 
 
 def add_arguments(parser, default_cache="bench/out/quality-cache"):
     parser.add_argument("--quick", action="store_true",
-                        help="tiny models and few training steps (seconds); figures indicative")
+                        help="tiny models and few training steps (under a minute); figures "
+                             "indicative")
     parser.add_argument("--retrain", action="store_true",
                         help="train the models again instead of loading the cached weights")
     parser.add_argument("--cache", default=default_cache, metavar="DIR",
@@ -883,6 +901,8 @@ def add_arguments(parser, default_cache="bench/out/quality-cache"):
                              "markdown FILE (e.g. bench/RESULTS.md), leaving the others")
     parser.add_argument("--png", metavar="FILE",
                         help="plot output error against bits per weight to FILE")
+    parser.add_argument("--json", metavar="FILE",
+                        help="write every row (with per-matrix bytes and errors) as JSON")
     return parser
 
 
@@ -926,4 +946,8 @@ def main(argv=None, prog="python bench/quality.py", default_cache="bench/out/qua
     if args.png:
         plot(result, args.png)
         print(f"wrote {args.png}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)
+        print(f"wrote {args.json}")
     return 0
