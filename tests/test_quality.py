@@ -170,6 +170,22 @@ def test_cache_skips_training(result, cache):
     assert retrained.info.startswith("trained 3 epochs")
 
 
+def test_captured_inputs_have_each_matrix_s_width(result, cache):
+    if not _tf_usable():
+        pytest.skip("no TensorFlow")
+    (s,) = Q.subjects(("transformer",), quick=True, cache=cache, say=lambda *a: None)
+    assert s.info.startswith("cached weights")
+    for mat in s.matrices:
+        if mat.lookup:  # token ids, sampled as positions
+            assert mat.calib.ndim == 1 and mat.held.ndim == 1
+            assert 0 < mat.calib.size <= Q.N_CAL and 0 < mat.held.size <= Q.N_HELD
+            assert mat.held.max() < mat.W.shape[0]
+        else:
+            assert mat.calib.shape[1] == mat.held.shape[1] == mat.W.shape[0], mat.name
+            assert 0 < mat.calib.shape[0] <= Q.N_CAL and 0 < mat.held.shape[0] <= Q.N_HELD
+            assert np.isfinite(mat.held).all() and np.abs(mat.held).max() > 0
+
+
 class _FakeAuto(C.MatrixCompressor):
     """A data-aware stand-in (4-bit k-means whether or not X is given) that records the X it
     gets. Registered under "auto" by monkeypatch only (no class attribute ``name``)."""

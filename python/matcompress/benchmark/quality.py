@@ -109,6 +109,7 @@ class Matrix:
     lookup: bool = False
     variable: object = None
     shape: tuple = None
+    _ref: tuple = dataclasses.field(default=None, repr=False, compare=False)
 
     def assign(self, W2):
         if self.variable is not None:
@@ -210,7 +211,9 @@ def _sequential_subject(name, model, data, metric, calib_in, held_in, min_weight
         inp_tr = calib_in if i == 0 else tr[i - 1]
         inp_te = held_in if i == 0 else te[i - 1]
         if isinstance(layer, keras.layers.Embedding):
-            cands = [("embeddings", layer.embeddings, inp_tr, inp_te, True)]
+            # token positions, not sequences, are the rows sampled
+            cands = [("embeddings", layer.embeddings, np.ravel(inp_tr), np.ravel(inp_te),
+                      True)]
         elif isinstance(layer, keras.layers.Dense):
             cands = [("kernel", layer.kernel, inp_tr, inp_te, False)]
         elif isinstance(layer, keras.layers.LSTM):
@@ -361,7 +364,8 @@ def _transformer_subject(quick, seed, cache, retrain, say):
                                var, W.shape))
 
     d = cfg["d_model"]
-    add("embedding/embeddings", model.get_layer("embedding").embeddings, calib_seqs, Xte, True)
+    add("embedding/embeddings", model.get_layer("embedding").embeddings, calib_seqs.ravel(),
+        Xte.ravel(), True)
     for i in range(cfg["blocks"]):
         mha = model.get_layer(f"attention_{i}")
         key = f"attention_{i}"
@@ -551,15 +555,22 @@ def method_table(seed=0, registry=None):
 # ---- the measurement ----------------------------------------------------------------------------
 
 def relative_errors(mat, W2):
-    """(||W - W'|| / ||W||, ||X (W - W')|| / ||X W||) on ``mat``'s held-out inputs."""
-    W = mat.W.astype(np.float64)
+    """(||W - W'|| / ||W||, ||X (W - W')|| / ||X W||) on ``mat``'s held-out inputs (float64;
+    X and the two norms of W are computed once per matrix)."""
+    if getattr(mat, "_ref", None) is None:
+        W = mat.W.astype(np.float64)
+        if mat.lookup:
+            X, XW = None, W[mat.held.ravel()]
+        else:
+            X = mat.held.astype(np.float64)
+            XW = X @ W
+        mat._ref = (W, X, float(np.linalg.norm(W)), float(np.linalg.norm(XW)))
+    W, X, w_norm, xw_norm = mat._ref
     D = W - np.asarray(W2, np.float64)
-    werr = float(np.linalg.norm(D) / np.linalg.norm(W))
+    werr = float(np.linalg.norm(D)) / w_norm
     if mat.lookup:
-        ids = mat.held.ravel()
-        return werr, float(np.linalg.norm(D[ids]) / np.linalg.norm(W[ids]))
-    X = mat.held.astype(np.float64)
-    return werr, float(np.linalg.norm(X @ D) / np.linalg.norm(X @ W))
+        return werr, float(np.linalg.norm(D[mat.held.ravel()])) / xw_norm
+    return werr, float(np.linalg.norm(X @ D)) / xw_norm
 
 
 def calibration_inputs(mat):
