@@ -41,7 +41,8 @@ def rel_err(A, f):
 
 def random_parts(rng, m, n, dtype, nnz=None):
     """A LowRank, a 4-bit packed Codebook and a Pruned (values) of shape (m, n)."""
-    lr = LowRank(rng.standard_normal((m, 2)).astype(dtype), rng.standard_normal((2, n)).astype(dtype))
+    lr = LowRank(rng.standard_normal((m, 2)).astype(dtype),
+                 rng.standard_normal((2, n)).astype(dtype))
     codes = rng.integers(0, 4, (m, n))
     cb = Codebook(codes.astype(np.uint8), rng.standard_normal((4, 1)).astype(dtype), n)
     nnz = max(1, m * n // 5) if nnz is None else nnz
