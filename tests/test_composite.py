@@ -599,3 +599,12 @@ def test_inputs_not_modified():
     for name in MAKERS:
         MAKERS[name](8).compress(A)
     np.testing.assert_array_equal(A, before)
+
+
+def test_top_positions_against_argsort(rng):
+    from matcompress.composite import _top
+
+    scores = rng.integers(0, 20, 500).astype(np.float64)  # many ties
+    for k in (0, 1, 7, 250, 499, 500, 600):
+        ref = np.sort(np.argsort(-scores, kind="stable")[:k])
+        np.testing.assert_array_equal(_top(scores, k), ref)

@@ -383,8 +383,11 @@ def _top(scores, k):
         return np.zeros(0, np.int64)
     if k >= flat.size:
         return np.arange(flat.size, dtype=np.int64)
-    order = np.argsort(-flat, kind="stable")
-    return np.sort(order[:k]).astype(np.int64)
+    kth = flat.size - k
+    threshold = np.partition(flat, kth)[kth]  # the k-th largest
+    above = np.flatnonzero(flat > threshold)
+    ties = np.flatnonzero(flat == threshold)[:k - above.size]
+    return np.sort(np.concatenate([above, ties])).astype(np.int64)
 
 
 # --- low rank + quantized residual ---------------------------------------------------------------
