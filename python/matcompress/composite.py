@@ -4,16 +4,16 @@ Trained layers are close to full rank (``PEERS.md``, "What real weights look lik
 budget the methods that win mix forms. :class:`Sum` stores W as the sum of two or more
 factorizations of one shape and dtype; the compressors here build such sums:
 
-=======================  ===================  ==================================================
-compressor               name                 W ~
-=======================  ===================  ==================================================
-LowRankResidualCompr.    "low_rank_residual"  LowRank (truncated SVD) + residual quantized
-OutlierCompressor        "outliers"           quantized + Pruned (a few weights kept exactly)
-PruneQuantizeCompressor  "prune_kmeans"       Pruned with k-means codes (sparsity and bits
-                                              searched jointly for a ratio)
-CompositeCompressor      "composite"          first compressor on A, the next on the residual,
-                                              and so on
-=======================  ===================  ==================================================
+=========================  =====================  ==============================================
+compressor                 name                   W ~
+=========================  =====================  ==============================================
+LowRankResidualCompressor  "low_rank_residual"    LowRank (truncated SVD) + the residual quantized
+OutlierCompressor          "outliers"             quantized + Pruned (a few weights kept exactly)
+PruneQuantizeCompressor    "prune_kmeans"         Pruned with k-means codes (sparsity and codebook
+                                                  size searched for a ratio)
+CompositeCompressor        "composite"            the first compressor on A, the next on the
+                                                  residual, and so on
+=========================  =====================  ==============================================
 
 With ``compression_ratio=R`` each splits the byte budget (dense bytes / R) between its parts and
 passes the parts a ``compression_ratio`` of their own. The forms a quantizer can store come in
@@ -36,18 +36,21 @@ import numpy as np
 from ._validation import check_array, check_float, check_int
 from .compressors import (MatrixCompressor, PruningCompressor, _check_matrix, _check_ratio,
                           _unreachable, get)
-from .factors import _KINDS, Factorization, LowRank, Pruned, decode_fields, index_dtype
+from .factors import (_KINDS, Codebook, Factorization, LowRank, Pruned, decode_fields,
+                      index_dtype)
 
 __all__ = ["Sum", "LowRankResidualCompressor", "OutlierCompressor", "PruneQuantizeCompressor",
-           "CompositeCompressor", "DEFAULT_QUANTIZER", "RANK_SHARES"]
+           "CompositeCompressor", "DEFAULT_QUANTIZER", "DEFAULT_RANK_SHARE"]
 
 #: The quantizer of the residual (``low_rank_residual``) and of the non-outlier weights
 #: (``outliers``) when none is given: a registered compressor name.
 DEFAULT_QUANTIZER = "kmeans"
 
-#: Shares of the byte budget tried for the low-rank part of ``low_rank_residual`` when neither
-#: ``rank`` nor ``rank_share`` is given (see docs/decisions.md, "Composite factorizations").
-RANK_SHARES = (0.1, 0.3, 0.6)
+#: The share of the byte budget ``low_rank_residual`` starts the low-rank part from when neither
+#: ``rank`` nor ``rank_share`` is given: the residual then gets the largest form that fits in the
+#: other 90 %, the low rank whatever that form leaves (docs/decisions.md, "Composite
+#: factorizations": on every matrix measured the largest residual form gave the lowest error).
+DEFAULT_RANK_SHARE = 0.1
 
 
 # --- the Sum factorization -----------------------------------------------------------------------
@@ -262,10 +265,30 @@ def _min_bytes(comp, shape, itemsize):
     return 0
 
 
+def _planned_nbytes(comp, shape, itemsize):
+    """The bytes ``comp`` (targeting a ratio) will store for a matrix of ``shape`` when they
+    follow from the shape alone and can be told without fitting (the built-in k-means: its
+    ``solve`` and ``stored_bytes``), else None. The callers check the bytes after fitting."""
+    from .compressors import KMeansCompressor
+
+    cls = type(comp)
+    if not (isinstance(comp, KMeansCompressor) and cls.solve is KMeansCompressor.solve
+            and cls.stored_bytes is KMeansCompressor.stored_bytes
+            and cls.compress is KMeansCompressor.compress):
+        return None
+    m, n = shape
+    try:
+        n_codes, b = comp.solve(shape, itemsize)
+    except ValueError:  # the fit reports it
+        return None
+    return comp.stored_bytes(m, n, itemsize, n_codes, b)
+
+
 def _budget_ratio(dense, nbytes):
-    """The ratio that gives a part at most ``nbytes`` (a hair above dense / nbytes, so that
-    rounding never lets a part exceed its share)."""
-    return dense / nbytes * (1 + 1e-12)
+    """The ratio that gives a part at most ``nbytes`` bytes: dense / (floor(nbytes) + 0.5), so
+    that a form of exactly floor(nbytes) bytes fits whatever the rounding of dense / ratio, and
+    none of one byte more does (capped just above 1, the least ratio a compressor takes)."""
+    return max(dense / (math.floor(nbytes) + 0.5), 1 + 1e-9)
 
 
 def _check_x(X, m):
@@ -283,27 +306,73 @@ def _error(D, X):
 
 
 def _exact_correction(target, base):
-    """c with ``base + c == target`` exactly in the dtype (``target - base``, moved by an ulp or
-    two where rounding misses)."""
+    """(c, miss): c with ``base + c == target`` in the dtype (``target - base``, moved by an ulp
+    where rounding misses), and where no such c exists (there c is the nearest): when
+    ``target - base`` lies in a coarser binade than ``target`` the sums ``base + c`` step over
+    it, and in the same binade they can all be rounding ties. When ``|target - base|`` is below
+    ``|target| / 2``, a c always exists."""
     c = target - base
-    for _ in range(8):
+    for _ in range(4):
         miss = (base + c) != target
         if not miss.any():
             break
         up = (base[miss] + c[miss]) < target[miss]
         c[miss] = np.nextafter(c[miss], np.where(up, np.inf, -np.inf).astype(c.dtype))
-    return c
+    miss = (base + c) != target
+    if miss.any():  # the nearest of the two neighbours of target - base
+        t, b = target[miss], base[miss]
+        near = t - b
+        cands = np.stack([np.nextafter(near, -np.inf), near, np.nextafter(near, np.inf)])
+        best = np.argmin(np.abs((b + cands) - t), axis=0)
+        c[miss] = cands[best, np.arange(best.size)]
+    return c, (base + c) != target
+
+
+def _recode(q, A, pos, miss_pos):
+    """``q`` with the code of each block holding an outlier that no correction can make exact
+    re-chosen (a Codebook only; other forms are returned as they are): among the codes that make
+    every outlier of the block exact, the one of least squared error on its other weights."""
+    from .kmeans import pack_4bit
+
+    if not isinstance(q, Codebook) or miss_pos.size == 0:
+        return q
+    m, n = q.shape
+    b, per_row = q.block_size, q.n_cols // q.block_size
+    cb = q.codebook
+    codes = np.array(q.unpacked_codes(), copy=True)
+    outlier = np.zeros(m * n, bool)
+    outlier[pos] = True
+    outlier = outlier.reshape(m, per_row, b)
+    changed = False
+    for blk in np.unique(miss_pos // b):
+        i, jb = divmod(int(blk), per_row)
+        a = A[i, jb * b:(jb + 1) * b]
+        o = outlier[i, jb]
+        base = np.array(cb[:, o], copy=True)
+        _, miss = _exact_correction(np.broadcast_to(a[o], base.shape).copy(), base)
+        ok = ~miss.any(axis=1)
+        if not ok.any():
+            continue
+        err = ((cb[:, ~o] - a[~o]) ** 2).sum(axis=1)
+        err[~ok] = np.inf
+        codes[i, jb] = np.argmin(err)
+        changed = True
+    if not changed:
+        return q
+    stored = pack_4bit(codes) if q.packed else codes.astype(q.codes.dtype)
+    return Codebook(stored, cb, q.n_cols, packed=q.packed)
 
 
 def _csr(shape, flat_positions, values, dtype):
-    """A Pruned holding ``values`` at the row-major ``flat_positions`` (any order)."""
+    """A Pruned holding ``values`` at the row-major ``flat_positions`` (any order); ``indptr`` in
+    the smallest unsigned dtype holding nnz."""
     m, n = shape
     order = np.argsort(flat_positions, kind="stable")
     pos = flat_positions[order]
     rows, cols = np.divmod(pos, n)
     indptr = np.zeros(m + 1, np.int64)
     np.cumsum(np.bincount(rows, minlength=m), out=indptr[1:])
-    return Pruned(indptr.astype(np.int32), cols.astype(index_dtype(n)), n,
+    return Pruned(indptr.astype(index_dtype(pos.size + 1)), cols.astype(index_dtype(n)), n,
                   values=np.asarray(values, dtype)[order])
 
 
@@ -314,8 +383,11 @@ def _top(scores, k):
         return np.zeros(0, np.int64)
     if k >= flat.size:
         return np.arange(flat.size, dtype=np.int64)
-    order = np.argsort(-flat, kind="stable")
-    return np.sort(order[:k]).astype(np.int64)
+    kth = flat.size - k
+    threshold = np.partition(flat, kth)[kth]  # the k-th largest
+    above = np.flatnonzero(flat > threshold)
+    ties = np.flatnonzero(flat == threshold)[:k - above.size]
+    return np.sort(np.concatenate([above, ties])).astype(np.int64)
 
 
 # --- low rank + quantized residual ---------------------------------------------------------------
@@ -336,12 +408,13 @@ class LowRankResidualCompressor(MatrixCompressor):
     residual : str, MatrixCompressor or dict, default=DEFAULT_QUANTIZER ("kmeans")
         The residual's compressor: a registered name, an instance, or a ``get_config()`` dict.
     compression_ratio : float, optional
-        Dense bytes / stored bytes to meet. The low-rank part gets ``rank_share`` of the byte
-        budget (or each share of :data:`RANK_SHARES` is tried and the lowest error kept), the
-        residual compressor the rest; the bytes the residual's form leaves unused (its sizes
-        come in steps) then go to further rank, and the residual is refitted.
-    rank_share : float in (0, 1), optional
-        The share of the budget for the low-rank part (no search).
+        Dense bytes / stored bytes to meet. The low-rank part starts from ``rank_share`` of the
+        byte budget, the residual compressor gets the rest; the bytes the residual's form leaves
+        unused (its sizes come in steps) then go to further rank.
+    rank_share : float in (0, 1) or sequence of them, default=None
+        The share of the budget the low-rank part starts from (None:
+        :data:`DEFAULT_RANK_SHARE`, 0.1). A sequence is searched: each share is fitted (shares
+        that lead to the same rank once at most) and the lowest error kept.
     method : {"randomized", "svd"}, default="randomized"
         The truncated SVD (:func:`matcompress.low_rank`); one SVD at the largest rank any
         candidate needs serves every candidate.
@@ -382,17 +455,24 @@ class LowRankResidualCompressor(MatrixCompressor):
         rank = None if self.rank is None else check_int(
             self.rank, "rank", min_value=1, max_value=min(m, n),
             max_reason=f"min(m, n) = {min(m, n)}")
-        share = None
+        shares = None
         if self.rank_share is not None:
-            share = check_float(self.rank_share, "rank_share")
-            if not 0 < share < 1:
-                raise ValueError(f"rank_share must lie in (0, 1); got {share}")
             if rank is not None:
                 raise ValueError(f"{self.name}: give rank or rank_share, not both")
+            given = self.rank_share
+            if isinstance(given, (list, tuple)):
+                if not given:
+                    raise ValueError("rank_share must hold at least one share")
+                shares = [check_float(v, f"rank_share[{i}]") for i, v in enumerate(given)]
+            else:
+                shares = [check_float(given, "rank_share")]
+            for v in shares:
+                if not 0 < v < 1:
+                    raise ValueError(f"rank_share must lie in (0, 1); got {given}")
         if ratio is None:
             if rank is None:
                 raise ValueError(f"{self.name}: give rank or compression_ratio")
-            if share is not None:
+            if shares is not None:
                 raise ValueError(f"{self.name}: rank_share needs compression_ratio")
             lr = low_rank(A, rank, method=self.method, random_state=self.random_state)
             return Sum((lr, _run(residual, A - lr.to_dense(), grad, X)))
@@ -407,48 +487,58 @@ class LowRankResidualCompressor(MatrixCompressor):
                 raise _unreachable(self.name, ratio, dense / (rank * row + res_min),
                                    f"rank {rank} stores {rank * row} bytes, the residual at "
                                    f"least {math.ceil(res_min)}")
-            ranks = [rank]
+            ranks, top = [rank], rank
         else:
             top = int(min(min(m, n), (budget - res_min) // row))
             if top < 1 or budget - row < max(res_min, 1):
                 raise _unreachable(self.name, ratio, dense / (row + res_min),
                                    f"rank 1 stores {row} bytes, the residual at least "
                                    f"{math.ceil(res_min)}")
-            shares = RANK_SHARES if share is None else (share,)
+            shares = [DEFAULT_RANK_SHARE] if shares is None else shares
             ranks = sorted({min(top, max(1, int(s * budget // row))) for s in shares})
-        full = low_rank(A, max(ranks) if rank is not None else top, method=self.method,
-                        random_state=self.random_state)
-        cap = full.rank if rank is None else rank
+
+        def residual_for(r):
+            return _with_ratio(residual, _budget_ratio(dense, budget - r * row),
+                               self.random_state)
+
+        # The residual's forms come in steps; the bytes its form leaves unused buy more rank.
+        # When its bytes can be told before fitting (k-means), each start goes straight to its
+        # final rank (one fit); otherwise it is fitted, then refitted at the rank the unused
+        # bytes allow.
+        plans = []  # (rank, whether to top up after fitting)
+        for r in ranks:
+            planned = None if rank is not None else _planned_nbytes(residual_for(r), (m, n), isz)
+            if planned is None:
+                plans.append((r, rank is None))
+            else:
+                plans.append((min(top, max(r, int((budget - planned) // row))), False))
+        svd_rank = top if any(up for _, up in plans) else max(r for r, _ in plans)
+        full = low_rank(A, svd_rank, method=self.method, random_state=self.random_state)
 
         def fit(r):
             lr = LowRank(full.left[:, :r], full.right[:r])
             R = A - lr.to_dense()
-            comp = _with_ratio(residual, _budget_ratio(dense, budget - r * row),
-                               self.random_state)
             try:
-                res = _run(comp, R, grad, X)
+                res = _run(residual_for(r), R, grad, X)
             except ValueError as exc:
-                best = _best_ratio(exc)
-                if best is None:
+                reach = _best_ratio(exc)
+                if reach is None:
                     raise
-                raise _unreachable(self.name, ratio, dense / (row + dense / best),
+                raise _unreachable(self.name, ratio, dense / (row + dense / reach),
                                    f"the residual compressor: {exc}") from None
             return lr, res, _error(R - res.to_dense(), X)
 
         best, seen = None, set()
-        for r in ranks:
+        for r, top_up in plans:
             if r in seen:
                 continue
             seen.add(r)
             lr, res, err = fit(r)
-            # The residual's form comes in steps: its unused bytes buy more rank; the residual
-            # is then refitted at the same form (the bytes it used still fit).
-            more = int((budget - r * row - res.nbytes) // row)
-            r2 = min(cap, r + more)
-            if more > 0 and r2 > r and r2 not in seen:
+            r2 = min(top, r + int((budget - r * row - res.nbytes) // row)) if top_up else r
+            if r2 > r and r2 not in seen:
                 seen.add(r2)
                 lr2, res2, err2 = fit(r2)
-                if lr2.nbytes + res2.nbytes <= budget and err2 <= err:
+                if err2 <= err:
                     lr, res, err = lr2, res2, err2
             if best is None or err < best[2]:
                 best = (lr, res, err)
@@ -462,11 +552,18 @@ _OUTLIER_SCORES = ("magnitude", "error")
 
 class OutlierCompressor(MatrixCompressor):
     """A few weights kept exactly, the rest quantized (as SpQR keeps its outliers): a
-    :class:`Sum` of the quantizer's form and a :class:`~matcompress.factors.Pruned` holding, at
-    the outlier positions, the exact correction (W there equals A bit for bit).
+    :class:`Sum` of the quantizer's form Q and a :class:`~matcompress.factors.Pruned` holding,
+    at the outlier positions, the correction c with Q + c == A bit for bit (``to_dense`` gives
+    A's own values there).
 
     The quantizer is fitted on the matrix with the outliers set to 0 (where trained weights
-    concentrate), so they do not stretch its codebook.
+    concentrate), so they do not stretch its codebook. At some outliers no float c gives
+    Q + c == A exactly (A - Q needs more precision than the dtype has, or every candidate sum
+    is a rounding tie: 15 % of the outliers of a 128 x 96 test matrix at 8x, Q coding blocks
+    of 2): a codebook's block there takes, of the codes that allow it, the one of least error
+    on the block's other weights; where that fails (other quantizers), a third part holds
+    A - (Q + c), exact as Q + c is within an ulp of A. Its bytes come out of the outliers of
+    least error.
 
     Parameters
     ----------
@@ -477,7 +574,8 @@ class OutlierCompressor(MatrixCompressor):
         ``compression_ratio`` it must be configured (e.g. ``KMeansCompressor(n_codes=16)``).
     compression_ratio : float, optional
         Dense bytes / stored bytes to meet: the quantizer gets the budget less the outliers'
-        bytes (CSR: ``(m + 1) * 4 + nnz * (index bytes + itemsize)``).
+        bytes (CSR: ``(m + 1) * offset bytes + nnz * (index bytes + itemsize)``, the offsets
+        and column indices in the smallest unsigned dtypes holding nnz and n - 1).
     scores : {"magnitude", "error"}, default="magnitude"
         Which weights are outliers: the largest ``|A|``; or, after a first fit with those set
         aside, the largest errors ``|A - Q|`` of that fit (the quantizer is then refitted
@@ -508,8 +606,20 @@ class OutlierCompressor(MatrixCompressor):
 
     @staticmethod
     def stored_bytes(m, n, itemsize, nnz):
-        """Bytes of the outliers' CSR part."""
-        return (m + 1) * 4 + nnz * (index_dtype(n).itemsize + itemsize)
+        """Bytes of a CSR part of ``nnz`` outliers (row offsets in the smallest unsigned dtype
+        holding nnz, column indices in the smallest holding n - 1)."""
+        return (m + 1) * index_dtype(nnz + 1).itemsize + nnz * (index_dtype(n).itemsize + itemsize)
+
+    @classmethod
+    def _most_nnz(cls, m, n, itemsize, room):
+        """The most outliers whose CSR part fits in ``room`` bytes (-1 when none does)."""
+        per = index_dtype(n).itemsize + itemsize
+        best = -1
+        for w, cap in ((1, 2**8 - 1), (2, 2**16 - 1), (4, 2**32 - 1)):
+            nnz = min(int((room - (m + 1) * w) // per), cap, m * n - 1)
+            if nnz >= 0 and cls.stored_bytes(m, n, itemsize, nnz) <= room:
+                best = max(best, nnz)
+        return best
 
     def compress(self, A, *, grad=None, X=None):
         A = _check_matrix(A)
@@ -537,6 +647,14 @@ class OutlierCompressor(MatrixCompressor):
                                    f"{math.ceil(q_min)}")
             quantizer = _with_ratio(quantizer, _budget_ratio(dense, budget - sparse),
                                     self.random_state)
+            planned = _planned_nbytes(quantizer, (m, n), isz)
+            if self.fill and planned is not None:
+                # The quantizer's form is known before fitting: the bytes it leaves unused hold
+                # further outliers, chosen with the first ones (and kept out of its fit).
+                k = max(k, self._most_nnz(m, n, isz, budget - planned))
+                sparse = self.stored_bytes(m, n, isz, k)
+                quantizer = _with_ratio(quantizer, _budget_ratio(dense, budget - sparse),
+                                        self.random_state)
 
         def quantize(pos):
             inner = A.copy()
@@ -558,15 +676,37 @@ class OutlierCompressor(MatrixCompressor):
             q = quantize(pos)
         Q = q.to_dense()
         if ratio is not None and self.fill:
-            per = index_dtype(n).itemsize + isz
-            extra = int((dense / ratio - sparse - q.nbytes) // per)
+            extra = self._most_nnz(m, n, isz, dense / ratio - q.nbytes) - pos.size
             if extra > 0:
                 err = np.abs(A - Q).reshape(-1)
                 err[pos] = -1  # already kept
                 pos = np.union1d(pos, _top(err, min(extra, m * n - pos.size)))
         flat_a, flat_q = A.reshape(-1)[pos], Q.reshape(-1)[pos]
-        corr = _exact_correction(flat_a, flat_q)
-        return Sum((q, _csr((m, n), pos, corr, A.dtype)))
+        corr, miss = _exact_correction(flat_a, flat_q)
+        if miss.any():
+            # No float c gives Q + c == A at some outliers (see _exact_correction): a
+            # codebook's blocks there take another code that allows it.
+            q = _recode(q, A, pos, pos[miss])
+            flat_q = q.to_dense().reshape(-1)[pos]
+            corr, miss = _exact_correction(flat_a, flat_q)
+        if not miss.any():
+            return Sum((q, _csr((m, n), pos, corr, A.dtype)))
+        # Left (no such code, or another form): a third part holds the rest, exactly: Q + c is
+        # within an ulp of A, so A - (Q + c) is exact (Sterbenz). Its bytes come out of the
+        # outliers of least error.
+        fix = flat_a[miss] - (flat_q[miss] + corr[miss])
+        if ratio is not None:
+            per = index_dtype(n).itemsize + isz
+            fix_bytes = self.stored_bytes(m, n, isz, int(miss.sum()))
+            over = q.nbytes + self.stored_bytes(m, n, isz, pos.size) + fix_bytes - dense / ratio
+            if over > 0:
+                drop = min(int(math.ceil(over / per)), int((~miss).sum()))
+                gain = np.abs(flat_a - flat_q)
+                gain[miss] = np.inf
+                keep = np.sort(np.argsort(gain, kind="stable")[drop:])
+                pos, corr, miss = pos[keep], corr[keep], miss[keep]
+        main = _csr((m, n), pos, corr, A.dtype)
+        return Sum((q, main, _csr((m, n), pos[miss], fix, A.dtype)))
 
 
 # --- pruning then k-means ------------------------------------------------------------------------
