@@ -484,14 +484,6 @@ class _Grid:
         return out
 
 
-def _nearest(v, book):
-    """Index of the nearest entry of the ascending ``book`` for each value of v."""
-    if book.size == 1:
-        return np.zeros(v.shape, np.intp)
-    mids = (book[1:] + book[:-1]) / 2
-    return np.searchsorted(mids, v)
-
-
 class ScaledKMeansCompressor(MatrixCompressor):
     """A ~ scales * codebook[codes]: one scale per channel (or per group of ``group_size``
     weights of a channel), a shared scalar codebook fitted by 1-D k-means, codes packed at
@@ -655,7 +647,8 @@ class ScaledKMeansCompressor(MatrixCompressor):
         mean = h.mean()
         if not mean > 0:
             raise ValueError("X is zero everywhere: it gives no weight to any row of A")
-        return h + 0.01 * mean
+        h += 0.01 * mean
+        return h / h.max()  # only relative weights matter
 
     def compress(self, A, *, grad=None, X=None):
         """Compress A (m x n). ``X`` (n_samples, m): calibration inputs of the layer (see Notes);
@@ -683,6 +676,7 @@ class _Fit:
     def __init__(self, owner, A, h, grid, n_codes, step, limit, rng):
         self.owner, self.A, self.h, self.grid = owner, A, h, grid
         self.n_codes, self.rng = n_codes, rng
+        self.n_threads = check_n_threads(owner.n_threads)
         # Least-squares scales chunk by chunk when no group spans two chunks (row groups: the
         # chunks are whole groups), so no grid-sized float64 sums are kept.
         if grid.axis == 1 and grid.gs <= step:
@@ -745,24 +739,32 @@ class _Fit:
     # -- codebook -------------------------------------------------------------------------
 
     def _fit_data(self, sigma):
-        """Per book: (normalized values, weights) of the fit rows (positive weights only)."""
+        """Per book: (normalized values, weights) of the fit rows, in A's dtype (positive
+        weights only; h is at most 1 and scales at most 65504, so the weights fit float32)."""
         g = self.grid
+        dtype = self.A.dtype
         if self.sample is None:
-            pieces = list(self._chunks())
+            pieces = [(rows, w.astype(dtype)) for rows, w in self._chunks()]
         else:
-            rows = self.sample
-            pieces = [(rows, np.asarray(self.A[rows], np.float64))]
+            pieces = [(self.sample, np.asarray(self.A[self.sample], dtype))]
         data = [([], []) for _ in range(g.n_books)]
         for rows, w in pieces:
-            s = g.expand(sigma, rows).astype(np.float64)
-            hw = s * s if self.h is None else self._hrows(rows) * s * s
+            s = g.expand(sigma, rows).astype(dtype)
+            q = s * s
+            if self.h is not None:
+                q *= self._hrows(rows).astype(dtype)
             for b, r, c in g.book_slices(rows):
-                sb, wb, hb = s[r, c], w[r, c], hw[r, c]
-                keep = hb > 0
-                data[b][0].append((wb[keep] / sb[keep]))
-                data[b][1].append(hb[keep])
-        return [(np.concatenate(v) if v else np.zeros(0), np.concatenate(q) if q else
-                 np.zeros(0)) for v, q in data]
+                sb, wb, qb = s[r, c], w[r, c], q[r, c]
+                if np.all(qb > 0):
+                    data[b][0].append(np.ravel(wb / sb))
+                    data[b][1].append(np.ravel(qb))
+                else:
+                    keep = qb > 0
+                    data[b][0].append(wb[keep] / sb[keep])
+                    data[b][1].append(qb[keep])
+            del s, q
+        return [(np.concatenate(v) if v else np.zeros(0, dtype),
+                 np.concatenate(q) if q else np.zeros(0, dtype)) for v, q in data]
 
     def _fit_books(self, sigma, init=None):
         from .kmeans import fit_codebook
@@ -777,8 +779,8 @@ class _Fit:
             start = "k-means++"
             if init is not None and k == self.n_codes and np.unique(init[b]).size == k:
                 start = init[b].astype(dtype)
-            book = fit_codebook(v.astype(dtype), k, method=o.method, init=start,
-                                max_iter=o.max_iter, sample_weight=q.astype(dtype),
+            book = fit_codebook(v, k, method=o.method, init=start,
+                                max_iter=o.max_iter, sample_weight=q,
                                 random_state=self.rng, n_threads=o.n_threads)[0]
             books[b, :k] = book
             books[b, k:] = book[-1]
@@ -801,6 +803,8 @@ class _Fit:
         new = sigma.copy() if refit else None
         if refit and not self.local:
             num, den = np.zeros(g.shape), np.zeros(g.shape)
+        from .kmeans import _assign
+
         bk = books.astype(np.float64)
         for rows, w in self._chunks():
             s = g.expand(sigma, rows).astype(np.float64)
@@ -809,8 +813,9 @@ class _Fit:
             codes = np.empty(w.shape, np.intp)
             c = np.empty(w.shape)
             for b, r, cols in g.book_slices(rows):
-                k = _nearest(v[r, cols], bk[b])
-                codes[r, cols] = k
+                part = v[r, cols]
+                k = _assign(part.reshape(-1, 1), bk[b][:, None], self.n_threads)
+                codes[r, cols] = k = k.reshape(part.shape)
                 c[r, cols] = bk[b][k]
             resid = w - s * c
             hr = self._hrows(rows)
