@@ -470,7 +470,8 @@ class _Grid:
                 p, np.arange(0, self.n, self.gs), axis=1))
 
     def book_slices(self, rows):
-        """[(book, row mask or None, column slice)] of the weights of ``rows``."""
+        """[(book, row selection, column selection)] of the weights of ``rows``: for column
+        books every row and a slice of columns, for row books the positions in ``rows``."""
         out = []
         for b in range(self.n_books):
             lo, hi = b * self.run, (b + 1) * self.run
@@ -525,7 +526,7 @@ class ScaledKMeansCompressor(MatrixCompressor):
     random_state : int, Generator or None
         Seeds the k-means starts and the row sample of large matrices.
     n_threads : int, optional
-        Threads of the k-means.
+        Threads of the k-means and of the nearest-code search.
     max_fit_points : int, default=2**24
         When A has more weights, the codebook is fitted to a random sample of whole rows holding
         about this many (seeded); scales and codes still cover every row, which are coded
@@ -542,10 +543,11 @@ class ScaledKMeansCompressor(MatrixCompressor):
     ``||X (W - What)||_F^2`` is minimized up to its off-diagonal terms. Each group's first scale
     ``s`` is its RMS or largest magnitude (``scale_init``); the normalized weights ``w / s``
     are fitted by a 1-D k-means with sample weights ``h s^2`` (so the error is in W's units).
-    Each alternation then
-    refits every scale by weighted least squares given the codes,
+    Each alternation then refits every scale by weighted least squares given the codes,
     ``s = sum(h w c) / sum(h c^2)``, rounds it to float16, and refits the codebook (recoding
-    every weight to its nearest entry). Scales are stored relative to a power of two of the
+    every weight to its nearest entry). For an embedding table (``channel_axis=0``) looked up
+    by one-hot rows, ``X`` of the looked-up one-hot vectors makes ``h`` the tokens'
+    frequencies. Scales are stored relative to a power of two of the
     largest (the codebook absorbs it), so weights of any magnitude fit float16's range: the
     largest scale lies in [2^12, 2^13); a group more than 2^36 below it gets scale 0.
     References: E. Frantar et al., "GPTQ", ICLR 2023; J. Lin et al., "AWQ", MLSys 2024 (the
