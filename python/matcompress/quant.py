@@ -707,36 +707,46 @@ class _Fit:
                                                   replace=False))
         return np.sort(np.concatenate(parts))
 
-    def _chunks(self):
+    def _chunks(self, dtype=np.float64):
         m = self.A.shape[0]
         for a in range(0, m, self.step):
             b = min(m, a + self.step)
-            yield np.arange(a, b), np.asarray(self.A[a:b], np.float64)
+            yield np.arange(a, b), np.asarray(self.A[a:b], dtype)
 
     def _hrows(self, rows):
         return None if self.h is None else self.h[rows][:, None]
 
     # -- scales ---------------------------------------------------------------------------
 
-    def _initial_scales(self, init):
-        """float16 scales of the groups (None when A is 0)."""
+    def _initial_scales(self, inits):
+        """{init: float16 scales of the groups} for each of ``inits`` (one pass over A), or
+        None when A is 0."""
         g = self.grid
-        acc = np.zeros(g.shape)
-        if init == "rms":
-            for rows, w in self._chunks():
-                g.group_sum(acc, w * w, rows)
-            stat = np.sqrt(acc / g.group_sizes())
-        else:
-            for rows, w in self._chunks():
-                g.group_max(acc, np.abs(w), rows)
-            stat = acc
-        top = float(stat.max())
-        if top == 0:
-            return None
-        # Relative to a power of two of the largest (which becomes ~2^12, leaving float16
-        # headroom for the refits); the codebook, fitted to w / scale, absorbs the factor.
-        exponent = math.frexp(top)[1] - 13
-        return _round16(np.ldexp(stat, -exponent))
+        sums = np.zeros(g.shape) if "rms" in inits else None
+        tops = np.zeros(g.shape) if "absmax" in inits else None
+        amax = 0.0
+        for rows, w in self._chunks():
+            if sums is not None:
+                g.group_sum(sums, w * w, rows)
+            a = np.abs(w)
+            amax = max(amax, float(a.max()))
+            if tops is not None:
+                g.group_max(tops, a, rows)
+        # The coding passes compute in float32 for float32 A of moderate magnitude (products
+        # of a weight and a codebook value stay below 2^90 or so), else in float64.
+        self.ct = np.dtype(np.float32 if self.A.dtype == np.float32 and amax <= 2.0**40
+                           else np.float64)
+        out = {}
+        for init in inits:
+            stat = np.sqrt(sums / g.group_sizes()) if init == "rms" else tops
+            top = float(stat.max())
+            if top == 0:
+                return None
+            # Relative to a power of two of the largest (which becomes ~2^12, leaving float16
+            # headroom for the refits); the codebook, fitted to w / scale, absorbs the factor.
+            exponent = math.frexp(top)[1] - 13
+            out[init] = _round16(np.ldexp(stat, -exponent))
+        return out
 
     # -- codebook -------------------------------------------------------------------------
 
@@ -807,21 +817,34 @@ class _Fit:
             num, den = np.zeros(g.shape), np.zeros(g.shape)
         from .kmeans import _assign
 
-        bk = books.astype(np.float64)
-        for rows, w in self._chunks():
-            s = g.expand(sigma, rows).astype(np.float64)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                v = np.where(s != 0, w / s, 0.0)
-            codes = np.empty(w.shape, np.intp)
-            c = np.empty(w.shape)
-            for b, r, cols in g.book_slices(rows):
-                part = v[r, cols]
-                k = _assign(part.reshape(-1, 1), bk[b][:, None], self.n_threads)
-                codes[r, cols] = k = k.reshape(part.shape)
-                c[r, cols] = bk[b][k]
-            resid = w - s * c
+        ct = self.ct
+        bk = books.astype(ct)
+        zero = not np.all(sigma != 0)
+        for rows, w in self._chunks(ct):
+            s = g.expand(sigma, rows).astype(ct)
+            v = np.divide(w, s, out=np.zeros_like(w), where=s != 0) if zero else w / s
+            if g.n_books == 1:
+                codes = _assign(v.reshape(-1, 1), bk[0][:, None], self.n_threads)
+                codes = codes.reshape(w.shape)
+                c = bk[0][codes]
+            else:
+                codes = np.empty(w.shape, np.intp)
+                c = np.empty_like(w)
+                for b, r, cols in g.book_slices(rows):
+                    part = v[r, cols]
+                    k = _assign(part.reshape(-1, 1), bk[b][:, None], self.n_threads)
+                    codes[r, cols] = k = k.reshape(part.shape)
+                    c[r, cols] = bk[b][k]
+            del v
+            resid = s * c
+            np.subtract(w, resid, out=resid)
+            np.square(resid, out=resid)
             hr = self._hrows(rows)
-            err += float(np.sum(resid * resid if hr is None else hr * resid * resid))
+            if hr is not None:
+                hr = hr.astype(ct)
+                resid *= hr
+            err += float(np.sum(resid, dtype=np.float64))
+            del resid
             if refit:
                 hc = c if hr is None else hr * c
                 if self.local:
@@ -847,12 +870,12 @@ class _Fit:
         inits = SCALE_INITS if self.owner.scale_init == "auto" else (self.owner.scale_init,)
         coded = None  # the state whose codes ``codes`` holds
         best = ls = None
+        starts = self._initial_scales(inits)
+        if starts is None:  # A == 0
+            return ScaledCodebook(np.zeros_like(codes), np.zeros((g.n_books, self.n_codes), dtype),
+                                  np.zeros(g.shape, np.float16), n, g.gs, g.axis)
         for init in inits:  # "auto": the first fit from each, the better one goes on
-            sigma = self._initial_scales(init)
-            if sigma is None:  # A == 0
-                return ScaledCodebook(np.zeros_like(codes),
-                                      np.zeros((g.n_books, self.n_codes), dtype),
-                                      np.zeros(g.shape, np.float16), n, g.gs, g.axis)
+            sigma = starts[init]
             books = self._fit_books(sigma)
             write = n_refits == 0 and len(inits) == 1
             err, refit = self._pass(sigma, books, codes_out=codes if write else None,
