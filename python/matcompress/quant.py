@@ -526,7 +526,7 @@ class ScaledKMeansCompressor(MatrixCompressor):
     random_state : int, Generator or None
         Seeds the k-means starts and the row sample of large matrices.
     n_threads : int, optional
-        Threads of the k-means and of the nearest-code search.
+        Threads of the k-means.
     max_fit_points : int, default=2**24
         When A has more weights, the codebook is fitted to a random sample of whole rows holding
         about this many (seeded); scales and codes still cover every row, which are coded
@@ -678,7 +678,6 @@ class _Fit:
     def __init__(self, owner, A, h, grid, n_codes, step, limit, rng):
         self.owner, self.A, self.h, self.grid = owner, A, h, grid
         self.n_codes, self.rng = n_codes, rng
-        self.n_threads = check_n_threads(owner.n_threads)
         # Least-squares scales chunk by chunk when no group spans two chunks (row groups: the
         # chunks are whole groups), so no grid-sized float64 sums are kept.
         if grid.axis == 1 and grid.gs <= step:
@@ -815,25 +814,23 @@ class _Fit:
         new = sigma.copy() if refit else None
         if refit and not self.local:
             num, den = np.zeros(g.shape), np.zeros(g.shape)
-        from .kmeans import _assign
-
         ct = self.ct
         bk = books.astype(ct)
+        # Nearest entries by the midpoints of the ascending books (exact; a distance kernel
+        # ||v||^2 - 2 v c + ||c||^2 loses entries closer together than sqrt(eps) |v|).
+        mids = [((b[1:] + b[:-1]) / 2).astype(ct) for b in books.astype(np.float64)]
         zero = not np.all(sigma != 0)
         for rows, w in self._chunks(ct):
             s = g.expand(sigma, rows).astype(ct)
             v = np.divide(w, s, out=np.zeros_like(w), where=s != 0) if zero else w / s
             if g.n_books == 1:
-                codes = _assign(v.reshape(-1, 1), bk[0][:, None], self.n_threads)
-                codes = codes.reshape(w.shape)
+                codes = np.searchsorted(mids[0], v)
                 c = bk[0][codes]
             else:
                 codes = np.empty(w.shape, np.intp)
                 c = np.empty_like(w)
                 for b, r, cols in g.book_slices(rows):
-                    part = v[r, cols]
-                    k = _assign(part.reshape(-1, 1), bk[b][:, None], self.n_threads)
-                    codes[r, cols] = k = k.reshape(part.shape)
+                    codes[r, cols] = k = np.searchsorted(mids[b], v[r, cols])
                     c[r, cols] = bk[b][k]
             del v
             resid = s * c
