@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_array_equal
 
@@ -516,6 +516,9 @@ def test_large_matrix_path_samples_and_codes_in_chunks(axis, rng, tmp_path):
 @given(m=st.integers(1, 40), n=st.integers(1, 30), n_codes=st.integers(1, 40),
        gs=st.integers(1, 50), axis=st.sampled_from([0, 1]), n_books=st.integers(1, 3),
        dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**32 - 1))
+# one scale per weight: three codebook entries within 1e-4 of each other (relative), which a
+# distance kernel (|v|^2 - 2 v c + |c|^2 in float32) once told apart wrongly
+@example(m=1, n=3, n_codes=3, gs=1, axis=0, n_books=1, dtype=np.float32, seed=0)
 def test_random_shapes_and_parameters(m, n, n_codes, gs, axis, n_books, dtype, seed):
     rng = np.random.default_rng(seed)
     n_books = min(n_books, n if axis == 1 else m)
@@ -528,6 +531,16 @@ def test_random_shapes_and_parameters(m, n, n_codes, gs, axis, n_books, dtype, s
                                                            n_codes, gs, axis, n_books)
     assert_nearest_codes(W, f)
     assert relative_error(W, f) <= 1.0 + 1e-3  # never worse than the zero matrix (+ rounding)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nearest_codes_among_many_close_entries(dtype, rng):
+    """16-bit codes (4096 entries, spaced ~1e-3 of the largest value): still the nearest."""
+    W = scaled_columns(rng, 300, 40, dtype)
+    f = ScaledKMeansCompressor(4096, n_refits=1, random_state=0).compress(W)
+    assert f.bits == 16
+    assert_nearest_codes(W, f)
+    assert relative_error(W, f) < 2e-3
 
 
 def test_zero_and_integer_input():

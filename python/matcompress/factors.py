@@ -188,13 +188,14 @@ class Factorization(abc.ABC):
         ``dx = dy @ W.T`` has the shape of x (None when ``need_dx`` is false); ``grads`` maps
         each name in :attr:`trainable_fields` to the gradient of L with respect to that field
         (same shape and dtype as the field -- float16 fields: the compute dtype; empty when
-        ``need_grads`` is false), the discrete
-        parts held fixed: both low-rank sides; sparse-code values on their fixed support and
-        the dictionary; codebook entries (a segment sum over the code map); sign-bit scales;
-        pruned values (or their codebook). Computed from the factors, never building W: no
+        ``need_grads`` is false), the discrete parts held fixed: both low-rank sides;
+        sparse-code values on their fixed support and the dictionary; codebook entries (a
+        segment sum over the code map); sign-bit scales; pruned values (or their codebook);
+        scaled codebooks' entries and scales. Computed from the factors, never building W: no
         form's backward pass allocates a dense m x n temporary (each native function lists its
         buffers in ``csrc/matcompress/factored.h``; the largest are batch-sized, plus per-thread
-        tiles of 256 x 256).
+        tiles of 256 x 256), except that scaled codebooks (no native kernel yet) decode W in
+        tiles of rows of about 2^20 weights for numpy's BLAS.
 
         Raises
         ------

@@ -470,7 +470,8 @@ class _Grid:
                 p, np.arange(0, self.n, self.gs), axis=1))
 
     def book_slices(self, rows):
-        """[(book, row mask or None, column slice)] of the weights of ``rows``."""
+        """[(book, row selection, column selection)] of the weights of ``rows``: for column
+        books every row and a slice of columns, for row books the positions in ``rows``."""
         out = []
         for b in range(self.n_books):
             lo, hi = b * self.run, (b + 1) * self.run
@@ -482,14 +483,6 @@ class _Grid:
                 if sel.size:
                     out.append((b, sel, slice(None)))
         return out
-
-
-def _nearest(v, book):
-    """Index of the nearest entry of the ascending ``book`` for each value of v."""
-    if book.size == 1:
-        return np.zeros(v.shape, np.intp)
-    mids = (book[1:] + book[:-1]) / 2
-    return np.searchsorted(mids, v)
 
 
 class ScaledKMeansCompressor(MatrixCompressor):
@@ -550,10 +543,11 @@ class ScaledKMeansCompressor(MatrixCompressor):
     ``||X (W - What)||_F^2`` is minimized up to its off-diagonal terms. Each group's first scale
     ``s`` is its RMS or largest magnitude (``scale_init``); the normalized weights ``w / s``
     are fitted by a 1-D k-means with sample weights ``h s^2`` (so the error is in W's units).
-    Each alternation then
-    refits every scale by weighted least squares given the codes,
+    Each alternation then refits every scale by weighted least squares given the codes,
     ``s = sum(h w c) / sum(h c^2)``, rounds it to float16, and refits the codebook (recoding
-    every weight to its nearest entry). Scales are stored relative to a power of two of the
+    every weight to its nearest entry). For an embedding table (``channel_axis=0``) looked up
+    by one-hot rows, ``X`` of the looked-up one-hot vectors makes ``h`` the tokens'
+    frequencies. Scales are stored relative to a power of two of the
     largest (the codebook absorbs it), so weights of any magnitude fit float16's range: the
     largest scale lies in [2^12, 2^13); a group more than 2^36 below it gets scale 0.
     References: E. Frantar et al., "GPTQ", ICLR 2023; J. Lin et al., "AWQ", MLSys 2024 (the
@@ -655,7 +649,8 @@ class ScaledKMeansCompressor(MatrixCompressor):
         mean = h.mean()
         if not mean > 0:
             raise ValueError("X is zero everywhere: it gives no weight to any row of A")
-        return h + 0.01 * mean
+        h += 0.01 * mean
+        return h / h.max()  # only relative weights matter
 
     def compress(self, A, *, grad=None, X=None):
         """Compress A (m x n). ``X`` (n_samples, m): calibration inputs of the layer (see Notes);
@@ -711,58 +706,76 @@ class _Fit:
                                                   replace=False))
         return np.sort(np.concatenate(parts))
 
-    def _chunks(self):
+    def _chunks(self, dtype=np.float64):
         m = self.A.shape[0]
         for a in range(0, m, self.step):
             b = min(m, a + self.step)
-            yield np.arange(a, b), np.asarray(self.A[a:b], np.float64)
+            yield np.arange(a, b), np.asarray(self.A[a:b], dtype)
 
     def _hrows(self, rows):
         return None if self.h is None else self.h[rows][:, None]
 
     # -- scales ---------------------------------------------------------------------------
 
-    def _initial_scales(self, init):
-        """float16 scales of the groups (None when A is 0)."""
+    def _initial_scales(self, inits):
+        """{init: float16 scales of the groups} for each of ``inits`` (one pass over A), or
+        None when A is 0."""
         g = self.grid
-        acc = np.zeros(g.shape)
-        if init == "rms":
-            for rows, w in self._chunks():
-                g.group_sum(acc, w * w, rows)
-            stat = np.sqrt(acc / g.group_sizes())
-        else:
-            for rows, w in self._chunks():
-                g.group_max(acc, np.abs(w), rows)
-            stat = acc
-        top = float(stat.max())
-        if top == 0:
-            return None
-        # Relative to a power of two of the largest (which becomes ~2^12, leaving float16
-        # headroom for the refits); the codebook, fitted to w / scale, absorbs the factor.
-        exponent = math.frexp(top)[1] - 13
-        return _round16(np.ldexp(stat, -exponent))
+        sums = np.zeros(g.shape) if "rms" in inits else None
+        tops = np.zeros(g.shape) if "absmax" in inits else None
+        amax = 0.0
+        for rows, w in self._chunks():
+            if sums is not None:
+                g.group_sum(sums, w * w, rows)
+            a = np.abs(w)
+            amax = max(amax, float(a.max()))
+            if tops is not None:
+                g.group_max(tops, a, rows)
+        # The coding passes compute in float32 for float32 A of moderate magnitude (products
+        # of a weight and a codebook value stay below 2^90 or so), else in float64.
+        self.ct = np.dtype(np.float32 if self.A.dtype == np.float32 and amax <= 2.0**40
+                           else np.float64)
+        out = {}
+        for init in inits:
+            stat = np.sqrt(sums / g.group_sizes()) if init == "rms" else tops
+            top = float(stat.max())
+            if top == 0:
+                return None
+            # Relative to a power of two of the largest (which becomes ~2^12, leaving float16
+            # headroom for the refits); the codebook, fitted to w / scale, absorbs the factor.
+            exponent = math.frexp(top)[1] - 13
+            out[init] = _round16(np.ldexp(stat, -exponent))
+        return out
 
     # -- codebook -------------------------------------------------------------------------
 
     def _fit_data(self, sigma):
-        """Per book: (normalized values, weights) of the fit rows (positive weights only)."""
+        """Per book: (normalized values, weights) of the fit rows, in A's dtype (positive
+        weights only; h is at most 1 and scales at most 65504, so the weights fit float32)."""
         g = self.grid
+        dtype = self.A.dtype
         if self.sample is None:
-            pieces = list(self._chunks())
+            pieces = [(rows, w.astype(dtype)) for rows, w in self._chunks()]
         else:
-            rows = self.sample
-            pieces = [(rows, np.asarray(self.A[rows], np.float64))]
+            pieces = [(self.sample, np.asarray(self.A[self.sample], dtype))]
         data = [([], []) for _ in range(g.n_books)]
         for rows, w in pieces:
-            s = g.expand(sigma, rows).astype(np.float64)
-            hw = s * s if self.h is None else self._hrows(rows) * s * s
+            s = g.expand(sigma, rows).astype(dtype)
+            q = s * s
+            if self.h is not None:
+                q *= self._hrows(rows).astype(dtype)
             for b, r, c in g.book_slices(rows):
-                sb, wb, hb = s[r, c], w[r, c], hw[r, c]
-                keep = hb > 0
-                data[b][0].append((wb[keep] / sb[keep]))
-                data[b][1].append(hb[keep])
-        return [(np.concatenate(v) if v else np.zeros(0), np.concatenate(q) if q else
-                 np.zeros(0)) for v, q in data]
+                sb, wb, qb = s[r, c], w[r, c], q[r, c]
+                if np.all(qb > 0):
+                    data[b][0].append(np.ravel(wb / sb))
+                    data[b][1].append(np.ravel(qb))
+                else:
+                    keep = qb > 0
+                    data[b][0].append(wb[keep] / sb[keep])
+                    data[b][1].append(qb[keep])
+            del s, q
+        return [(np.concatenate(v) if v else np.zeros(0, dtype),
+                 np.concatenate(q) if q else np.zeros(0, dtype)) for v, q in data]
 
     def _fit_books(self, sigma, init=None):
         from .kmeans import fit_codebook
@@ -777,8 +790,8 @@ class _Fit:
             start = "k-means++"
             if init is not None and k == self.n_codes and np.unique(init[b]).size == k:
                 start = init[b].astype(dtype)
-            book = fit_codebook(v.astype(dtype), k, method=o.method, init=start,
-                                max_iter=o.max_iter, sample_weight=q.astype(dtype),
+            book = fit_codebook(v, k, method=o.method, init=start,
+                                max_iter=o.max_iter, sample_weight=q,
                                 random_state=self.rng, n_threads=o.n_threads)[0]
             books[b, :k] = book
             books[b, k:] = book[-1]
@@ -801,20 +814,34 @@ class _Fit:
         new = sigma.copy() if refit else None
         if refit and not self.local:
             num, den = np.zeros(g.shape), np.zeros(g.shape)
-        bk = books.astype(np.float64)
-        for rows, w in self._chunks():
-            s = g.expand(sigma, rows).astype(np.float64)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                v = np.where(s != 0, w / s, 0.0)
-            codes = np.empty(w.shape, np.intp)
-            c = np.empty(w.shape)
-            for b, r, cols in g.book_slices(rows):
-                k = _nearest(v[r, cols], bk[b])
-                codes[r, cols] = k
-                c[r, cols] = bk[b][k]
-            resid = w - s * c
+        ct = self.ct
+        bk = books.astype(ct)
+        # Nearest entries by the midpoints of the ascending books (exact; a distance kernel
+        # ||v||^2 - 2 v c + ||c||^2 loses entries closer together than sqrt(eps) |v|).
+        mids = [((b[1:] + b[:-1]) / 2).astype(ct) for b in books.astype(np.float64)]
+        zero = not np.all(sigma != 0)
+        for rows, w in self._chunks(ct):
+            s = g.expand(sigma, rows).astype(ct)
+            v = np.divide(w, s, out=np.zeros_like(w), where=s != 0) if zero else w / s
+            if g.n_books == 1:
+                codes = np.searchsorted(mids[0], v)
+                c = bk[0][codes]
+            else:
+                codes = np.empty(w.shape, np.intp)
+                c = np.empty_like(w)
+                for b, r, cols in g.book_slices(rows):
+                    codes[r, cols] = k = np.searchsorted(mids[b], v[r, cols])
+                    c[r, cols] = bk[b][k]
+            del v
+            resid = s * c
+            np.subtract(w, resid, out=resid)
+            np.square(resid, out=resid)
             hr = self._hrows(rows)
-            err += float(np.sum(resid * resid if hr is None else hr * resid * resid))
+            if hr is not None:
+                hr = hr.astype(ct)
+                resid *= hr
+            err += float(np.sum(resid, dtype=np.float64))
+            del resid
             if refit:
                 hc = c if hr is None else hr * c
                 if self.local:
@@ -840,12 +867,12 @@ class _Fit:
         inits = SCALE_INITS if self.owner.scale_init == "auto" else (self.owner.scale_init,)
         coded = None  # the state whose codes ``codes`` holds
         best = ls = None
+        starts = self._initial_scales(inits)
+        if starts is None:  # A == 0
+            return ScaledCodebook(np.zeros_like(codes), np.zeros((g.n_books, self.n_codes), dtype),
+                                  np.zeros(g.shape, np.float16), n, g.gs, g.axis)
         for init in inits:  # "auto": the first fit from each, the better one goes on
-            sigma = self._initial_scales(init)
-            if sigma is None:  # A == 0
-                return ScaledCodebook(np.zeros_like(codes),
-                                      np.zeros((g.n_books, self.n_codes), dtype),
-                                      np.zeros(g.shape, np.float16), n, g.gs, g.axis)
+            sigma = starts[init]
             books = self._fit_books(sigma)
             write = n_refits == 0 and len(inits) == 1
             err, refit = self._pass(sigma, books, codes_out=codes if write else None,
