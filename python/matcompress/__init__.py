@@ -6,6 +6,7 @@
 
 from ._version import __version__
 from . import compressors, factors
+from .auto import AutoCompressor, compress_many
 from .compressors import compress
 from .dictionary import DictionaryLearning, dict_learning
 from .hashing import simhash
@@ -16,10 +17,12 @@ from .pruning import prune, prune_mask, taylor_scores
 
 __all__ = [
     "__version__",
+    "AutoCompressor",
     "DictionaryLearning",
     "dict_learning",
     "KMeansQuantizer",
     "compress",
+    "compress_many",
     "compressors",
     "factors",
     "fit_codebook",
