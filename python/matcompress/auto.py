@@ -105,6 +105,12 @@ def _check_candidates(candidates):
                 raise ValueError("candidates: an AutoCompressor cannot be a candidate")
             out.append(c)
             continue
+        if isinstance(c, dict) and "config" in c:  # a compressor's get_config()
+            c = MatrixCompressor.from_config(c)
+            if isinstance(c, AutoCompressor):
+                raise ValueError("candidates: an AutoCompressor cannot be a candidate")
+            out.append(c)
+            continue
         if isinstance(c, str):
             name, params = c, {}
         else:
@@ -406,6 +412,18 @@ class AutoCompressor(MatrixCompressor):
         self.random_state = random_state
         self.n_threads = n_threads
 
+    def get_config(self):
+        """As :meth:`MatrixCompressor.get_config`; ``candidates`` as JSON-friendly lists
+        (``[name, params]``, or a compressor instance's own ``get_config()``)."""
+        config = super().get_config()
+        if self.candidates is not None and not isinstance(self.candidates, (str, dict)):
+            config["config"]["candidates"] = [
+                c.get_config() if isinstance(c, MatrixCompressor)
+                else ([c[0], dict(c[1] or {})] if isinstance(c, (tuple, list)) and len(c) == 2
+                      else c)
+                for c in self.candidates]
+        return config
+
     def _ratio(self):
         if self.compression_ratio is None:
             raise ValueError("auto: compression_ratio is required (the method is chosen for a "
@@ -623,42 +641,62 @@ def compress_many(weights, compression_ratio=None, *, candidates=None, X=None, l
                 sum(options[k][i][1] for k, i in uniform.items()) <= budget:
             choice, est_total = uniform, uniform_est
 
-    # 3. refit, stepping down while the real total misses
-    fitted = {}
+    # 3. refit; an option once fitted has its real bytes and error, so no option is fitted
+    # twice and the loop ends
+    fitted, fits = {}, {}
 
     def fit(key):
-        mat = mats[key]
-        r = options[key][choice[key]][2]
-        entries = mat.screen(r, specs)
-        f, records, chosen, sq = mat.refit(entries, r, refit_top)
-        f._set_info({"method": chosen["method"], "params": chosen["params"],
-                     "compressor": _jsonable(chosen["compressor"].get_config()),
-                     "compression_ratio_target": r, "sample_rows": int(mat.rows.size),
-                     "candidates": _public(entries), "refit": records})
-        fitted[key] = (choice[key], f, sq, chosen)
+        i = choice[key]
+        if (key, i) not in fits:
+            mat = mats[key]
+            r = options[key][i][2]
+            entries = mat.screen(r, specs)
+            f, records, chosen, sq = mat.refit(entries, r, refit_top)
+            f._set_info({"method": chosen["method"], "params": chosen["params"],
+                         "compressor": _jsonable(chosen["compressor"].get_config()),
+                         "compression_ratio_target": r, "sample_rows": int(mat.rows.size),
+                         "candidates": _public(entries), "refit": records})
+            fits[key, i] = (f, sq, chosen)
+            options[key][i] = (sq, f.nbytes, r)
+        fitted[key] = (i,) + fits[key, i]
+
+    def actual():
+        return sum(v[1].nbytes for v in fitted.values())
 
     for key in mats:
         fit(key)
     steps_down = 0
-    while sum(v[1].nbytes for v in fitted.values()) > budget:
-        total = sum(v[1].nbytes for v in fitted.values())
-        best = None
-        for key, i in choice.items():
-            b_now = fitted[key][1].nbytes
-            e_now = options[key][i][0]
-            for j, (e1, b1, _) in enumerate(options[key]):
-                if b1 >= b_now:
-                    continue
-                cost = (e1 - e_now) / (b_now - b1)
-                if best is None or cost < best[0]:
-                    best = (cost, key, j)
-        if best is None:  # pragma: no cover - the cheapest options fit by construction
-            raise ValueError(f"compress_many: the refitted total ({total} bytes) misses the "
-                             f"budget ({budget:.0f} bytes) and no matrix can step down")
-        _, key, j = best
-        choice[key] = j
-        fit(key)
-        steps_down += 1
+
+    def step_down():
+        nonlocal steps_down
+        while actual() > budget:
+            best = None
+            for key, i in choice.items():
+                b_now, e_now = options[key][i][1], options[key][i][0]
+                for j, (e1, b1, _) in enumerate(options[key]):
+                    if j != i and b1 < b_now:
+                        cost = (e1 - e_now) / (b_now - b1)
+                        if best is None or cost < best[0]:
+                            best = (cost, key, j)
+            if best is None:  # pragma: no cover - the cheapest options fit by construction
+                raise ValueError(f"compress_many: the refitted total ({actual()} bytes) misses "
+                                 f"the budget ({budget:.0f} bytes) and no matrix can step down")
+            _, key, j = best
+            choice[key] = j
+            fit(key)
+            steps_down += 1
+
+    for _ in range(len(rungs) * len(mats)):
+        step_down()
+        # bytes the estimates overstated: upgrade again with the real figures
+        new, _ = upgrade(dict(choice), actual())
+        changed = [k for k in mats if new[k] != choice[k]]
+        if not changed:
+            break
+        choice.update(new)
+        for key in changed:
+            fit(key)
+    step_down()
     total = sum(v[1].nbytes for v in fitted.values())
     assert total <= budget, (total, budget)
 
