@@ -30,8 +30,7 @@ import time
 import numpy as np
 
 from ._validation import check_array, check_int
-from .compressors import (_REGISTRY, MatrixCompressor, _check_ratio, _round_down, _sample_rows,
-                          get)
+from .compressors import _REGISTRY, MatrixCompressor, _check_ratio, _round_down, _sample_rows
 from .factors import Factorization
 
 __all__ = ["AutoCompressor", "compress_many", "default_candidates", "OPTIONAL_METHODS",
@@ -197,7 +196,8 @@ class _Matrix:
         else:
             self.seed = int(rng.integers(2**31 - 1))
         self.As = A if self.whole else np.ascontiguousarray(A[self.rows])
-        self.Xs = None if X is None else (X if self.whole else np.ascontiguousarray(X[:, self.rows]))
+        self.Xs = None if X is None else \
+            (X if self.whole else np.ascontiguousarray(X[:, self.rows]))
         self.gs = None if grad is None else (grad if self.whole else grad[self.rows])
         self.XA = None if X is None else np.asarray(X, np.float64) @ np.asarray(A, np.float64)
         self.XAs = self.XA if self.whole or X is None else \
@@ -205,6 +205,9 @@ class _Matrix:
         self.ref = self._norm2(A, self.XA)
         self.ref_s = self.ref if self.whole else self._norm2(self.As, self.XAs)
         self._screens = {}
+        # Fits by configuration: k-means solves to the same codes and blocks at several ratios
+        # (compress_many's rungs), and one fit then serves them all.
+        self._sample_fits, self._full_fits = {}, {}
 
     @staticmethod
     def _norm2(A, XA):
@@ -239,13 +242,18 @@ class _Matrix:
                      "sample_error": None, "nbytes": None, "compression_ratio": None,
                      "fit_time": None, "skipped": None}
             entries.append(entry)
-            solved = None
-            if hasattr(c, "solve"):
+            # The built-ins' ``solve(shape, itemsize)`` says, without a fit, whether the ratio is
+            # reachable for the whole matrix's shape (the sample's shape may differ in that).
+            solve = getattr(c, "solve", None)
+            solved = dedupe = None
+            if callable(solve) and list(inspect.signature(solve).parameters)[:2] == \
+                    ["shape", "itemsize"]:
                 try:
-                    solved = c.solve(A.shape, A.dtype.itemsize)
+                    solved = solve(A.shape, A.dtype.itemsize)
                 except ValueError as exc:
                     entry["skipped"] = str(exc)
                     continue
+            if solved is not None:
                 config = {k: v for k, v in c.get_config()["config"].items()
                           if k not in ("compression_ratio",) + _SOLVED.get(c.name, ())}
                 dedupe = (type(c).__name__, repr(solved), repr(sorted(config.items())))
@@ -253,12 +261,24 @@ class _Matrix:
                     entry["skipped"] = "the same configuration as an earlier candidate"
                     continue
                 seen.add(dedupe)
-            try:
-                f, dt = self._fit(c, self.As, self.Xs, self.gs)
-            except ValueError as exc:
-                entry["skipped"] = str(exc)
-                continue
-            sq = _squared_error(self.As, f, self.Xs, self.XAs)
+            entry["_key"] = dedupe
+            skey = None
+            if dedupe is not None:
+                try:  # the sample's own configuration (its shape may solve differently)
+                    skey = (dedupe, repr(solve(self.As.shape, A.dtype.itemsize)))
+                except ValueError:
+                    skey = None
+            if skey is not None and skey in self._sample_fits:
+                f, dt, sq = self._sample_fits[skey]
+            else:
+                try:
+                    f, dt = self._fit(c, self.As, self.Xs, self.gs)
+                except ValueError as exc:
+                    entry["skipped"] = str(exc)
+                    continue
+                sq = _squared_error(self.As, f, self.Xs, self.XAs)
+                if skey is not None:
+                    self._sample_fits[skey] = (f, dt, sq)
             entry.update(sample_error=self.relative(sq, self.ref_s), nbytes=int(f.nbytes),
                          compression_ratio=float(f.compression_ratio), fit_time=dt)
             entry["_sq"] = sq
@@ -298,9 +318,13 @@ class _Matrix:
             if self.whole:
                 f, dt = e["_fit"], e["fit_time"]
                 sq = e["_sq"]
+            elif e.get("_key") is not None and e["_key"] in self._full_fits:
+                f, dt, sq = self._full_fits[e["_key"]]
             else:
                 f, dt = self._fit(e["compressor"], A, self.X, self.grad)
                 sq = _squared_error(A, f, self.X, self.XA)
+                if e.get("_key") is not None:
+                    self._full_fits[e["_key"]] = (f, dt, sq)
             meets = f.nbytes <= dense / ratio and f.compression_ratio >= ratio
             rec = {"method": e["method"], "params": e["params"],
                    "error": self.relative(sq, self.ref), "nbytes": int(f.nbytes),
