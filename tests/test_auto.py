@@ -342,6 +342,9 @@ def test_many_meets_the_total_and_beats_uniform_auto(rng, dtype, ratio):
         assert s["nbytes"] == fs[k].nbytes
         assert s["error"] == pytest.approx(rel_error(W[k], fs[k]), rel=1e-4)
         assert fs[k].info["method"] == s["method"]
+        assert fs[k].info["compression_ratio_target"] == s["target_ratio"]
+        assert fs[k].info["error"] == pytest.approx(s["error"])
+        assert fs[k].compression_ratio >= s["target_ratio"]
 
 
 def test_many_at_the_uniform_rung_is_auto(rng):

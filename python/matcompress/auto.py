@@ -676,11 +676,15 @@ def compress_many(weights, compression_ratio=None, *, candidates=None, X=None, l
             r = options[key][i][2]
             entries = mat.screen(r, specs)
             f, records, chosen, sq = mat.refit(entries, r, refit_top)
-            f._set_info({"method": chosen["method"], "params": chosen["params"],
-                         "compressor": _jsonable(chosen["compressor"].get_config()),
-                         "compression_ratio_target": r, "sample_rows": int(mat.rows.size),
-                         "candidates": _public(entries), "refit": records})
-            fits[key, i] = (f, sq, chosen)
+            # (set on the result at the end: rungs that solve alike share one object)
+            info = {"method": chosen["method"], "params": chosen["params"],
+                    "compressor": _jsonable(chosen["compressor"].get_config()),
+                    "error": mat.relative(sq, mat.ref),
+                    "score": ("relative output error" if mat.X is not None
+                              else "relative Frobenius error"),
+                    "compression_ratio_target": r, "sample_rows": int(mat.rows.size),
+                    "candidates": _public(entries), "refit": records}
+            fits[key, i] = (f, sq, chosen, info)
             options[key][i] = (sq, f.nbytes, r)
         fitted[key] = (i,) + fits[key, i]
 
@@ -726,7 +730,8 @@ def compress_many(weights, compression_ratio=None, *, candidates=None, X=None, l
 
     result, per = {}, {}
     for key, _ in items:
-        i, f, sq, chosen = fitted[key]
+        i, f, sq, chosen, info = fitted[key]
+        f._set_info(info)
         result[key] = f
         per[key] = {"method": chosen["method"], "params": chosen["params"],
                     "target_ratio": options[key][i][2], "nbytes": int(f.nbytes),
