@@ -8,6 +8,7 @@ from ._version import __version__
 from . import composite, compressors, factors
 from .composite import (CompositeCompressor, LowRankResidualCompressor, OutlierCompressor,
                         PruneQuantizeCompressor, Sum)
+from .auto import AutoCompressor, compress_many
 from .compressors import compress
 from .dictionary import DictionaryLearning, dict_learning
 from .hashing import simhash
@@ -20,6 +21,7 @@ from .quant import ScaledCodebook, ScaledKMeansCompressor, pack_bits, unpack_bit
 
 __all__ = [
     "__version__",
+    "AutoCompressor",
     "CompositeCompressor",
     "DictionaryLearning",
     "dict_learning",
@@ -32,6 +34,7 @@ __all__ = [
     "Sum",
     "composite",
     "compress",
+    "compress_many",
     "compressors",
     "factors",
     "fit_codebook",

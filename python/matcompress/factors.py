@@ -290,6 +290,17 @@ class Factorization(abc.ABC):
         except ValueError as exc:
             raise ValueError(f"{where}: malformed {cls.kind!r}: {exc}") from None
 
+    @property
+    def info(self) -> dict:
+        """How the factorization was chosen, when a compressor recorded it (``"auto"`` does:
+        the method, params and every candidate's errors); an empty dict otherwise. Kept with
+        the object only: :meth:`save` does not write it and equality ignores it."""
+        return self.__dict__.get("_info", {})
+
+    def _set_info(self, info):
+        """Attach ``info`` (a dict) to this frozen factorization."""
+        object.__setattr__(self, "_info", dict(info))
+
     def save(self, path):
         """Write the factorization to ``path`` (``.npz``, uncompressed; see :func:`load`)."""
         np.savez(path, __kind__=np.asarray(self.kind), __version__=np.asarray(FORMAT_VERSION),
