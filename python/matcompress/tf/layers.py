@@ -550,7 +550,8 @@ def to_factorization(kind, static, arrays):
     if kind == "pruned":
         n = int(static["n_cols"])
         indptr = a["indptr"]
-        indptr = indptr.astype(np.int32 if indptr[-1] < 2**31 else np.int64)
+        indptr = indptr.astype(static.get("indptr_dtype")
+                               or (np.int32 if indptr[-1] < 2**31 else np.int64))
         indices = a["indices"].astype(F.index_dtype(n))
         if "values" in a:
             return F.Pruned(indptr, indices, n, values=a["values"])
@@ -621,6 +622,8 @@ def _stored_fields(f, prefix=""):
     static = {prefix + name: (int(v) if not isinstance(v, bool) else v)
               for name in _ops._FIELDS[f.kind]
               if not isinstance(v := getattr(f, name, None), np.ndarray) and v is not None}
+    if f.kind == "pruned":
+        static[prefix + "indptr_dtype"] = np.dtype(f.indptr.dtype).name
     return arrays, static
 
 

@@ -337,7 +337,11 @@ def _factor_arrays(factorization, dtype):
         out.update(bits=f.bits, scale=f.scale.astype(dt), seed=f.seed, n_rows=f.n_rows)
     elif isinstance(f, _factors.Pruned):
         indices = f.indices.astype(np.uint16 if f.n_cols <= 65536 else np.int32)
-        out.update(indptr=f.indptr.astype(np.int64), indices=indices, n_cols=f.n_cols)
+        # The stored row offsets' dtype rides along (static) so that the layers give back the
+        # compressor's bytes: PruningCompressor stores int32, a composite's sparse part may
+        # store narrower ones.
+        out.update(indptr=f.indptr.astype(np.int64), indices=indices, n_cols=f.n_cols,
+                   indptr_dtype=np.dtype(f.indptr.dtype).name)
         if f.values is not None:
             out.update(values=f.values.astype(dt))
         else:
