@@ -18,10 +18,16 @@ if [ -z "$site" ]; then
   exit 1
 fi
 if [ "$site" != "$PWD/python/matcompress" ]; then
-  cp "$site"/_core*.so python/matcompress/
-  [ -f "$site/tf/_tf_ops.so" ] && cp "$site/tf/_tf_ops.so" python/matcompress/tf/
+  # Replaced by a rename, never overwritten in place (and only when they differ): a run of
+  # this script beside another one must not rewrite a library the other has mapped.
+  put() {
+    cmp -s "$1" "$2/$(basename "$1")" && return 0
+    cp "$1" "$2/.$(basename "$1").tmp.$$" && mv -f "$2/.$(basename "$1").tmp.$$" "$2/$(basename "$1")"
+  }
+  for so in "$site"/_core*.so; do put "$so" python/matcompress; done
+  [ -f "$site/tf/_tf_ops.so" ] && put "$site/tf/_tf_ops.so" python/matcompress/tf
   # generated at build time beside the op library (gitignored too)
-  [ -f "$site/tf/_build_info.py" ] && cp "$site/tf/_build_info.py" python/matcompress/tf/
+  [ -f "$site/tf/_build_info.py" ] && put "$site/tf/_build_info.py" python/matcompress/tf
 fi
 export MC_TREE="$PWD/python"
 PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}" python3 - -p no:cacheprovider "$@" <<'PY'

@@ -454,6 +454,13 @@ class AutoCompressor(MatrixCompressor):
                              "target ratio)")
         return _check_ratio(self.compression_ratio)
 
+    def resolve(self, A, *, X=None):
+        """The candidate chosen for A, as a compressor (itself resolved on A): its results on
+        other matrices of A's shape have the chosen form's parts."""
+        f = self.compress(A, X=X)
+        chosen = MatrixCompressor.from_config(f.info["compressor"])
+        return chosen.resolve(A)
+
     def compress(self, A, *, grad=None, X=None) -> Factorization:
         """The best candidate's factorization of A (m x n), its ``info`` filled in.
 

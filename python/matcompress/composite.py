@@ -444,6 +444,16 @@ class LowRankResidualCompressor(MatrixCompressor):
         cfg["config"]["residual"] = _config_of(self.residual, "residual")
         return cfg
 
+    def resolve(self, A, *, X=None):
+        """This compressor with the rank chosen on A fixed: the residual then gets the bytes
+        that rank leaves, so results on other matrices of A's shape have the same parts."""
+        if self.compression_ratio is None or self.rank is not None:
+            return self
+        f = self.compress(A, X=X)
+        config = dict(self.get_config()["config"], rank=int(f.parts[0].left.shape[1]),
+                      rank_share=None)
+        return type(self)(**config)
+
     def compress(self, A, *, grad=None, X=None):
         from .lowrank import low_rank
 
@@ -752,6 +762,16 @@ class PruneQuantizeCompressor(MatrixCompressor):
     def _pruner(self, **params):
         return PruningCompressor(scores=self.scores, random_state=self.random_state,
                                  n_threads=self.n_threads, **params)
+
+    def resolve(self, A, *, X=None):
+        """This compressor with the code width chosen on A fixed (``bits=(b,)``): its sparsity
+        then follows from the shape, so results on other matrices of A's shape have the same
+        parts."""
+        if self.compression_ratio is None:
+            return self
+        f = self.compress(A, X=X)
+        b = max(1, (int(f.codebook.shape[0]) - 1).bit_length())
+        return type(self)(**{**self.get_config()["config"], "bits": [b]})
 
     def compress(self, A, *, grad=None, X=None):
         A = _check_matrix(A)

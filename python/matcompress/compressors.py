@@ -73,6 +73,14 @@ class MatrixCompressor(abc.ABC):
         inputs of the layer computing ``x @ A``, passed only when ``uses_inputs`` is True; the
         compressor then minimizes the output error ``||X (A - A_hat)||_F``."""
 
+    def resolve(self, A) -> "MatrixCompressor":
+        """A compressor whose results on any matrix of A's shape have the parts (shapes, dtypes,
+        kind) of this one's result on A: ``self`` when those follow from the shape alone (every
+        built-in fixed-form compressor), else a compressor with the choices made on A fixed
+        (``auto``'s method, a composite's rank or code width). A layer whose variables are made
+        before training (:mod:`matcompress.tf`) calls it once, on the matrix it is built with."""
+        return self
+
     def get_config(self) -> dict:
         """``{"name": ..., "config": {parameter: value}}`` (JSON-friendly parameters)."""
         params = {}
