@@ -29,8 +29,11 @@ import matcompress
 from matcompress import archive, cli, compressors
 from matcompress._weight_files import open_weights
 from matcompress.factors import Codebook, LowRank, Pruned, SignBits, SparseCodes
+from matcompress.quant import ScaledCodebook
 
-METHODS = ["lowrank", "dictionary", "kmeans", "simhash", "prune"]
+METHODS = ["lowrank", "dictionary", "kmeans", "simhash", "prune", "scaled-kmeans"]
+#: Methods whose parameters are solved from --ratio only.
+RATIO_ONLY = ["auto", "outliers", "lowrank-residual", "prune-kmeans"]
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
@@ -282,7 +285,7 @@ def test_format_sniffed_from_content_not_extension(tmp_path, rng, capsys):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", METHODS + RATIO_ONLY)
 def test_every_method_meets_the_ratio(method, tmp_path, rng, capsys):
     arrays = matrices(rng)
     np.savez(tmp_path / "model.npz", **arrays)
@@ -321,7 +324,37 @@ PARAMS = {
     "simhash": (["--bits", "40"], lambda f, m, n: isinstance(f, SignBits) and f.n_bits == 40),
     "prune": (["--sparsity", "0.75"],
               lambda f, m, n: isinstance(f, Pruned) and f.nnz == m * n - int(0.75 * m * n)),
+    "scaled-kmeans": (["--codes", "8", "--group-size", "4"],
+                      lambda f, m, n: isinstance(f, ScaledCodebook)
+                      and f.codebook.shape == (1, 8) and f.scales.shape == (-(-m // 4), n)),
 }
+
+
+@pytest.mark.parametrize("method", RATIO_ONLY)
+def test_ratio_only_methods_need_the_ratio(method, tmp_path, rng, capsys):
+    np.save(tmp_path / "w.npy", rng.standard_normal((32, 24)).astype(np.float32))
+    status, _, err = run(capsys, "compress", tmp_path / "w.npy", "--method", method,
+                         "-o", tmp_path / "out.npz")
+    assert_one_line_error(err, status, 2, f"--method {method} needs --ratio")
+
+
+def test_auto_picks_per_matrix_and_names_the_kind(tmp_path, rng, capsys):
+    """A near-low-rank matrix and a heavy-tailed one: auto's per-matrix choice is at least as
+    good as each fixed method's at the same ratio."""
+    low = (rng.standard_normal((96, 4)) @ rng.standard_normal((4, 64))).astype(np.float32)
+    heavy = rng.standard_t(3, (96, 64)).astype(np.float32)
+    np.savez(tmp_path / "m.npz", low=low, heavy=heavy)
+    errs = {}
+    for method in ("auto", "lowrank", "kmeans", "scaled-kmeans"):
+        status, _, err = run(capsys, "compress", tmp_path / "m.npz", "--method", method,
+                             "--ratio", "6", "-o", tmp_path / f"{method}.npz", "--seed", 1)
+        assert status == 0, err
+        fs = archive.load_many(tmp_path / f"{method}.npz")
+        errs[method] = {"low": relative_error(low, fs["low"]),
+                        "heavy": relative_error(heavy, fs["heavy"])}
+        assert all(W.nbytes / fs[k].nbytes >= 6 for k, W in (("low", low), ("heavy", heavy)))
+    for k in ("low", "heavy"):
+        assert errs["auto"][k] <= min(errs[m][k] for m in errs if m != "auto") * (1 + 1e-6), errs
 
 
 @pytest.mark.parametrize("method", METHODS)

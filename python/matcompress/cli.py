@@ -15,14 +15,16 @@ Commands
     ``MiniBatchDictionaryLearning``, print their time and error beside the fixed DCT
     dictionary's, and write a PNG of both sets of learned atoms (default
     ``matcompress-atoms.png``; see :mod:`matcompress.demo`).
-``matcompress compress INPUT --method {lowrank,dictionary,kmeans,simhash,prune}
-(--ratio R | method parameters) -o OUT.npz [--threads T] [--seed SEED]``
+``matcompress compress INPUT --method {lowrank,dictionary,kmeans,simhash,prune,scaled-kmeans,
+auto,outliers,lowrank-residual,prune-kmeans} (--ratio R | method parameters) -o OUT.npz
+[--threads T] [--seed SEED]``
     Compress every 2-D float array of a ``.npy``, ``.npz`` or ``.safetensors`` file (float16
     and bfloat16 ones in float32) and write all the factorizations to one ``.npz``
     (:mod:`matcompress.archive`; read it back with :func:`matcompress.archive.load_many`).
     Other arrays are skipped with a note. The method parameters: lowrank ``--rank``,
     dictionary ``--atoms`` and ``--nonzeros``, kmeans ``--codes`` (and ``--block-size``), simhash
-    ``--bits``, prune ``--sparsity``. Prints a line per matrix on stderr and a table (bytes,
+    ``--bits``, prune ``--sparsity``, scaled-kmeans ``--codes`` (and ``--group-size``); auto,
+    outliers, lowrank-residual and prune-kmeans take ``--ratio`` only. Prints a line per matrix on stderr and a table (bytes,
     ratio, relative error) on stdout.
 ``matcompress inspect ARCHIVE [--original INPUT]``
     Print each factorization of an archive written by ``compress``: name, kind, shape, dtype,
@@ -151,6 +153,15 @@ _METHODS = {
                       ("--codes",), ("--block-size",)),
     "simhash": _Method("simhash", {"--bits": "n_bits"}, ("--bits",)),
     "prune": _Method("pruning", {"--sparsity": "sparsity"}, ("--sparsity",)),
+    "scaled-kmeans": _Method("scaled_kmeans", {"--codes": "n_codes",
+                                               "--group-size": "group_size"},
+                             ("--codes",), ("--group-size",)),
+    # Searches and composites: their parameters are solved from --ratio.
+    "auto": _Method("auto", {}, ()),
+    "outliers": _Method("outliers", {"--outlier-fraction": "outlier_fraction"}, (),
+                        ("--outlier-fraction",)),
+    "lowrank-residual": _Method("low_rank_residual", {}, ()),
+    "prune-kmeans": _Method("prune_kmeans", {}, ()),
 }
 
 
@@ -260,7 +271,8 @@ def _build_parser():
             "and bfloat16 matrices are compressed in float32. Give either --ratio or the "
             "method's parameters: lowrank --rank; dictionary --atoms and --nonzeros; kmeans "
             "--codes (and --block-size, also allowed with --ratio); simhash --bits; prune "
-            "--sparsity. A line per matrix goes to stderr; a table of bytes, ratios and "
+            "--sparsity; scaled-kmeans --codes (and --group-size); auto, outliers, "
+            "lowrank-residual and prune-kmeans take --ratio. A line per matrix goes to stderr; a table of bytes, ratios and "
             "relative errors ||W - W~||_F / ||W||_F to stdout."
         ),
     )
@@ -271,7 +283,13 @@ def _build_parser():
     compress.add_argument("--method", required=True, choices=tuple(_METHODS),
                           help="lowrank (truncated SVD), dictionary (sparse codes over a learned "
                                "dictionary), kmeans (codebook), simhash (sign bits of a random "
-                               "projection) or prune (the largest weights kept)")
+                               "projection), prune (the largest weights kept), scaled-kmeans "
+                               "(per-channel float16 scales times a shared codebook); with "
+                               "--ratio only: auto (per matrix, the method and parameters with "
+                               "the lowest error at that ratio), outliers (1%% of the weights "
+                               "kept exactly, the rest quantized), lowrank-residual (a low rank "
+                               "plus a quantized residual), prune-kmeans (pruning, then the kept "
+                               "weights quantized)")
     compress.add_argument("--ratio", type=_float_in(1, low_open=True), metavar="R",
                           help="store each matrix in at most its bytes in INPUT / R (> 1); the "
                                "method's parameters are solved for per matrix. The bytes are "
@@ -293,6 +311,11 @@ def _build_parser():
                         help="simhash: sign bits per column")
     params.add_argument("--sparsity", type=_float_in(0, 1), metavar="S",
                         help="prune: the fraction of the weights removed, in [0, 1)")
+    params.add_argument("--group-size", type=_int_at_least(1), metavar="G",
+                        help="scaled-kmeans: rows sharing one scale per column (default, and "
+                             "with --ratio: solved, the finest groups that fit)")
+    params.add_argument("--outlier-fraction", type=_float_in(0, 1), metavar="F",
+                        help="outliers: the fraction of the weights kept exactly (default 0.01)")
     compress.add_argument("-o", "--output", required=True, metavar="OUT.npz",
                           help="the archive to write, exactly this path (an existing file is "
                                "replaced, and only once every matrix is compressed)")
@@ -468,6 +491,8 @@ def _compressor_params(args):
             owner = next(name for name, m in _METHODS.items() if flag in m.params)
             error(f"argument {flag}: applies to --method {owner}, not {args.method}")
     needed = " and ".join(method.required)
+    if not method.required and args.ratio is None:
+        error(f"--method {args.method} needs --ratio (its parameters are solved from it)")
     if args.ratio is not None:
         clash = [flag for flag in given if flag not in method.with_ratio]
         if clash:
@@ -495,8 +520,11 @@ def _compressor_for(tensor, registry, params, args):
     if args.ratio is not None:
         params["compression_ratio"] = args.ratio * compute.itemsize / tensor.itemsize
     compressor = get(registry, **params)
+    solve = getattr(compressor, "solve", None)
+    if solve is None:  # a search: its errors come with the matrix's compression
+        return compressor
     try:
-        compressor.solve(tensor.shape, compute.itemsize)
+        solve(tensor.shape, compute.itemsize)
     except (ValueError, TypeError) as exc:
         m, n = tensor.shape
         hint = ""
