@@ -88,4 +88,8 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
     assert "digits MLP at 8x, kmeans: within 1 point of dense accuracy: met" in out
     table = [line for line in out.splitlines()
              if line.startswith("digits MLP ") and " at 8x" not in line and " at 4x" not in line]
-    assert len(table) == 2 + 2 * len(demo.METHODS)  # dense, dense+4, the methods
+    n_search = sum(len(r) for r in demo.QUICK_SEARCHES.values())
+    # dense, dense+4, the methods at 4x and 8x, the searches (auto, auto+X)
+    assert len(table) == 2 + 2 * len(demo.METHODS) + n_search
+    for method in demo.QUICK_SEARCHES:
+        assert f"digits MLP at 8x, {method}:" in out

@@ -90,9 +90,14 @@ def test_plan_routes():
     shape, init = (6, 5), np.ones((6, 5), np.float32)
     assert factorize.plan(Recorder(), shape, np.float32, initial=init, calibrate=True).uses_inputs
     assert not factorize.plan(Recorder(), shape, np.float32, initial=init).uses_inputs
-    # A compressor without calibration inputs keeps its route (in the graph for built-ins).
-    p = factorize.plan(C.LowRankCompressor(rank=2), shape, np.float32, calibrate=True)
+    # The built-ins take calibration inputs: calibrated, they run on the host with X; else
+    # in the graph.
+    p = factorize.plan(C.LowRankCompressor(rank=2), shape, np.float32, initial=init,
+                       calibrate=True)
+    assert p.uses_inputs and not p.in_graph
+    p = factorize.plan(C.LowRankCompressor(rank=2), shape, np.float32)
     assert not p.uses_inputs and p.in_graph
+    # A compressor without calibration inputs keeps its route.
     p = factorize.plan(NoInputs(), shape, np.float32, initial=init, calibrate=True)
     assert not p.uses_inputs
 
@@ -230,3 +235,18 @@ def test_mirrored_strategy_gathers_the_global_batch(tmp_path):
                          capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")
+
+
+def test_builtin_low_rank_calibrated_in_a_layer_matches_numpy():
+    """A built-in compressor through a calibrating schedule: the layer's parts are
+    ``LowRankCompressor.compress(A, X=batch)``'s (the whitened SVD)."""
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((32, 12)) * np.logspace(-1, 1, 12)).astype(np.float32)
+    keras.utils.set_random_seed(0)
+    layer = mctf.CompressedDense(6, C.LowRankCompressor(rank=2), _schedule(True, 0))
+    layer.build((None, 12))
+    A = layer.kernel.numpy()
+    layer(tf.constant(x), training=True)
+    want = C.LowRankCompressor(rank=2).compress(A, X=x).to_dense()
+    f = layer._core.arrays()
+    np.testing.assert_allclose(f["left"] @ f["right"], want, rtol=1e-5, atol=1e-5)

@@ -139,3 +139,36 @@ def test_layers_train_strip_and_reload(method, params, tmp_path):
     stripped.save(path)
     back = keras.models.load_model(path)
     np.testing.assert_array_equal(back.predict(X, verbose=0), y)
+
+
+def test_scaled_codebook_variables_are_balanced_for_the_optimizer():
+    """The compressor stores scales near 2^12 (float16 headroom) and a codebook near 1e-5; the
+    layer keeps the codebook at the weights' magnitude and the scales near 1 (same product),
+    so that Adam's steps fine-tune rather than wreck it: the loss falls after the snapshot."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((256, 32)).astype(np.float32)
+    Y = np.tanh(X @ rng.standard_normal((32, 16)) * 0.3).astype(np.float32)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(64, activation="tanh"),
+                              keras.layers.Dense(16)])
+    model.compile(keras.optimizers.Adam(0.01), "mse")
+    model.fit(X, Y, epochs=20, batch_size=32, verbose=0)
+    comp = mc.compressors.get("scaled_kmeans", n_codes=4, random_state=0)
+    kernel = model.layers[0].kernel.numpy()
+    ref = comp.compress(kernel)
+    assert np.sqrt(np.mean(ref.scales.astype(np.float64) ** 2)) > 100  # what the gain undoes
+    c = mctf.apply_compression(model, comp, schedule=mctf.CompressionSchedule(
+        begin_step=0, alpha_decrement=1.0), filter_fn=lambda layer: layer is model.layers[0])
+    c.compile(keras.optimizers.Adam(0.003), "mse")
+    first = c.evaluate(X, Y, verbose=0)
+    c.fit(X[:32], Y[:32], epochs=1, batch_size=32, verbose=0,
+          callbacks=[mctf.CompressionCallback()])  # the snapshot (one step)
+    layer = c.layers[0]
+    code_var = np.sqrt(np.mean(layer._parts["codebook"].numpy() ** 2))
+    scale_var = np.sqrt(np.mean(layer._parts["scales"].numpy() ** 2))
+    w_rms = np.sqrt(np.mean(kernel ** 2))
+    assert 0.1 * w_rms < code_var < 10 * w_rms and 0.5 < scale_var < 2
+    snap = c.evaluate(X, Y, verbose=0)
+    h = c.fit(X, Y, epochs=5, batch_size=32, verbose=0, callbacks=[mctf.CompressionCallback()])
+    after = c.evaluate(X, Y, verbose=0)
+    assert after < snap and np.isfinite(h.history["loss"]).all(), (first, snap, after)

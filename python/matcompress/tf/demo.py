@@ -33,6 +33,10 @@ import numpy as np
 
 RATIOS = (2, 4, 8, 16)
 METHODS = ("kmeans", "low_rank", "dictionary", "pruning", "simhash")
+#: method="auto" per matrix, without and with the snapshot's batch as calibration inputs
+#: (CompressionSchedule(calibrate=True)), at the ratios where single methods break.
+SEARCHES = {"auto": (8, 16), "auto+X": (8, 16)}
+QUICK_SEARCHES = {"auto": (8,), "auto+X": (8,)}
 MIN_WEIGHTS = 16384  # matrices smaller than this stay dense
 
 
@@ -104,6 +108,8 @@ def _lstm(vocab, seq_len):
 def _compressor(method, ratio, seed):
     from .. import compressors as C
 
+    if method in ("auto", "auto+X"):
+        return C.get("auto", compression_ratio=ratio, random_state=seed)
     if method == "kmeans":
         return C.KMeansCompressor(compression_ratio=ratio, random_state=seed)
     if method == "low_rank":
@@ -185,8 +191,9 @@ def _has_factored(model):
                for layer in model._flatten_layers(include_self=False))
 
 
-def run_task(task, methods=METHODS, ratios=RATIOS, seed=0, progress=None):
-    """Rows (dicts) for the dense model and every method x ratio."""
+def run_task(task, methods=METHODS, ratios=RATIOS, seed=0, progress=None, searches=None):
+    """Rows (dicts) for the dense model, every method x ratio, and every search (``searches``:
+    method -> its ratios; "auto+X" calibrates on the snapshot's batch)."""
     import keras
 
     from .compression import CompressionCallback, apply_compression, strip_compression
@@ -222,32 +229,37 @@ def run_task(task, methods=METHODS, ratios=RATIOS, seed=0, progress=None):
     # factors alone from half an epoch on.
     schedule = CompressionSchedule(begin_step=0, update_every=max(1, steps // 8),
                                    alpha_decrement=0.25)
-    for method in methods:
-        for ratio in ratios:
-            row = {"task": task.name, "method": method, "ratio": ratio}
-            try:
-                keras.utils.set_random_seed(seed)
-                model = apply_compression(dense, _compressor(method, ratio, seed),
-                                          schedule=schedule, filter_fn=_large)
-            except ValueError as exc:  # a ratio this method cannot reach on these shapes
-                row.update(score=None, note=str(exc).split(";")[0])
-                rows.append(row)
-                if progress:
-                    progress()
-                continue
-            task.compile(model)
-            t0 = time.perf_counter()
-            model.fit(Xtr, ytr, epochs=task.finetune, batch_size=task.batch_size, verbose=0,
-                      callbacks=[CompressionCallback()])
-            elapsed = time.perf_counter() - t0
-            small = strip_compression(model)
-            task.compile(small)
-            total, factored, dense_bytes = _bytes(small)
-            row.update(score=task.score(small), bytes=total, matrix_bytes=factored,
-                       achieved=dense_bytes / factored, time=elapsed)
+    calibrated = CompressionSchedule(begin_step=0, update_every=max(1, steps // 8),
+                                     alpha_decrement=0.25, calibrate=True)
+    runs = [(m, r) for m in methods for r in ratios]
+    runs += [(m, r) for m, rs in (searches or {}).items() for r in rs]
+    for method, ratio in runs:
+        row = {"task": task.name, "method": method, "ratio": ratio}
+        try:
+            keras.utils.set_random_seed(seed)
+            model = apply_compression(
+                dense, _compressor(method, ratio, seed),
+                schedule=calibrated if method.endswith("+X") else schedule,
+                filter_fn=_large)
+        except ValueError as exc:  # a ratio this method cannot reach on these shapes
+            row.update(score=None, note=str(exc).split(";")[0])
             rows.append(row)
             if progress:
                 progress()
+            continue
+        task.compile(model)
+        t0 = time.perf_counter()
+        model.fit(Xtr, ytr, epochs=task.finetune, batch_size=task.batch_size, verbose=0,
+                  callbacks=[CompressionCallback()])
+        elapsed = time.perf_counter() - t0
+        small = strip_compression(model)
+        task.compile(small)
+        total, factored, dense_bytes = _bytes(small)
+        row.update(score=task.score(small), bytes=total, matrix_bytes=factored,
+                   achieved=dense_bytes / factored, time=elapsed)
+        rows.append(row)
+        if progress:
+            progress()
     return rows
 
 
@@ -316,7 +328,7 @@ def plot(rows, path):
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
     for ax, name in zip(axes[0], names):
         base = reference_score(rows, name)
-        for method in METHODS:
+        for method in METHODS + tuple(SEARCHES):
             pts = [(r["achieved"], r["score"]) for r in rows if r["task"] == name
                    and r["method"] == method and r.get("score") is not None]
             if pts:
@@ -341,7 +353,9 @@ def run(quick=False, png="matcompress-models.png", seed=0, say=print):
     jobs = tasks(quick, seed)
     methods = METHODS
     ratios = (4, 8) if quick else RATIOS
-    total = len(jobs) * (2 + len(methods) * len(ratios))
+    searches = QUICK_SEARCHES if quick else SEARCHES
+    n_search = sum(len(r) for r in searches.values())
+    total = len(jobs) * (2 + len(methods) * len(ratios) + n_search)
     bar = keras.utils.Progbar(total, unit_name="model")
     done = [0]
 
@@ -350,10 +364,12 @@ def run(quick=False, png="matcompress-models.png", seed=0, say=print):
         bar.update(done[0])
 
     say(f"Training {len(jobs)} model(s) dense, then with {len(methods)} compressors at "
-        f"{', '.join(f'{r}x' for r in ratios)} fewer bytes ({total} trainings)")
+        f"{', '.join(f'{r}x' for r in ratios)} fewer bytes, and method='auto' per matrix "
+        f"(auto+X: calibrated on the snapshot's batch) at "
+        f"{', '.join(f'{r}x' for r in searches['auto'])} ({total} trainings)")
     rows = []
     for task in jobs:
-        rows += run_task(task, methods, ratios, seed, progress=tick)
+        rows += run_task(task, methods, ratios, seed, progress=tick, searches=searches)
     say(format_table(rows))
     say("")
     for line in check_targets(rows):

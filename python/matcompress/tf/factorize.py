@@ -61,7 +61,8 @@ class Plan:
         True when ``factorize`` hands calibration inputs to the compressor.
     """
 
-    def __init__(self, compressor, kind, parts, static, fn, in_graph=True, uses_inputs=False):
+    def __init__(self, compressor, kind, parts, static, fn, in_graph=True, uses_inputs=False,
+                 gains=None):
         self.compressor = compressor
         self.kind = kind
         self.parts = parts
@@ -69,6 +70,8 @@ class Plan:
         self._fn = fn
         self.in_graph = in_graph
         self.uses_inputs = uses_inputs
+        #: part name -> factor: the part's variable holds value * factor (see _scale_gains).
+        self.gains = dict(gains or {})
 
     def factorize(self, A, X=None):
         """The parts (name -> tensor, shapes and dtypes as in ``parts``) of the current A;
@@ -343,7 +346,29 @@ def _numpy_plan(c, m, n, dtype, initial, calibrate=False):
                                  stateful=False)
         return dict(zip(names, outs))
 
-    return Plan(c, kind, parts, static, fn, in_graph=False, uses_inputs=calibrate)
+    return Plan(c, kind, parts, static, fn, in_graph=False, uses_inputs=calibrate,
+                gains=_scale_gains(first))
+
+
+def _scale_gains(f, prefix=""):
+    """Variable gains for the scaled codebooks in ``f`` (a sum's parts too): W = s * c is kept
+    with the codebook at the weights' magnitude and the scales near 1 (c * G and s / G, G the
+    power of two nearest the scales' RMS). The compressor stores scales near 2^12 for float16's
+    range, which leaves the codebook near 1e-5: an optimizer's steps (Adam's ~ its learning
+    rate, whatever the variable's size) then wreck the codebook. Fixed when the layer is
+    planned (the gains must not change once the variables hold them)."""
+    if f.kind == "sum":
+        out = {}
+        for i, part in enumerate(f.parts):
+            out.update(_scale_gains(part, f"{prefix}parts.{i}."))
+        return out
+    if f.kind != "scaled_codebook":
+        return {}
+    rms = float(np.sqrt(np.mean(np.square(f.scales.astype(np.float64)))))
+    if not rms > 0 or not math.isfinite(rms):
+        return {}
+    G = 2.0 ** round(math.log2(rms))
+    return {prefix + "scales": 1.0 / G, prefix + "codebook": G}
 
 
 def _checked(c, a, m, n, name, x=None):

@@ -78,7 +78,7 @@ class _Core:
         # The sign-bit scales are about ||a_j|| sqrt(pi / 2) / k: at 2x (k = 16 m) far below a
         # weight of A, and an optimizer's steps are absolute (Adam's ~ its learning rate), so
         # their variable holds scale * k / sqrt(m), the magnitude of A's entries.
-        self.gain = {}
+        self.gain = dict(plan.gains)
         if plan.kind == "sign_bits":
             k, m = plan.parts["bits"][0][0], int(kernel.shape[0])
             self.gain["scale"] = k / np.sqrt(m)
