@@ -1105,14 +1105,7 @@ def add_arguments(parser):
 
 
 def _parse_groups(spec):
-    if spec.strip() == "all":
-        return GROUPS
-    want = [g.strip() for g in spec.split(",") if g.strip()]
-    bad = [g for g in want if g not in GROUPS]
-    if bad or not want:
-        raise ValueError(f"--cases: unknown group(s) {bad or [spec]}; choose from "
-                         f"{', '.join(GROUPS)} or 'all'")
-    return tuple(g for g in GROUPS if g in want)
+    return harness.parse_subset(spec, GROUPS, "--cases", "group")
 
 
 def _check_output(path, what):

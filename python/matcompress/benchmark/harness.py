@@ -380,3 +380,16 @@ def source_state(root=None):
         return None
     files = [line[3:] for line in changed.splitlines() if line.strip()]
     return f"{commit}" + (f" + uncommitted changes to {', '.join(files)}" if files else "")
+
+
+def parse_subset(spec, choices, flag, noun="name"):
+    """The entries of a comma-separated ``spec`` ("all": every one of ``choices``), in the order
+    of ``choices``; ValueError naming ``flag`` for an unknown or empty list."""
+    if spec.strip() == "all":
+        return tuple(choices)
+    want = [g.strip() for g in spec.split(",") if g.strip()]
+    bad = [g for g in want if g not in choices]
+    if bad or not want:
+        raise ValueError(f"{flag}: unknown {noun}(s) {bad or [spec]}; choose from "
+                         f"{', '.join(choices)} or 'all'")
+    return tuple(g for g in choices if g in want)

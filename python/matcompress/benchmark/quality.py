@@ -918,13 +918,9 @@ def add_arguments(parser, default_cache="bench/out/quality-cache"):
 
 
 def _parse_models(spec):
-    if spec.strip() == "all":
-        return MODELS
-    want = [m.strip() for m in spec.split(",") if m.strip()]
-    bad = [m for m in want if m not in MODELS]
-    if bad or not want:
-        raise ValueError(f"--models: unknown {bad or [spec]}; choose from {', '.join(MODELS)}")
-    return tuple(want)
+    from .harness import parse_subset
+
+    return parse_subset(spec, MODELS, "--models", "model")
 
 
 def main(argv=None, prog="python bench/quality.py", default_cache="bench/out/quality-cache"):
