@@ -50,7 +50,12 @@ def _rows(result, model, method):
 
 def test_every_method_and_ratio_has_one_row(result):
     labels = result["methods"]
-    assert labels[:5] == ["low_rank", "dictionary", "kmeans", "simhash", "pruning"]
+    free = [m for m in labels if not m.endswith("+X")]
+    assert free[:5] == ["low_rank", "dictionary", "kmeans", "simhash", "pruning"]
+    # Every compressor that takes calibration inputs has its data-aware row after its own.
+    for m in labels:
+        if m.endswith("+X"):
+            assert labels.index(m) == labels.index(m[:-2]) + 1
     assert labels[-4:] == list(Q.BASELINES)
     for s in result["subjects"]:
         rows = [r for r in result["rows"] if r["model"] == s["name"]]
