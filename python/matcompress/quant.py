@@ -23,7 +23,7 @@ from typing import ClassVar
 import numpy as np
 
 from . import factors as _factors
-from ._validation import check_array, check_int, check_n_threads, check_random_state
+from ._validation import check_array, check_float, check_int, check_n_threads, check_random_state
 from .compressors import MatrixCompressor, _check_ratio, _need_one, _unreachable
 from .factors import Factorization, _float_array, _freeze
 
@@ -533,6 +533,15 @@ class ScaledKMeansCompressor(MatrixCompressor):
         ``chunk_rows`` at a time (memory: the sample, one chunk, the codes).
     chunk_rows : int, optional
         Rows per chunk of the passes over A; default: about 2^20 weights.
+    data_aware : {"gptq", "diagonal"}, default="gptq"
+        With calibration inputs ``X``: scales and codebooks are fitted with the diagonal weights
+        below either way; ``"gptq"`` then codes the rows in order with GPTQ's error feedback
+        through the full ``H = X^T X / n_samples`` (:func:`matcompress.gptq.gptq_quantize`,
+        scales and codebooks fixed: each row, updated by the errors of the rows before it, takes
+        its nearest scaled codebook values), and keeps those codes when they lower
+        ``trace(E^T H E)`` (the output error) below the diagonal fit's. Without X not used.
+    damp : float, default=0.01
+        ``"gptq"``: ``H + damp * mean(diag H) * I`` is used.
 
     Notes
     -----
@@ -574,7 +583,7 @@ class ScaledKMeansCompressor(MatrixCompressor):
     def __init__(self, n_codes=None, *, group_size=None, channel_axis=1, n_books=1,
                  compression_ratio=None, method="auto", max_iter=100, n_refits=2,
                  scale_init="auto", random_state=None, n_threads=None, max_fit_points=2**24,
-                 chunk_rows=None):
+                 chunk_rows=None, data_aware="gptq", damp=0.01):
         self.n_codes = n_codes
         self.group_size = group_size
         self.channel_axis = channel_axis
@@ -588,6 +597,8 @@ class ScaledKMeansCompressor(MatrixCompressor):
         self.n_threads = n_threads
         self.max_fit_points = max_fit_points
         self.chunk_rows = chunk_rows
+        self.data_aware = data_aware
+        self.damp = damp
 
     @staticmethod
     def stored_bytes(m, n, itemsize, n_codes, group_size, channel_axis=1, n_books=1):
@@ -668,8 +679,16 @@ class ScaledKMeansCompressor(MatrixCompressor):
                 else check_int(self.chunk_rows, "chunk_rows", min_value=1))
         rng = check_random_state(self.random_state)
         check_n_threads(self.n_threads)
+        if self.data_aware not in ("gptq", "diagonal"):
+            raise ValueError(f"data_aware must be 'gptq' or 'diagonal'; got {self.data_aware!r}")
+        damp = check_float(self.damp, "damp")
+        if not 0 <= damp < float("inf"):
+            raise ValueError(f"damp must be >= 0; got {self.damp}")
         grid = _Grid(m, n, gs, self._axis(), n_books)
-        return _Fit(self, A, h, grid, n_codes, step, limit, rng).run(n_refits)
+        f = _Fit(self, A, h, grid, n_codes, step, limit, rng).run(n_refits)
+        if h is None or self.data_aware != "gptq":
+            return f
+        return _gptq_codes(A, X, f, damp)
 
 
 class _Fit:
@@ -896,3 +915,49 @@ class _Fit:
         if coded is not best[1]:
             self._pass(sigma, books, codes_out=codes, refit=False)
         return ScaledCodebook(codes, books, sigma, n, g.gs, g.axis)
+
+
+def _gptq_codes(A, X, f, damp):
+    """``f`` (a ScaledCodebook fitted to A) with its codes chosen again by GPTQ against its own
+    scales and codebooks, when that lowers the output error ``trace(E^T H E)``; else ``f``."""
+    from .compressors import input_moments
+    from .gptq import gptq_quantize
+
+    m, n = f.shape
+    H, _ = input_moments(X)
+    books = f.codebook.astype(np.float64)
+    scales = f.scales.astype(np.float64)
+    gs, axis = f.group_size, f.channel_axis
+    n_books, n_codes = books.shape
+    order = np.argsort(books, axis=1, kind="stable")
+    values = np.take_along_axis(books, order, axis=1)  # ascending per book
+    mids = (values[:, 1:] + values[:, :-1]) / 2
+    if axis == 1:
+        col_book = np.arange(n) // _ceil_div(n, n_books)
+    codes = np.empty((m, n), np.uint16 if n_codes > 256 else np.uint8)
+
+    def quantize_rows(rows, start):
+        w = rows[0]
+        s = scales[start // gs] if axis == 1 else np.repeat(scales[start], gs)[:n]
+        safe = np.where(s == 0, 1.0, s)
+        v = w / safe
+        if axis == 1 and n_books > 1:
+            b = col_book
+        else:
+            b = np.full(n, 0 if axis == 1 else start // _ceil_div(m, n_books))
+        k = np.empty(n, np.int64)
+        for book in np.unique(b):
+            cols = b == book
+            k[cols] = np.searchsorted(mids[book], v[cols])
+        codes[start] = order[b, k]
+        return (s * values[b, k])[None, :]
+
+    Q = gptq_quantize(A, H, quantize_rows, damp=damp)
+
+    def output_error(W_hat):
+        E = A.astype(np.float64) - W_hat
+        return float(np.einsum("ij,ij->", E, H @ E))
+
+    if output_error(Q) >= output_error(f.to_dense().astype(np.float64)):
+        return f
+    return ScaledCodebook(pack_bits(codes, f.bits), f.codebook, f.scales, n, gs, axis)
