@@ -32,7 +32,9 @@ GROUPS] [--wait-idle SECONDS] [--no-memory]``, or ``python bench/compare.py ...`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import re
@@ -1013,12 +1015,8 @@ def replace_section(text, section, title=SECTION_TITLE):
 
 def write_results(path, section):
     """Replace (or append) the comparison section of the markdown file at `path`."""
-    old = ""
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            old = f.read()
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(replace_section(old, section))
+    with contextlib.redirect_stdout(io.StringIO()):
+        harness.write_report(section, results=path, title=SECTION_TITLE, replace=replace_section)
 
 
 def plot_ratios(result, path):
@@ -1147,13 +1145,8 @@ def run_parsed(args, command=None, prog="matcompress bench"):
         section = format_report(result, command, header)
         print()
         print(section)
-        if args.markdown:
-            with open(args.markdown, "w", encoding="utf-8") as f:
-                f.write(section)
-            print(f"wrote {args.markdown}")
-        if args.results:
-            write_results(args.results, section)
-            print(f"replaced the section {SECTION_TITLE!r} in {args.results}")
+        harness.write_report(section, markdown=args.markdown, results=args.results,
+                             title=SECTION_TITLE, replace=replace_section)
         if args.png:
             if any(r.measured for r in result.records):
                 plot_ratios(result, args.png)

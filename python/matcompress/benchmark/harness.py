@@ -393,3 +393,21 @@ def parse_subset(spec, choices, flag, noun="name"):
         raise ValueError(f"{flag}: unknown {noun}(s) {bad or [spec]}; choose from "
                          f"{', '.join(choices)} or 'all'")
     return tuple(g for g in choices if g in want)
+
+
+def write_report(section, *, markdown=None, results=None, title=None, replace=None):
+    """Write a benchmark's report ``section``: the whole of it to ``markdown``, and as the
+    section ``title`` of the markdown file ``results`` (others left as they are; ``replace``
+    is ``replace_section(old, section, title=...)``). Prints what it wrote."""
+    if markdown:
+        with open(markdown, "w", encoding="utf-8") as f:
+            f.write(section)
+        print(f"wrote {markdown}")
+    if results:
+        old = ""
+        if os.path.exists(results):
+            with open(results, encoding="utf-8") as f:
+                old = f.read()
+        with open(results, "w", encoding="utf-8") as f:
+            f.write(replace(old, section, title=title))
+        print(f"replaced the section {title!r} in {results}")

@@ -844,14 +844,14 @@ def format_report(result, command):
 
 def write_results(path, section):
     """Replace (or append) this benchmark's section of the markdown file at ``path``."""
-    from .compare import replace_section
+    import contextlib
+    import io
 
-    old = ""
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            old = f.read()
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(replace_section(old, section, title=SECTION_TITLE))
+    from .compare import replace_section
+    from .harness import write_report
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        write_report(section, results=path, title=SECTION_TITLE, replace=replace_section)
 
 
 def plot(result, path):
@@ -943,13 +943,11 @@ def main(argv=None, prog="python bench/quality.py", default_cache="bench/out/qua
     section = format_report(result, command)
     print()
     print(section)
-    if args.markdown:
-        with open(args.markdown, "w", encoding="utf-8") as f:
-            f.write(section)
-        print(f"wrote {args.markdown}")
-    if args.results:
-        write_results(args.results, section)
-        print(f"replaced the section {SECTION_TITLE!r} in {args.results}")
+    from .compare import replace_section
+    from .harness import write_report
+
+    write_report(section, markdown=args.markdown, results=args.results, title=SECTION_TITLE,
+                 replace=replace_section)
     if args.png:
         plot(result, args.png)
         print(f"wrote {args.png}")
