@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "matcompress/additive.h"
 #include "matcompress/blas.h"
 #include "matcompress/cpu.h"
 #include "matcompress/dictionary.h"
@@ -422,6 +423,43 @@ py::tuple kmeans_block(const carray<T>& x, const std::optional<carray<T>>& weigh
                             labels.mutable_data());
   }
   return py::make_tuple(centers, labels, r.inertia, r.n_iter);
+}
+
+// Additive-quantization codes of X (n x dim) against codebooks (M x K x dim) by beam search:
+// (codes (n, M) int32, squared errors (n,), their sum). init: (n, M) starting codes to keep
+// where the search does not beat them.
+template <typename T>
+py::tuple additive_encode(const carray<T>& x, const carray<T>& codebooks,
+                          const std::optional<py::array_t<int32_t, py::array::c_style |
+                                                                     py::array::forcecast>>& init,
+                          mc::index_t beam, int n_threads) {
+  require(x.ndim() == 2 && codebooks.ndim() == 3 && x.shape(1) == codebooks.shape(2),
+          "X must be (n, dim) and codebooks (n_books, n_codes, dim)");
+  const mc::index_t n = x.shape(0), dim = x.shape(1), M = codebooks.shape(0),
+                    K = codebooks.shape(1);
+  require(dim >= 1 && M >= 1 && K >= 1, "need dim >= 1, one codebook and one code");
+  if (init) {
+    require(init->ndim() == 2 && init->shape(0) == n && init->shape(1) == M,
+            "init: wrong shape");
+    const int32_t* ic = init->data();
+    for (mc::index_t i = 0; i < n * M; ++i)
+      require(ic[i] >= 0 && ic[i] < K, "init: codes must lie in [0, n_codes)");
+  }
+  mc::AdditiveEncodeOptions o;
+  o.beam = beam;
+  o.n_threads = n_threads;
+  py::array_t<int32_t> codes({n, M});
+  py::array_t<T> err(n);
+  double total = 0;
+  {
+    py::gil_scoped_release nogil;
+    BlasOneThread one_blas_thread;
+    const mc::FortranGemm<T> gemm(scipy_gemm_fn<T>(), INT_MAX, one_blas_thread.active());
+    total = mc::additive_encode<T>(gemm, x.data(), n, dim, codebooks.data(), M, K,
+                                   init ? init->data() : nullptr, o, codes.mutable_data(),
+                                   err.mutable_data());
+  }
+  return py::make_tuple(codes, err, total);
 }
 
 // Nearest of the rows of `centers` for each row of X: (labels as int32, weighted inertia).
@@ -1040,6 +1078,10 @@ PYBIND11_MODULE(_core, m) {
   m.def("kmeans_block_f64", &kmeans_block<double>, py::arg("X"), py::arg("weight"), py::arg("k"),
         py::arg("init"), py::arg("max_iter"), py::arg("tol"), py::arg("seed"), py::arg("n_init"),
         py::arg("random_init"), py::arg("max_points_per_centroid"), py::arg("n_threads"));
+  m.def("additive_encode_f32", &additive_encode<float>, py::arg("X"), py::arg("codebooks"),
+        py::arg("init"), py::arg("beam"), py::arg("n_threads"));
+  m.def("additive_encode_f64", &additive_encode<double>, py::arg("X"), py::arg("codebooks"),
+        py::arg("init"), py::arg("beam"), py::arg("n_threads"));
   m.def("kmeans_assign_f32", &kmeans_assign<float>, py::arg("X"), py::arg("centers"),
         py::arg("weight"), py::arg("n_threads"));
   m.def("kmeans_assign_f64", &kmeans_assign<double>, py::arg("X"), py::arg("centers"),

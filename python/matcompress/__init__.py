@@ -5,6 +5,8 @@
 """
 
 from ._version import __version__
+from . import additive
+from .additive import AdditiveCodebook, AdditiveCompressor, additive_encode
 from . import composite, compressors, factors
 from .composite import (CompositeCompressor, LowRankResidualCompressor, OutlierCompressor,
                         PruneQuantizeCompressor, Sum)
@@ -21,9 +23,13 @@ from .quant import ScaledCodebook, ScaledKMeansCompressor, pack_bits, unpack_bit
 
 __all__ = [
     "__version__",
+    "AdditiveCodebook",
+    "AdditiveCompressor",
     "AutoCompressor",
     "CompositeCompressor",
     "DictionaryLearning",
+    "additive",
+    "additive_encode",
     "dict_learning",
     "KMeansQuantizer",
     "ScaledCodebook",

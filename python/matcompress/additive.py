@@ -1,0 +1,702 @@
+"""Vector codebooks below 4 bits per weight: additive quantization of blocks of weights.
+
+Each row of W is cut into blocks of ``b`` consecutive weights; a block is coded as the sum of one
+codeword from each of ``M`` codebooks of ``K`` codewords (``M * log2(K)`` bits a block, so
+``M * log2(K) / b`` bits a weight), then scaled per channel:
+
+    W[i, j*b:(j+1)*b] ~ scale * sum_t codebooks[t, code[i, j, t]]
+
+With M = 1 this is a block (product-quantization style) codebook; M > 1 is additive
+quantization (A. Babenko and V. Lempitsky, "Additive quantization for extreme vector
+compression", CVPR 2014; the form AQLM uses for large language models: V. Egiazarian et al.,
+"Extreme compression of large language models via additive quantization", ICML 2024).
+
+- :class:`AdditiveCodebook`: the factorization (kind ``"additive"``).
+- :class:`AdditiveCompressor`: the compressor (name ``"additive"``): residual-vector-quantization
+  start (block k-means of each residual in turn), then alternating codebook refits (weighted
+  least squares with the codes fixed) and beam-search encoding (native, parallel over blocks,
+  GEMM tiles of residuals against codewords); least-squares float16 scales; with calibration
+  inputs ``X``, weights from ``diag(X^T X)`` and a final codebook refit against the full
+  ``X^T X`` (conjugate gradients).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import ClassVar
+
+import numpy as np
+
+from . import _core
+from . import factors as _factors
+from ._validation import (check_array, check_float, check_inputs, check_int, check_n_threads,
+                          check_random_state)
+from .compressors import MatrixCompressor, _check_ratio, _unreachable, input_moments
+from .factors import Factorization, _float_array, _freeze
+from .quant import _F16_MAX, _packed_width, pack_bits, unpack_bits
+
+__all__ = ["AdditiveCodebook", "AdditiveCompressor", "additive_encode"]
+
+_TILE_VALUES = 1 << 20  # decoded weights per tile of the products
+_DENSE_REFIT = 4096     # M * K up to which the codebook refit solves the normal equations
+_F16_TINY = 2.0 ** -24
+
+
+def _bits(n_codes):
+    """Bits per code: ceil(log2 K) for K <= 256 (at least 1), 16 beyond."""
+    return max(1, (n_codes - 1).bit_length()) if n_codes <= 256 else 16
+
+
+def additive_encode(X, codebooks, *, init=None, beam_size=8, n_threads=None):
+    """Codes of the rows of ``X`` (n, b) as sums of one codeword from each codebook.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, b), float32 or float64
+    codebooks : ndarray of shape (M, K, b), same dtype as X
+    init : ndarray of shape (n, M), optional
+        Starting codes: a row keeps them unless the search finds a strictly lower error.
+    beam_size : int, default=8
+        Partial code sets kept per row after each step of the search (1: greedy residual
+        coding in the best codebook order).
+    n_threads : int, optional
+
+    Returns
+    -------
+    codes : ndarray of shape (n, M), int32
+    errors : ndarray of shape (n,)
+        Each row's squared error ``||x - sum_t codebooks[t, codes[t]]||^2``.
+    """
+    X = check_array(X, "X", allow_empty=True)
+    codebooks = check_array(codebooks, "codebooks", dtype=X.dtype, ndim=3)
+    if codebooks.shape[2] != X.shape[1]:
+        raise ValueError(f"codebooks must have shape (M, K, {X.shape[1]}) for X of shape "
+                         f"{X.shape}; got {codebooks.shape}")
+    beam = check_int(beam_size, "beam_size", min_value=1, max_value=64)
+    n_threads = check_n_threads(n_threads)
+    n_threads = 0 if n_threads in (None, -1) else n_threads
+    if init is not None:
+        init = np.asarray(init)
+        if init.shape != (X.shape[0], codebooks.shape[0]) or init.dtype.kind not in "iu":
+            raise ValueError(f"init must be integer codes of shape "
+                             f"{(X.shape[0], codebooks.shape[0])}; got {init.dtype} "
+                             f"{init.shape}")
+        if init.size and (int(init.min()) < 0 or int(init.max()) >= codebooks.shape[1]):
+            raise ValueError(f"init codes must lie in [0, {codebooks.shape[1]})")
+        init = np.ascontiguousarray(init, np.int32)
+    fn = _core.additive_encode_f64 if X.dtype == np.float64 else _core.additive_encode_f32
+    codes, err, _ = fn(X, codebooks, init, beam, n_threads)
+    return codes, err
+
+
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class AdditiveCodebook(Factorization):
+    """W[i, j*b:(j+1)*b] ~ scale * sum_t codebooks[t, code[i, j, t]].
+
+    ``codebooks`` (M, K, b) in the dtype of W. ``codes`` (m, ceil(n / b * M * bits / 8)) uint8:
+    row i's codes in block order, the M codes of a block together (code ``j * M + t`` of the
+    row), packed at ``bits = ceil(log2 K)`` bits (16 beyond 256) by :func:`matcompress.pack_bits`.
+    ``scales`` float16: ``channel_axis=1`` one per column (shape (n,): the block's weights take
+    their own column's scale), ``channel_axis=0`` one per row (shape (m,)).
+
+    Stored bytes (``nbytes``): codes + codebooks + scales; the integers (n_cols, channel_axis)
+    are not counted.
+    """
+
+    codes: np.ndarray
+    codebooks: np.ndarray
+    scales: np.ndarray
+    n_cols: int
+    channel_axis: int = 1
+    kind: ClassVar[str] = "additive"
+
+    def __post_init__(self):
+        cb = _float_array(self.codebooks, "codebooks", 3)
+        M, K, b = cb.shape
+        if M < 1 or K < 1 or b < 1:
+            raise ValueError(f"codebooks must have shape (M, K, b) with every side >= 1; got "
+                             f"{cb.shape}")
+        if K > 1 << 16:
+            raise ValueError(f"codebooks may hold at most 65536 codes each (16 bits); got {K}")
+        if not np.isfinite(cb).all():
+            raise ValueError("codebooks contain NaN or infinity")
+        n = check_int(self.n_cols, "n_cols", min_value=1)
+        if n % b:
+            raise ValueError(f"n_cols={n} must be a multiple of the block size {b}")
+        axis = check_int(self.channel_axis, "channel_axis")
+        if axis not in (0, 1):
+            raise ValueError(f"channel_axis must be 0 (rows) or 1 (columns); got {axis}")
+        codes = np.asarray(self.codes)
+        if codes.dtype != np.uint8 or codes.ndim != 2:
+            raise TypeError(f"codes must be a 2-D uint8 array (packed codes); got dtype "
+                            f"{codes.dtype}, shape {codes.shape}")
+        if codes.shape[0] < 1:
+            raise ValueError("codes must hold at least one row")
+        per_row, bits = n // b * M, _bits(K)
+        if codes.shape[1] != _packed_width(per_row, bits):
+            raise ValueError(f"codes must have ceil(n / b * M * bits / 8) = "
+                             f"{_packed_width(per_row, bits)} bytes per row; got "
+                             f"{codes.shape[1]}")
+        used = (per_row * bits) % 8
+        if used and int(codes[:, -1].max()) >> used:
+            raise ValueError("codes: the unused high bits of each row's last byte must be 0")
+        if K < 1 << bits:
+            for a, z in _row_blocks(codes.shape[0], n):
+                top = int(unpack_bits(codes[a:z], bits, per_row).max())
+                if top >= K:
+                    raise ValueError(f"codes must lie in [0, {K}); got {top}")
+        m = codes.shape[0]
+        scales = np.asarray(self.scales)
+        if scales.dtype != np.float16:
+            raise TypeError(f"scales must be float16; got dtype {scales.dtype}")
+        want = (n,) if axis == 1 else (m,)
+        if scales.shape != want:
+            raise ValueError(f"scales must have shape {want} (channel_axis={axis}); got "
+                             f"{scales.shape}")
+        if not np.isfinite(scales).all():
+            raise ValueError("scales contain NaN or infinity")
+        object.__setattr__(self, "n_cols", n)
+        object.__setattr__(self, "channel_axis", axis)
+        _freeze(self, codes=codes, codebooks=cb, scales=scales)
+
+    @property
+    def shape(self):
+        return (self.codes.shape[0], self.n_cols)
+
+    dtype = property(lambda self: self.codebooks.dtype)
+    n_codebooks = property(lambda self: self.codebooks.shape[0])
+    n_codes = property(lambda self: self.codebooks.shape[1])
+    block_size = property(lambda self: self.codebooks.shape[2])
+    bits = property(lambda self: _bits(self.n_codes))
+
+    @property
+    def nbytes(self):
+        return int(self.codes.nbytes + self.codebooks.nbytes + self.scales.nbytes)
+
+    @property
+    def bits_per_weight(self):
+        """Stored bits per weight, codebooks and scales included."""
+        m, n = self.shape
+        return 8 * self.nbytes / (m * n)
+
+    def unpacked_codes(self, start=0, stop=None):
+        """Codes of rows [start, stop) as an (rows, n / b, M) integer array."""
+        stop = self.shape[0] if stop is None else stop
+        nb, M = self.n_cols // self.block_size, self.n_codebooks
+        c = unpack_bits(self.codes[start:stop], self.bits, nb * M)
+        return c.reshape(c.shape[0], nb, M)
+
+    def _scale_tile(self, scales, start, stop):
+        return scales[None, :] if self.channel_axis == 1 else scales[start:stop, None]
+
+    def _tile(self, start, stop, dtype):
+        """(codes (rows, nb, M), unscaled decoded rows (rows, n), scale tile, W tile)."""
+        codes = self.unpacked_codes(start, stop)
+        cb = self._as("codebooks", dtype)
+        d = cb[0][codes[..., 0]]
+        for t in range(1, self.n_codebooks):
+            d += cb[t][codes[..., t]]
+        d = d.reshape(codes.shape[0], self.n_cols)
+        s = self._scale_tile(self._as("scales", dtype), start, stop)
+        return codes, d, s, d * s
+
+    def _blocks(self):
+        return _row_blocks(self.shape[0], self.n_cols)
+
+    def to_dense(self):
+        return self._dense_rows(0, self.shape[0])
+
+    def _dense_rows(self, start, stop):
+        out = np.empty((stop - start, self.n_cols), self.dtype)
+        for a, z in _row_blocks(stop - start, self.n_cols):
+            out[a:z] = self._tile(start + a, start + z, self.dtype)[3]
+        return out
+
+    trainable_fields: ClassVar[tuple[str, ...]] = ("codebooks", "scales")
+
+    def _matmul(self, x):
+        # Tiles of about 2^20 decoded weights; x[:, rows] @ tile by BLAS, accumulated.
+        y = None
+        for a, z in self._blocks():
+            part = x[:, a:z] @ self._tile(a, z, x.dtype)[3]
+            if y is None:
+                y = part
+            else:
+                y += part
+        return y
+
+    def _backward(self, x, dy, need_dx, need_grads):
+        m, n = self.shape
+        M, K, b = self.codebooks.shape
+        ct = x.dtype
+        dx = np.empty((x.shape[0], m), ct) if need_dx else None
+        dcb = np.zeros((M, K, b)) if need_grads else None
+        dsc = np.zeros(self.scales.shape) if need_grads else None
+        for a, z in self._blocks():
+            codes, d, s, w = self._tile(a, z, ct)
+            if need_dx:
+                dx[:, a:z] = dy @ w.T
+            if not need_grads:
+                continue
+            g = x[:, a:z].T @ dy  # dL/dW for these rows: (rows, n)
+            gs = (g * s).reshape(z - a, n // b, b)
+            for t in range(M):
+                idx = np.ravel(codes[..., t])
+                for e in range(b):
+                    dcb[t, :, e] += np.bincount(idx, weights=np.ravel(gs[..., e]), minlength=K)
+            p = g * d
+            if self.channel_axis == 1:
+                dsc += p.sum(axis=0)
+            else:
+                dsc[a:z] += p.sum(axis=1)
+        if not need_grads:
+            return dx, {}
+        return dx, {"codebooks": dcb.astype(ct), "scales": dsc.astype(ct)}
+
+
+def _row_blocks(rows, n):
+    step = max(1, _TILE_VALUES // max(1, n))
+    return [(s, min(rows, s + step)) for s in range(0, rows, step)]
+
+
+_factors._KINDS[AdditiveCodebook.kind] = AdditiveCodebook
+
+
+# --- the compressor ------------------------------------------------------------------------------
+
+#: Block sizes, code widths and codebook counts ``compression_ratio`` chooses among.
+BLOCK_SIZES = (8, 4, 2)
+CODE_BITS = (8, 7, 6, 5, 4)
+MAX_CODEBOOKS = 3
+
+
+class AdditiveCompressor(MatrixCompressor):
+    """A ~ scales * (sum of M codewords per block of ``block_size`` weights of a row)
+    (:class:`AdditiveCodebook`): block codebooks (``n_codebooks=1``) and additive quantization.
+
+    Stored bytes: ``m * ceil(n / b * M * bits / 8)`` (codes, ``bits = ceil(log2 n_codes)``, 16
+    beyond 256) + ``M * n_codes * b * itemsize`` (codebooks) + 2 per scale (float16; n of them
+    for ``channel_axis=1``, m for 0).
+
+    Parameters
+    ----------
+    n_codebooks : int, optional
+        M, the codebooks summed per block (1 to 16). Default 2 when ``n_codes`` is given.
+    n_codes : int, optional
+        K, codewords per codebook (2 to 65,536, at most half the number of blocks).
+    block_size : int, optional
+        b, consecutive weights of a row per block (must divide n). Default 8 when ``n_codes`` is
+        given.
+    compression_ratio : float, optional
+        Instead of ``n_codes`` (and M, b when they are not given): among b in (8, 4, 2), code
+        widths 4 to 8 bits and 1 to 3 codebooks that fit dense bytes / ratio (and K at most
+        half the blocks), the most code bits per weight; ties go to the longer block, then to
+        fewer, larger codebooks.
+    beam_size : int, default=8
+        Partial code sets the encoder keeps per block (:func:`additive_encode`).
+    n_iter : int, default=4
+        Alternations of codebook refit and beam-search encoding after the residual start
+        (stops early when the error falls by less than 0.01 %).
+    channel_axis : {1, 0}, default=1
+        1: one float16 scale per column (Keras kernels, ``x @ W``); 0: one per row (embedding
+        tables).
+    max_iter : int, default=25
+        Lloyd iterations of each residual stage's block k-means.
+    data_aware : {"hessian", "diagonal"}, default="hessian"
+        With calibration inputs ``X``: the fit is weighted by ``diag(X^T X)`` either way;
+        ``"hessian"`` then refits the codebooks (codes and scales fixed) to minimize
+        ``trace(E^T H E)``, ``H = X^T X / n_samples`` (conjugate gradients), kept when that
+        output error falls.
+    damp : float, default=0.01
+        ``H + damp * mean(diag H) * I`` for the refit and the diagonal weights.
+    max_fit_points : int, default=2**18
+        Blocks the codebooks are fitted on; beyond, a seeded sample of whole rows (every block
+        is still encoded).
+    random_state : int, Generator or None
+    n_threads : int, optional
+
+    Notes
+    -----
+    Scales first: the RMS of each channel (weighted by ``diag(H)`` with X), relative to their
+    geometric mean so they sit near 1 and the codebooks hold the weights' magnitude. The
+    normalized blocks are coded by residual vector quantization (M block k-means, each on what
+    the previous left), then ``n_iter`` times: the codebooks refitted by weighted least squares
+    with the codes fixed (the normal equations when ``M * K <= 4096``, else three block
+    Gauss-Seidel sweeps, each exact in one codebook), and every block re-encoded by beam search
+    from its current codes (never worse). Finally each scale is refitted by least squares and
+    rounded to float16. The error is non-increasing through every step.
+    """
+
+    name = "additive"
+    uses_inputs = True
+
+    def __init__(self, n_codebooks=None, n_codes=None, block_size=None, *,
+                 compression_ratio=None, beam_size=8, n_iter=4, channel_axis=1, max_iter=25,
+                 data_aware="hessian", damp=0.01, max_fit_points=2**18, random_state=None,
+                 n_threads=None):
+        self.n_codebooks = n_codebooks
+        self.n_codes = n_codes
+        self.block_size = block_size
+        self.compression_ratio = compression_ratio
+        self.beam_size = beam_size
+        self.n_iter = n_iter
+        self.channel_axis = channel_axis
+        self.max_iter = max_iter
+        self.data_aware = data_aware
+        self.damp = damp
+        self.max_fit_points = max_fit_points
+        self.random_state = random_state
+        self.n_threads = n_threads
+
+    @staticmethod
+    def stored_bytes(m, n, itemsize, n_codebooks, n_codes, block_size, channel_axis=1):
+        """Stored bytes of an :class:`AdditiveCodebook` of this configuration."""
+        per_row = n // block_size * n_codebooks
+        return (m * _packed_width(per_row, _bits(n_codes))
+                + n_codebooks * n_codes * block_size * itemsize
+                + 2 * (n if channel_axis == 1 else m))
+
+    def _axis(self):
+        axis = check_int(self.channel_axis, "channel_axis")
+        if axis not in (0, 1):
+            raise ValueError(f"channel_axis must be 0 (rows) or 1 (columns); got {axis}")
+        return axis
+
+    def solve(self, shape, itemsize):
+        """(n_codebooks, n_codes, block_size) used for a matrix of ``shape``."""
+        m, n = shape
+        axis = self._axis()
+        ratio = _check_ratio(self.compression_ratio)
+        if (self.n_codes is None) == (ratio is None):
+            raise ValueError(f"{self.name}: give exactly one of n_codes and compression_ratio")
+        sizes = BLOCK_SIZES
+        if self.block_size is not None:
+            b = check_int(self.block_size, "block_size", min_value=1)
+            if n % b:
+                raise ValueError(f"block_size={b} must divide n={n}")
+            sizes = (b,)
+        books = range(1, MAX_CODEBOOKS + 1)
+        if self.n_codebooks is not None:
+            books = (check_int(self.n_codebooks, "n_codebooks", min_value=1, max_value=16),)
+        if ratio is None:
+            b = sizes[0] if self.block_size is not None else 8
+            if n % b:
+                raise ValueError(f"block_size={b} (the default) must divide n={n}; give "
+                                 "block_size")
+            M = books[0] if self.n_codebooks is not None else 2
+            n_blocks = m * n // b
+            K = check_int(self.n_codes, "n_codes", min_value=2, max_value=min(1 << 16,
+                          max(2, n_blocks // 2)),
+                          max_reason=f"16 bits, and half the {n_blocks} blocks")
+            return M, K, b
+        budget = m * n * itemsize / ratio
+        best, smallest = None, None
+        for b in sizes:
+            if n % b:
+                continue
+            n_blocks = m * n // b
+            for bits in CODE_BITS:
+                K = 1 << bits
+                if K > n_blocks // 2:
+                    continue
+                for M in books:
+                    size = self.stored_bytes(m, n, itemsize, M, K, b, axis)
+                    if smallest is None or size < smallest:
+                        smallest = size
+                    if size > budget:
+                        continue
+                    key = (M * bits / b, b, -M)
+                    if best is None or key > best[0]:
+                        best = (key, (M, K, b))
+        if best is None:
+            if smallest is None:
+                raise ValueError(f"{self.name}: no block size of {sizes} divides n={n} with "
+                                 "enough blocks for 16 codes")
+            raise _unreachable(self.name, ratio, m * n * itemsize / smallest,
+                               "4-bit codes of the longest block are the smallest form")
+        return best[1]
+
+    def compress(self, A, *, grad=None, X=None):
+        """Compress A (m x n). ``X`` (n_samples, m): calibration inputs of the layer; ``grad``
+        is ignored."""
+        A = check_array(A, "A")
+        m, n = A.shape
+        M, K, b = self.solve(A.shape, A.dtype.itemsize)
+        axis = self._axis()
+        beam = check_int(self.beam_size, "beam_size", min_value=1, max_value=64)
+        n_iter = check_int(self.n_iter, "n_iter", min_value=0)
+        max_iter = check_int(self.max_iter, "max_iter", min_value=1)
+        limit = check_int(self.max_fit_points, "max_fit_points", min_value=1)
+        if self.data_aware not in ("hessian", "diagonal"):
+            raise ValueError(f"data_aware must be 'hessian' or 'diagonal'; got "
+                             f"{self.data_aware!r}")
+        damp = check_float(self.damp, "damp", min_value=0.0)
+        check_n_threads(self.n_threads)
+        n_threads = self.n_threads
+        rng = check_random_state(self.random_state)
+        H = h = None
+        if X is not None:
+            X = check_inputs(X, m)
+            H, diag = input_moments(X, diagonal_only=self.data_aware != "hessian")
+            if diag.max() > 0:
+                h = diag + damp * diag.mean()
+                h = h / h.max()
+                if H is not None:
+                    H = H + damp * diag.mean() * np.eye(m)
+            else:
+                H = None
+        fit = _Fit(A, h, M, K, b, axis, beam, max_iter, rng, n_threads)
+        f = fit.run(n_iter, limit)
+        if H is not None:
+            f = _hessian_refit(A, H, f)
+        return f
+
+
+class _Fit:
+    """One run of AdditiveCompressor.compress."""
+
+    def __init__(self, A, h, M, K, b, axis, beam, max_iter, rng, n_threads):
+        self.A, self.h, self.M, self.K, self.b, self.axis = A, h, M, K, b, axis
+        self.beam, self.max_iter, self.rng, self.n_threads = beam, max_iter, rng, n_threads
+        self.dtype = A.dtype
+
+    # -- scales ---------------------------------------------------------------------------
+
+    def _first_scales(self):
+        """float16 scales near 1 (RMS of each channel over their geometric mean) and the
+        factor ``ref`` the codebooks absorb."""
+        A, h = self.A.astype(np.float64), self.h
+        if self.axis == 1:
+            w = np.ones(A.shape[0]) if h is None else h
+            rms = np.sqrt((w[:, None] * A * A).sum(0) / w.sum())
+        else:
+            rms = np.sqrt((A * A).mean(1))
+        live = rms > 0
+        if not live.any():
+            return np.zeros(rms.shape, np.float16)
+        ref = math.exp(float(np.log(rms[live]).mean()))
+        s = np.where(live, rms / ref, 0.0)
+        s = np.clip(s, 0.0, _F16_MAX)
+        s[(s > 0) & (s < _F16_TINY)] = _F16_TINY
+        return s.astype(np.float16)
+
+    def _normalized(self, scales):
+        s = scales.astype(np.float64)
+        inv = np.divide(1.0, s, out=np.zeros_like(s), where=s > 0)
+        A = self.A.astype(np.float64)
+        Z = A * (inv[None, :] if self.axis == 1 else inv[:, None])
+        return Z.astype(self.dtype)
+
+    def _block_weights(self, scales):
+        """Weight of each block (m, n / b): h of its row, times its row's scale^2 (axis 0)."""
+        m, n = self.A.shape
+        w = np.ones(m) if self.h is None else self.h.copy()
+        if self.axis == 0:
+            w = w * scales.astype(np.float64) ** 2
+        return np.repeat(w[:, None], n // self.b, axis=1)
+
+    # -- the fit --------------------------------------------------------------------------
+
+    def run(self, n_iter, limit):
+        m, n = self.A.shape
+        M, K, b = self.M, self.K, self.b
+        scales = self._first_scales()
+        Z = self._normalized(scales)
+        blocks = Z.reshape(-1, b)
+        weights = self._block_weights(scales).reshape(-1)
+        nb = n // b
+        if blocks.shape[0] > limit:
+            rows = np.sort(self.rng.choice(m, size=max(1, limit // nb), replace=False))
+            sel = (rows[:, None] * nb + np.arange(nb)[None, :]).reshape(-1)
+        else:
+            sel = None
+        fx = blocks if sel is None else blocks[sel]
+        fw = weights if sel is None else weights[sel]
+        if not (fw > 0).any():
+            fw = np.ones_like(fw)
+        K = min(K, fx.shape[0])
+        books, codes = self._rvq(fx, fw, K)
+        err = _weighted_error(fx, fw, books, codes)
+        for _ in range(n_iter):
+            books = _refit_books(fx, fw, books, codes)
+            codes, _ = additive_encode(fx, books.astype(self.dtype), init=codes,
+                                       beam_size=self.beam, n_threads=self.n_threads)
+            new = _weighted_error(fx, fw, books, codes)
+            done = not new < err * (1 - 1e-4)
+            err = min(err, new)
+            if done:
+                break
+        books = _refit_books(fx, fw, books, codes).astype(self.dtype)
+        if sel is not None:  # every block coded against the fitted codebooks
+            codes = np.empty((blocks.shape[0], M), np.int32)
+            step = max(1, (1 << 18))
+            for a in range(0, blocks.shape[0], step):
+                codes[a:a + step], _ = additive_encode(blocks[a:a + step], books,
+                                                       beam_size=self.beam,
+                                                       n_threads=self.n_threads)
+        if books.shape[1] < self.K:  # fewer blocks than codes asked: pad with zeros
+            books = np.concatenate([books, np.zeros((M, self.K - books.shape[1], b),
+                                                    self.dtype)], axis=1)
+        codes = codes.reshape(m, nb * M)
+        packed = pack_bits(codes, _bits(self.K))
+        f = AdditiveCodebook(packed, books, scales, n, self.axis)
+        return self._refit_scales(f)
+
+    def _rvq(self, x, w, K):
+        """Residual vector quantization: M block k-means, each of what the previous left."""
+        from .kmeans import fit_codebook
+
+        M, b = self.M, self.b
+        residual = x.astype(np.float64)
+        books = np.zeros((M, K, b))
+        codes = np.zeros((x.shape[0], M), np.int32)
+        for t in range(M):
+            seed = int(self.rng.integers(2**31))
+            cb, c = fit_codebook(residual.astype(self.dtype).reshape(1, -1), K, block_size=b,
+                                 method="lloyd", max_iter=self.max_iter, random_state=seed,
+                                 sample_weight=w.astype(self.dtype).reshape(1, -1),
+                                 n_threads=self.n_threads)[:2]
+            books[t] = cb
+            codes[:, t] = np.ravel(c)
+            residual -= books[t][codes[:, t]]
+        return books, codes
+
+    def _refit_scales(self, f):
+        """Least-squares scale of each channel given the decoded codes (weighted by h),
+        rounded to float16; kept only where that lowers the channel's error."""
+        A = self.A.astype(np.float64)
+        s0 = f.scales.astype(np.float64)
+        inv = np.divide(1.0, s0, out=np.zeros_like(s0), where=s0 != 0)
+        d = f.to_dense().astype(np.float64) * (inv[None, :] if self.axis == 1 else inv[:, None])
+        w = np.ones(A.shape[0]) if self.h is None else self.h
+        W = w[:, None]
+        axis = 0 if self.axis == 1 else 1
+        num = (W * A * d).sum(axis)
+        den = (W * d * d).sum(axis)
+        old = f.scales.astype(np.float64)
+        new = np.divide(num, den, out=old.copy(), where=den > 0)
+        new16 = np.clip(new, -_F16_MAX, _F16_MAX).astype(np.float16)
+        def err(s):
+            s = s.astype(np.float64)
+            e = A - d * (s[None, :] if self.axis == 1 else s[:, None])
+            return (W * e * e).sum(axis)
+        keep = err(new16) < err(old.astype(np.float16))
+        scales = np.where(keep, new16, f.scales).astype(np.float16)
+        return dataclasses.replace(f, scales=scales)
+
+
+def _decode(books, codes):
+    out = books[0][codes[:, 0]].astype(np.float64)
+    for t in range(1, books.shape[0]):
+        out += books[t][codes[:, t]]
+    return out
+
+
+def _weighted_error(x, w, books, codes):
+    e = x.astype(np.float64) - _decode(books, codes)
+    return float((w * np.einsum("ij,ij->i", e, e)).sum())
+
+
+def _refit_books(x, w, books, codes):
+    """Codebooks minimizing sum_i w_i ||x_i - sum_t books[t, codes[i, t]]||^2 with the codes
+    fixed (float64). Unused codewords keep their values."""
+    M, K, b = books.shape
+    x = x.astype(np.float64)
+    w = w.astype(np.float64)
+    books = books.astype(np.float64)
+    if M * K <= _DENSE_REFIT:
+        G = np.zeros((M * K, M * K))
+        rhs = np.zeros((M * K, b))
+        for t in range(M):
+            for u in range(t, M):
+                blk = np.bincount(codes[:, t] * K + codes[:, u], weights=w,
+                                  minlength=K * K).reshape(K, K)
+                G[t * K:(t + 1) * K, u * K:(u + 1) * K] = blk
+                if u != t:
+                    G[u * K:(u + 1) * K, t * K:(t + 1) * K] = blk.T
+            for e in range(b):
+                rhs[t * K:(t + 1) * K, e] = np.bincount(codes[:, t], weights=w * x[:, e],
+                                                        minlength=K)
+        theta = books.reshape(M * K, b)
+        # Solve for the change: codewords no block uses (zero rows of G) stay as they are, and
+        # the shifts between codebooks (G is singular along them) are damped.
+        diag = np.diag(G).copy()
+        lam = 1e-9 * max(float(diag.mean()), 1e-300)
+        import scipy.linalg
+
+        Gd = G + lam * np.eye(M * K)
+        Gd[np.diag_indices_from(Gd)] += (diag == 0)
+        try:
+            delta = scipy.linalg.solve(Gd, rhs - G @ theta, assume_a="pos")
+        except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
+            delta = np.linalg.lstsq(Gd, rhs - G @ theta, rcond=None)[0]
+        new = (theta + delta).reshape(M, K, b)
+        if _weighted_error(x, w, new, codes) <= _weighted_error(x, w, books, codes):
+            return new
+        return books
+    # Block Gauss-Seidel: each codebook's exact update with the others fixed.
+    approx = _decode(books, codes)
+    for _ in range(3):
+        for t in range(M):
+            approx -= books[t][codes[:, t]]
+            r = x - approx
+            cnt = np.bincount(codes[:, t], weights=w, minlength=K)
+            used = cnt > 0
+            for e in range(b):
+                s = np.bincount(codes[:, t], weights=w * r[:, e], minlength=K)
+                books[t, used, e] = s[used] / cnt[used]
+            approx += books[t][codes[:, t]]
+    return books
+
+
+def _hessian_refit(A, H, f, n_steps=25):
+    """Codebooks refitted (codes and scales fixed) to minimize trace(E^T H E), E = A - W_hat,
+    by conjugate gradients on the normal equations; returned when the output error falls."""
+    m, n = f.shape
+    M, K, b = f.codebooks.shape
+    A64 = A.astype(np.float64)
+    s = f.scales.astype(np.float64)
+    S = s[None, :] if f.channel_axis == 1 else s[:, None]
+    codes = f.unpacked_codes().reshape(-1, M)  # (m * nb, M)
+
+    def decode(theta):
+        return _decode(theta, codes).reshape(m, n) * S
+
+    def adjoint(G):
+        g = (G * S).reshape(-1, b)
+        out = np.zeros((M, K, b))
+        for t in range(M):
+            for e in range(b):
+                out[t, :, e] = np.bincount(codes[:, t], weights=g[:, e], minlength=K)
+        return out
+
+    def output_error(theta):
+        E = A64 - decode(theta)
+        return float(np.einsum("ij,ij->", E, H @ E))
+
+    theta = f.codebooks.astype(np.float64)
+    start = output_error(theta)
+    # Normal equations: adjoint(H decode(d)) = adjoint(H (A - decode(theta))) for the step d.
+    r = adjoint(H @ (A64 - decode(theta)))
+    d = np.zeros_like(theta)
+    p = r.copy()
+    rr = float((r * r).sum())
+    r0 = rr
+    for _ in range(n_steps):
+        if rr <= 1e-20 * r0 or rr == 0:
+            break
+        q = adjoint(H @ decode(p))
+        pq = float((p * q).sum())
+        if not pq > 0:
+            break
+        alpha = rr / pq
+        d += alpha * p
+        r -= alpha * q
+        new = float((r * r).sum())
+        p = r + (new / rr) * p
+        rr = new
+    theta_new = theta + d
+    if output_error(theta_new) < start:
+        return dataclasses.replace(f, codebooks=theta_new.astype(f.dtype))
+    return f
