@@ -303,13 +303,17 @@ class AdditiveCompressor(MatrixCompressor):
         tables).
     max_iter : int, default=25
         Lloyd iterations of each residual stage's block k-means.
-    data_aware : {"hessian", "diagonal"}, default="hessian"
-        With calibration inputs ``X``: the fit is weighted by ``diag(X^T X)`` either way;
-        ``"hessian"`` then refits the codebooks (codes and scales fixed) to minimize
-        ``trace(E^T H E)``, ``H = X^T X / n_samples`` (conjugate gradients), kept when that
-        output error falls.
+    data_aware : {"gptq", "hessian", "diagonal"}, default="gptq"
+        With calibration inputs ``X``: the fit is weighted by ``diag(X^T X)`` in every case.
+        ``"hessian"`` then refits the codebooks (codes and scales fixed) to minimize the output
+        error ``trace(E^T H E)``, ``H = X^T X / n_samples`` (conjugate gradients); ``"gptq"``
+        also codes the rows again in order with GPTQ's error feedback
+        (:func:`matcompress.gptq.gptq_quantize`; each row's blocks beam-searched against the
+        fitted codebooks, from the row as updated by the errors of the rows before it) and
+        refits the codebooks against H after that. The candidate of lowest output error is
+        returned (never worse than the diagonal fit).
     damp : float, default=0.01
-        ``H + damp * mean(diag H) * I`` for the refit and the diagonal weights.
+        ``H + damp * mean(diag H) * I`` for the refits, GPTQ and the diagonal weights.
     max_fit_points : int, default=2**18
         Blocks the codebooks are fitted on; beyond, a seeded sample of whole rows (every block
         is still encoded).
@@ -333,7 +337,7 @@ class AdditiveCompressor(MatrixCompressor):
 
     def __init__(self, n_codebooks=None, n_codes=None, block_size=None, *,
                  compression_ratio=None, beam_size=8, n_iter=4, channel_axis=1, max_iter=25,
-                 data_aware="hessian", damp=0.01, max_fit_points=2**18, random_state=None,
+                 data_aware="gptq", damp=0.01, max_fit_points=2**18, random_state=None,
                  n_threads=None):
         self.n_codebooks = n_codebooks
         self.n_codes = n_codes
@@ -428,8 +432,8 @@ class AdditiveCompressor(MatrixCompressor):
         n_iter = check_int(self.n_iter, "n_iter", min_value=0)
         max_iter = check_int(self.max_iter, "max_iter", min_value=1)
         limit = check_int(self.max_fit_points, "max_fit_points", min_value=1)
-        if self.data_aware not in ("hessian", "diagonal"):
-            raise ValueError(f"data_aware must be 'hessian' or 'diagonal'; got "
+        if self.data_aware not in ("gptq", "hessian", "diagonal"):
+            raise ValueError(f"data_aware must be 'gptq', 'hessian' or 'diagonal'; got "
                              f"{self.data_aware!r}")
         damp = check_float(self.damp, "damp", min_value=0.0)
         check_n_threads(self.n_threads)
@@ -438,7 +442,7 @@ class AdditiveCompressor(MatrixCompressor):
         H = h = None
         if X is not None:
             X = check_inputs(X, m)
-            H, diag = input_moments(X, diagonal_only=self.data_aware != "hessian")
+            H, diag = input_moments(X, diagonal_only=self.data_aware == "diagonal")
             if diag.max() > 0:
                 h = diag + damp * diag.mean()
                 h = h / h.max()
@@ -448,9 +452,17 @@ class AdditiveCompressor(MatrixCompressor):
                 H = None
         fit = _Fit(A, h, M, K, b, axis, beam, max_iter, rng, n_threads)
         f = fit.run(n_iter, limit)
-        if H is not None:
-            f = _hessian_refit(A, H, f)
-        return f
+        if H is None:
+            return f
+        best, best_err = f, _output_error(A, H, f)
+        tries = [_hessian_refit(A, H, f)]
+        if self.data_aware == "gptq":
+            tries.append(_hessian_refit(A, H, _gptq_codes(A, H, f, beam, n_threads)))
+        for g in tries:
+            e = _output_error(A, H, g)
+            if e < best_err:
+                best, best_err = g, e
+        return best
 
 
 class _Fit:
@@ -648,6 +660,34 @@ def _refit_books(x, w, books, codes):
                 books[t, used, e] = s[used] / cnt[used]
             approx += books[t][codes[:, t]]
     return books
+
+
+def _output_error(A, H, f):
+    E = A.astype(np.float64) - f.to_dense().astype(np.float64)
+    return float(np.einsum("ij,ij->", E, H @ E))
+
+
+def _gptq_codes(A, H, f, beam, n_threads):
+    """``f`` with its codes chosen again row by row by GPTQ (codebooks and scales fixed)."""
+    from .gptq import gptq_quantize
+
+    m, n = f.shape
+    M, K, b = f.codebooks.shape
+    books = np.ascontiguousarray(f.codebooks, np.float64)
+    s = f.scales.astype(np.float64)
+    old = f.unpacked_codes().astype(np.int32)  # (m, nb, M)
+    codes = np.empty_like(old)
+
+    def quantize_rows(rows, start):
+        scale = s if f.channel_axis == 1 else np.full(n, s[start])
+        safe = np.where(scale == 0, 1.0, scale)
+        z = (rows[0] / safe).reshape(-1, b)
+        c, _ = additive_encode(z, books, init=old[start], beam_size=beam, n_threads=n_threads)
+        codes[start] = c
+        return (_decode(books, c).reshape(n) * scale)[None, :]
+
+    gptq_quantize(A, H, quantize_rows, damp=0.0)  # H is dampened already
+    return dataclasses.replace(f, codes=pack_bits(codes.reshape(m, -1), f.bits))
 
 
 def _hessian_refit(A, H, f, n_steps=25):

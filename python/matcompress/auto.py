@@ -37,8 +37,9 @@ __all__ = ["AutoCompressor", "compress_many", "default_candidates", "OPTIONAL_ME
            "DEFAULT_LADDER"]
 
 #: Methods added to the default candidates when they are registered (each takes
-#: ``compression_ratio``): per-channel scaled codebooks and the composite methods.
-OPTIONAL_METHODS = ("scaled_kmeans", "low_rank_residual", "outliers", "prune_kmeans")
+#: ``compression_ratio``): per-channel scaled codebooks, additive vector codebooks and the
+#: composite methods.
+OPTIONAL_METHODS = ("scaled_kmeans", "additive", "low_rank_residual", "outliers", "prune_kmeans")
 
 #: Rungs of :func:`compress_many`'s ladder, as multiples of the target ratio (R / 4 ... 4 R).
 DEFAULT_LADDER = tuple(2.0 ** (k / 2) for k in range(-4, 5))
@@ -47,7 +48,7 @@ DEFAULT_LADDER = tuple(2.0 ** (k / 2) for k in range(-4, 5))
 # and agree on everything else are one candidate).
 _SOLVED = {"low_rank": ("rank",), "kmeans": ("n_codes", "block_size"),
            "dictionary": ("n_atoms", "n_nonzero_coefs"), "simhash": ("n_bits",),
-           "pruning": ("sparsity",)}
+           "pruning": ("sparsity",), "additive": ("n_codebooks", "n_codes", "block_size")}
 
 _REACHABLE = re.compile(r"best reachable ratio is ([0-9.eE+-]+)")
 

@@ -85,7 +85,7 @@ SECTION_TITLE = "## Quality at a byte budget: `python bench/quality.py`"
 RATIOS = (4, 8, 16)
 #: Names of compressors used when registered (in this order); others are left out.
 KNOWN_METHODS = ("low_rank", "dictionary", "kmeans", "simhash", "pruning", "scaled_kmeans",
-                 "low_rank_residual", "outliers", "prune_kmeans", "auto")
+                 "additive", "low_rank_residual", "outliers", "prune_kmeans", "auto")
 BASELINES = ("sk_kmeans_4bit", "sk_kmeans_2bit", "sk_truncated_svd", "np_prune")
 MODELS = ("mlp", "cnn", "lstm", "transformer", "gaussian", "student_t")
 N_CAL, N_HELD = 2048, 4096
