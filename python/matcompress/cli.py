@@ -16,16 +16,17 @@ Commands
     dictionary's, and write a PNG of both sets of learned atoms (default
     ``matcompress-atoms.png``; see :mod:`matcompress.demo`).
 ``matcompress compress INPUT --method {lowrank,dictionary,kmeans,simhash,prune,scaled-kmeans,
-auto,outliers,lowrank-residual,prune-kmeans} (--ratio R | method parameters) -o OUT.npz
+additive,auto,outliers,lowrank-residual,prune-kmeans} (--ratio R | method parameters) -o OUT.npz
 [--threads T] [--seed SEED]``
     Compress every 2-D float array of a ``.npy``, ``.npz`` or ``.safetensors`` file (float16
     and bfloat16 ones in float32) and write all the factorizations to one ``.npz``
     (:mod:`matcompress.archive`; read it back with :func:`matcompress.archive.load_many`).
     Other arrays are skipped with a note. The method parameters: lowrank ``--rank``,
     dictionary ``--atoms`` and ``--nonzeros``, kmeans ``--codes`` (and ``--block-size``), simhash
-    ``--bits``, prune ``--sparsity``, scaled-kmeans ``--codes`` (and ``--group-size``); auto,
-    outliers, lowrank-residual and prune-kmeans take ``--ratio`` only. Prints a line per matrix on stderr and a table (bytes,
-    ratio, relative error) on stdout.
+    ``--bits``, prune ``--sparsity``, scaled-kmeans ``--codes`` (and ``--group-size``),
+    additive ``--codes`` (and ``--codebooks``, ``--block-size``); auto, outliers,
+    lowrank-residual and prune-kmeans take ``--ratio`` only. Prints a line per matrix on stderr
+    and a table (bytes, ratio, relative error) on stdout.
 ``matcompress inspect ARCHIVE [--original INPUT]``
     Print each factorization of an archive written by ``compress``: name, kind, shape, dtype,
     bytes, ratio, and with the original file the relative error ``||W - W~||_F / ||W||_F``,
@@ -156,6 +157,9 @@ _METHODS = {
     "scaled-kmeans": _Method("scaled_kmeans", {"--codes": "n_codes",
                                                "--group-size": "group_size"},
                              ("--codes",), ("--group-size",)),
+    "additive": _Method("additive", {"--codes": "n_codes", "--codebooks": "n_codebooks",
+                                     "--block-size": "block_size"},
+                        ("--codes",), ("--codebooks", "--block-size")),
     # Searches and composites: their parameters are solved from --ratio.
     "auto": _Method("auto", {}, ()),
     "outliers": _Method("outliers", {"--outlier-fraction": "outlier_fraction"}, (),
@@ -271,8 +275,9 @@ def _build_parser():
             "and bfloat16 matrices are compressed in float32. Give either --ratio or the "
             "method's parameters: lowrank --rank; dictionary --atoms and --nonzeros; kmeans "
             "--codes (and --block-size, also allowed with --ratio); simhash --bits; prune "
-            "--sparsity; scaled-kmeans --codes (and --group-size); auto, outliers, "
-            "lowrank-residual and prune-kmeans take --ratio. A line per matrix goes to stderr; a table of bytes, ratios and "
+            "--sparsity; scaled-kmeans --codes (and --group-size); additive --codes (and "
+            "--codebooks, --block-size); auto, outliers, lowrank-residual and prune-kmeans "
+            "take --ratio. A line per matrix goes to stderr; a table of bytes, ratios and "
             "relative errors ||W - W~||_F / ||W||_F to stdout."
         ),
     )
@@ -284,7 +289,9 @@ def _build_parser():
                           help="lowrank (truncated SVD), dictionary (sparse codes over a learned "
                                "dictionary), kmeans (codebook), simhash (sign bits of a random "
                                "projection), prune (the largest weights kept), scaled-kmeans "
-                               "(per-channel float16 scales times a shared codebook); with "
+                               "(per-channel float16 scales times a shared codebook), additive "
+                               "(blocks of weights as sums of codewords from a few codebooks, "
+                               "times per-channel scales); with "
                                "--ratio only: auto (per matrix, the method and parameters with "
                                "the lowest error at that ratio), outliers (1%% of the weights "
                                "kept exactly, the rest quantized), lowrank-residual (a low rank "
@@ -303,10 +310,15 @@ def _build_parser():
     params.add_argument("--nonzeros", type=_int_at_least(1), metavar="S",
                         help="dictionary: nonzero coefficients per row, at most --atoms")
     params.add_argument("--codes", type=_int_at_least(1), metavar="K",
-                        help="kmeans: codebook entries (16 or fewer: 4-bit codes)")
+                        help="kmeans: codebook entries (16 or fewer: 4-bit codes); "
+                             "scaled-kmeans, additive: entries per codebook")
+    params.add_argument("--codebooks", type=_int_at_least(1), metavar="M",
+                        help="additive: codebooks summed per block (default 2; with --ratio: "
+                             "solved, 1 to 3)")
     params.add_argument("--block-size", type=_int_at_least(1), metavar="B",
-                        help="kmeans: weights per code along each row, a divisor of the columns "
-                             "(default 1; with --ratio, the best of 1, 2, 4, 8 and 16)")
+                        help="kmeans, additive: weights per code along each row, a divisor of "
+                             "the columns (kmeans: default 1; with --ratio, the best of 1, 2, 4, "
+                             "8 and 16; additive: default 8; with --ratio, the best of 8, 4, 2)")
     params.add_argument("--bits", type=_int_at_least(1), metavar="K",
                         help="simhash: sign bits per column")
     params.add_argument("--sparsity", type=_float_in(0, 1), metavar="S",

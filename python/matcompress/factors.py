@@ -6,26 +6,29 @@ indices, codebooks and scales included), ``compression_ratio`` (dense bytes / st
 the factors, never building the dense matrix of the large forms) and ``save(path)`` /
 :func:`load` (``.npz`` with a format version).
 
-==============  ======================================================  ===========================
-class           fields                                                  W ~
-==============  ======================================================  ===========================
-LowRank         left (m, r), right (r, n)                               left @ right
-SparseCodes     indices (m, s), values (m, s), dictionary (k, n)        row i = sum_t values[i, t]
-                                                                        * dictionary[indices[i, t]]
-Codebook        codes (m, n / b) (4-bit packed: (m, ceil(n / 2b))),     W[i, jb:(j+1)b] =
-                codebook (n_codes, b)                                   codebook[codes[i, j]]
-SignBits        bits (k, ceil(n / 8)) packed signs, scale (n), seed, m  (R @ S) * scale, R (m, k)
-                                                                        regenerated from seed
-Pruned          CSR indptr (m + 1), indices (nnz), values (nnz) or      the kept entries
-                codes (nnz) + codebook (n_codes,)
-ScaledCodebook  codes (m, ceil(n * bits / 8)), bits = ceil(log2         W[i, j] = scales[g(i, j)]
-                n_codes), codebook (n_books, n_codes), float16          * codebook[book(i, j),
-                scales per group of rows of a column (channel_axis      code[i, j]]
-                1) or of columns of a row (0); matcompress.quant
-Sum             parts: 2+ factorizations of one shape and dtype, stored  parts[0] + parts[1] + ...
-                as fields "p<i>/__kind__", "p<i>/<field>"
-                (:mod:`matcompress.composite`)
-==============  ======================================================  ===========================
+================  ======================================================  ===========================
+class             fields                                                  W ~
+================  ======================================================  ===========================
+LowRank           left (m, r), right (r, n)                               left @ right
+SparseCodes       indices (m, s), values (m, s), dictionary (k, n)        row i = sum_t values[i, t]
+                                                                          * dictionary[indices[i, t]]
+Codebook          codes (m, n / b) (4-bit packed: (m, ceil(n / 2b))),     W[i, jb:(j+1)b] =
+                  codebook (n_codes, b)                                   codebook[codes[i, j]]
+SignBits          bits (k, ceil(n / 8)) packed signs, scale (n), seed, m  (R @ S) * scale, R (m, k)
+                                                                          regenerated from seed
+Pruned            CSR indptr (m + 1), indices (nnz), values (nnz) or      the kept entries
+                  codes (nnz) + codebook (n_codes,)
+ScaledCodebook    codes (m, ceil(n * bits / 8)), bits = ceil(log2         W[i, j] = scales[g(i, j)]
+                  n_codes), codebook (n_books, n_codes), float16          * codebook[book(i, j),
+                  scales per group of rows of a column (channel_axis      code[i, j]]
+                  1) or of columns of a row (0); matcompress.quant
+AdditiveCodebook  codes (m, ceil(n / b * M * bits / 8)), codebooks        W[i, jb:(j+1)b] = scale *
+                  (M, K, b), float16 scales per column (channel_axis 1)   sum_t codebooks[t,
+                  or row (0); matcompress.additive                        code[i, j, t]]
+Sum               parts: 2+ factorizations of one shape and dtype, stored  parts[0] + parts[1] + ...
+                  as fields "p<i>/__kind__", "p<i>/<field>"
+                  (:mod:`matcompress.composite`)
+================  ======================================================  ===========================
 """
 
 from __future__ import annotations
@@ -191,11 +194,12 @@ class Factorization(abc.ABC):
         ``need_grads`` is false), the discrete parts held fixed: both low-rank sides;
         sparse-code values on their fixed support and the dictionary; codebook entries (a
         segment sum over the code map); sign-bit scales; pruned values (or their codebook);
-        scaled codebooks' entries and scales. Computed from the factors, never building W: no
+        scaled and additive codebooks' entries and scales. Computed from the factors, never
+        building W: no
         form's backward pass allocates a dense m x n temporary (each native function lists its
         buffers in ``csrc/matcompress/factored.h``; the largest are batch-sized, plus per-thread
-        tiles of 256 x 256), except that scaled codebooks (no native kernel yet) decode W in
-        tiles of rows of about 2^20 weights for numpy's BLAS.
+        tiles of 256 x 256), except that scaled and additive codebooks (no native kernel yet)
+        decode W in tiles of rows of about 2^20 weights for numpy's BLAS.
 
         Raises
         ------
