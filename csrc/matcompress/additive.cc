@@ -12,6 +12,9 @@ constexpr index_t kPoints = 32;     // points per tile
 constexpr index_t kChunk = 1024;    // codewords per GEMM chunk: a tile x chunk block of inner
                                     // products stays in L2 (32 points x 8 hypotheses x 1024)
 constexpr index_t kMaxBeam = 64;
+constexpr index_t kDirectMaxDim = 16;  // blocks up to this long: scores computed directly
+                                       // (a GEMM with an inner dimension of 2-16 is bound by
+                                       // writing its output; measured 3-5x slower here)
 constexpr index_t kMaxBooks = 16;
 
 // One candidate of a point's next beam: hypothesis h extended by codeword j (flat index
@@ -25,6 +28,7 @@ struct Candidate {
 template <typename T>
 struct Scratch {
   std::vector<T> res, next_res, g;      // residuals (points x beam x dim), inner products
+  std::vector<T> score;                 // one hypothesis's scores against a chunk
   std::vector<double> e, next_e;        // squared residual norms
   std::vector<int32_t> code, next_code; // (points x beam x M), -1 where a book is unused
   std::vector<int32_t> n_hyp;           // hypotheses per point
@@ -54,6 +58,13 @@ double additive_encode(const Gemm<T>& gemm, const T* x, index_t n, index_t dim,
     for (index_t d = 0; d < dim; ++d) s += double(c[d]) * double(c[d]);
     cn[j] = T(s);
   }
+  const bool direct = dim <= kDirectMaxDim;
+  std::vector<T> cbt;  // direct route: the codewords transposed, dim x MK
+  if (direct) {
+    cbt.resize(static_cast<size_t>(dim * MK));
+    for (index_t j = 0; j < MK; ++j)
+      for (index_t d = 0; d < dim; ++d) cbt[d * MK + j] = codebooks[j * dim + d];
+  }
   const index_t n_tiles = (n + kPoints - 1) / kPoints;
   const index_t chunk = std::min(kChunk, MK);
   const int max_threads = std::max(default_threads(), options.n_threads) + 1;
@@ -75,7 +86,8 @@ double additive_encode(const Gemm<T>& gemm, const T* x, index_t n, index_t dim,
     s.top.resize(hyp);
     s.n_top.resize(static_cast<size_t>(P));
     s.worst.resize(static_cast<size_t>(P));
-    s.g.resize(hyp * static_cast<size_t>(chunk));
+    if (!direct) s.g.resize(hyp * static_cast<size_t>(chunk));
+    s.score.resize(static_cast<size_t>(chunk));
     // Step 0: one hypothesis per point, the point itself.
     for (index_t p = 0; p < P; ++p) {
       const T* xp = x + (p0 + p) * dim;
@@ -91,13 +103,16 @@ double additive_encode(const Gemm<T>& gemm, const T* x, index_t n, index_t dim,
     for (index_t step = 0; step < M; ++step) {
       std::fill(s.n_top.begin(), s.n_top.end(), 0);
       std::fill(s.worst.begin(), s.worst.end(), std::numeric_limits<double>::infinity());
-      for (index_t j0 = 0; j0 < MK; j0 += chunk) {
-        const index_t jc = std::min(chunk, MK - j0);
-        // Inner products of every slot (p, h) with codewords [j0, j0 + jc): slots beyond a
-        // point's n_hyp hold stale residuals and are skipped below.
-        const index_t rows = P * L;
-        gemm(false, true, rows, jc, dim, T(1), s.res.data(), dim, codebooks + j0 * dim, dim,
-             T(0), s.g.data(), jc);
+      const index_t j_begin = options.ordered ? step * K : 0;
+      const index_t j_end = options.ordered ? (step + 1) * K : MK;
+      for (index_t j0 = j_begin; j0 < j_end; j0 += chunk) {
+        const index_t jc = std::min(chunk, j_end - j0);
+        // Step 0 has one hypothesis per point (slot p * L): the GEMM reads those rows only.
+        const index_t stride = step == 0 ? L : 1;
+        if (!direct) {
+          gemm(false, true, step == 0 ? P : P * L, jc, dim, T(1), s.res.data(), stride * dim,
+               codebooks + j0 * dim, dim, T(0), s.g.data(), jc);
+        }
         for (index_t p = 0; p < P; ++p) {
           Candidate* top = s.top.data() + p * L;
           int32_t& nt = s.n_top[p];
@@ -105,12 +120,27 @@ double additive_encode(const Gemm<T>& gemm, const T* x, index_t n, index_t dim,
           for (index_t h = 0; h < s.n_hyp[p]; ++h) {
             const index_t slot = p * L + h;
             const int32_t* hc = s.code.data() + slot * M;
-            const T* g = s.g.data() + slot * jc;
             const double e = s.e[slot];
+            // sc[jj] = ||c_j||^2 - 2 <r, c_j>, so the candidate's error is e + sc[jj].
+            T* sc = s.score.data();
+            if (direct) {
+              const T* r = s.res.data() + slot * dim;
+              const T* cn0 = cn.data() + j0;
+              for (index_t jj = 0; jj < jc; ++jj) sc[jj] = cn0[jj];
+              for (index_t d = 0; d < dim; ++d) {
+                const T rd = T(-2) * r[d];
+                const T* ct = cbt.data() + d * MK + j0;
+                for (index_t jj = 0; jj < jc; ++jj) sc[jj] += rd * ct[jj];
+              }
+            } else {
+              const T* g = s.g.data() + (slot / stride) * jc;
+              const T* cn0 = cn.data() + j0;
+              for (index_t jj = 0; jj < jc; ++jj) sc[jj] = cn0[jj] - T(2) * g[jj];
+            }
             for (index_t jj = 0; jj < jc; ++jj) {
+              if (!(e + double(sc[jj]) < worst)) continue;
+              const double score = e + double(sc[jj]);
               const index_t j = j0 + jj;
-              const double score = e - 2.0 * double(g[jj]) + double(cn[j]);
-              if (!(score < worst)) continue;
               const index_t t = j / K;
               if (hc[t] >= 0) continue;  // this hypothesis has used codebook t
               const int32_t code = static_cast<int32_t>(j - t * K);
@@ -151,6 +181,8 @@ double additive_encode(const Gemm<T>& gemm, const T* x, index_t n, index_t dim,
       for (index_t p = 0; p < P; ++p) {
         const Candidate* top = s.top.data() + p * L;
         const index_t nt = s.n_top[p];
+        MC_CHECK(nt > 0, "additive_encode: no finite distance for point "
+                             << p0 + p << " (values too large for the dtype?)");
         for (index_t q = 0; q < nt; ++q) {
           const index_t from = p * L + top[q].h, to = p * L + q;
           const T* r = s.res.data() + from * dim;

@@ -13,6 +13,8 @@ namespace matcompress {
 struct AdditiveEncodeOptions {
   index_t beam = 8;    ///< hypotheses kept per point after each step (>= 1)
   int n_threads = 0;   ///< <= 0: the default
+  bool ordered = false;  ///< step s may use codebook s only (residual-quantization order);
+                         ///< else any codebook a hypothesis has not used (additive order)
 };
 
 /// Codes of n points (n x dim, row-major) against M codebooks of K codewords (M x K x dim).

@@ -432,7 +432,7 @@ template <typename T>
 py::tuple additive_encode(const carray<T>& x, const carray<T>& codebooks,
                           const std::optional<py::array_t<int32_t, py::array::c_style |
                                                                      py::array::forcecast>>& init,
-                          mc::index_t beam, int n_threads) {
+                          mc::index_t beam, int n_threads, bool ordered) {
   require(x.ndim() == 2 && codebooks.ndim() == 3 && x.shape(1) == codebooks.shape(2),
           "X must be (n, dim) and codebooks (n_books, n_codes, dim)");
   const mc::index_t n = x.shape(0), dim = x.shape(1), M = codebooks.shape(0),
@@ -448,6 +448,7 @@ py::tuple additive_encode(const carray<T>& x, const carray<T>& codebooks,
   mc::AdditiveEncodeOptions o;
   o.beam = beam;
   o.n_threads = n_threads;
+  o.ordered = ordered;
   py::array_t<int32_t> codes({n, M});
   py::array_t<T> err(n);
   double total = 0;
@@ -1079,9 +1080,9 @@ PYBIND11_MODULE(_core, m) {
         py::arg("init"), py::arg("max_iter"), py::arg("tol"), py::arg("seed"), py::arg("n_init"),
         py::arg("random_init"), py::arg("max_points_per_centroid"), py::arg("n_threads"));
   m.def("additive_encode_f32", &additive_encode<float>, py::arg("X"), py::arg("codebooks"),
-        py::arg("init"), py::arg("beam"), py::arg("n_threads"));
+        py::arg("init"), py::arg("beam"), py::arg("n_threads"), py::arg("ordered") = false);
   m.def("additive_encode_f64", &additive_encode<double>, py::arg("X"), py::arg("codebooks"),
-        py::arg("init"), py::arg("beam"), py::arg("n_threads"));
+        py::arg("init"), py::arg("beam"), py::arg("n_threads"), py::arg("ordered") = false);
   m.def("kmeans_assign_f32", &kmeans_assign<float>, py::arg("X"), py::arg("centers"),
         py::arg("weight"), py::arg("n_threads"));
   m.def("kmeans_assign_f64", &kmeans_assign<double>, py::arg("X"), py::arg("centers"),

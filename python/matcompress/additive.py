@@ -48,7 +48,7 @@ def _bits(n_codes):
     return max(1, (n_codes - 1).bit_length()) if n_codes <= 256 else 16
 
 
-def additive_encode(X, codebooks, *, init=None, beam_size=8, n_threads=None):
+def additive_encode(X, codebooks, *, init=None, beam_size=8, ordered=False, n_threads=None):
     """Codes of the rows of ``X`` (n, b) as sums of one codeword from each codebook.
 
     Parameters
@@ -60,6 +60,10 @@ def additive_encode(X, codebooks, *, init=None, beam_size=8, n_threads=None):
     beam_size : int, default=8
         Partial code sets kept per row after each step of the search (1: greedy residual
         coding in the best codebook order).
+    ordered : bool, default=False
+        Step t of the search picks from codebook t only (residual quantization's order);
+        by default from any codebook the partial set has not used yet (additive
+        quantization's search).
     n_threads : int, optional
 
     Returns
@@ -86,7 +90,7 @@ def additive_encode(X, codebooks, *, init=None, beam_size=8, n_threads=None):
             raise ValueError(f"init codes must lie in [0, {codebooks.shape[1]})")
         init = np.ascontiguousarray(init, np.int32)
     fn = _core.additive_encode_f64 if X.dtype == np.float64 else _core.additive_encode_f32
-    codes, err, _ = fn(X, codebooks, init, beam, n_threads)
+    codes, err, _ = fn(X, codebooks, init, beam, n_threads, bool(ordered))
     return codes, err
 
 
@@ -532,8 +536,7 @@ class _Fit:
         err = _weighted_error(fx, fw, books, codes)
         for _ in range(n_iter):
             books = _refit_books(fx, fw, books, codes)
-            codes, _ = additive_encode(fx, books.astype(self.dtype), init=codes,
-                                       beam_size=self.beam, n_threads=self.n_threads)
+            codes = self._encode(fx, books, codes)
             new = _weighted_error(fx, fw, books, codes)
             done = not new < err * (1 - 1e-4)
             err = min(err, new)
@@ -544,9 +547,7 @@ class _Fit:
             codes = np.empty((blocks.shape[0], M), np.int32)
             step = max(1, (1 << 18))
             for a in range(0, blocks.shape[0], step):
-                codes[a:a + step], _ = additive_encode(blocks[a:a + step], books,
-                                                       beam_size=self.beam,
-                                                       n_threads=self.n_threads)
+                codes[a:a + step] = self._encode(blocks[a:a + step], books)
         if books.shape[1] < self.K:  # fewer blocks than codes asked: pad with zeros
             books = np.concatenate([books, np.zeros((M, self.K - books.shape[1], b),
                                                     self.dtype)], axis=1)
@@ -556,14 +557,19 @@ class _Fit:
         return self._refit_scales(f)
 
     def _rvq(self, x, w, K):
-        """Residual vector quantization: M block k-means, each of what the previous left."""
+        """Residual vector quantization: codebook t is a block k-means of what the first t
+        codebooks leave, the blocks coded by beam search against those first."""
         from .kmeans import fit_codebook
 
         M, b = self.M, self.b
-        residual = x.astype(np.float64)
         books = np.zeros((M, K, b))
         codes = np.zeros((x.shape[0], M), np.int32)
         for t in range(M):
+            if t > 1:  # with one codebook the k-means labels are the best codes already
+                codes[:, :t] = self._encode(x, books[:t], codes[:, :t])
+            residual = x.astype(np.float64)
+            if t:
+                residual = residual - _decode(books[:t], codes[:, :t])
             seed = int(self.rng.integers(2**31))
             cb, c = fit_codebook(residual.astype(self.dtype).reshape(1, -1), K, block_size=b,
                                  method="lloyd", max_iter=self.max_iter, random_state=seed,
@@ -571,8 +577,11 @@ class _Fit:
                                  n_threads=self.n_threads)[:2]
             books[t] = cb
             codes[:, t] = np.ravel(c)
-            residual -= books[t][codes[:, t]]
         return books, codes
+
+    def _encode(self, x, books, init=None):
+        return additive_encode(x, books.astype(self.dtype), init=init, beam_size=self.beam,
+                               ordered=True, n_threads=self.n_threads)[0]
 
     def _refit_scales(self, f):
         """Least-squares scale of each channel given the decoded codes (weighted by h),
@@ -682,7 +691,8 @@ def _gptq_codes(A, H, f, beam, n_threads):
         scale = s if f.channel_axis == 1 else np.full(n, s[start])
         safe = np.where(scale == 0, 1.0, scale)
         z = (rows[0] / safe).reshape(-1, b)
-        c, _ = additive_encode(z, books, init=old[start], beam_size=beam, n_threads=n_threads)
+        c, _ = additive_encode(z, books, init=old[start], beam_size=beam, ordered=True,
+                               n_threads=n_threads)
         codes[start] = c
         return (_decode(books, c).reshape(n) * scale)[None, :]
 
