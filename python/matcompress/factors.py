@@ -26,6 +26,10 @@ Sum             parts: 2+ factorizations of one shape and dtype, stored  parts[0
                 as fields "p<i>/__kind__", "p<i>/<field>"
                 (:mod:`matcompress.composite`)
 ==============  ======================================================  ===========================
+
+``AdditiveCodebook`` (:mod:`matcompress.additive`): codes (m, ceil(n / b * M * bits / 8)),
+codebooks (M, K, b), float16 scales per column (``channel_axis`` 1) or row (0);
+``W[i, jb:(j+1)b] = scale * sum_t codebooks[t, code[i, j, t]]``.
 """
 
 from __future__ import annotations
@@ -763,9 +767,10 @@ class Pruned(Factorization):
 
 
 #: Factorization classes by kind, for :func:`load` and :func:`decode_fields`.
-#: :mod:`matcompress.quant` adds ScaledCodebook ("scaled_codebook") and
-#: :mod:`matcompress.composite` adds Sum ("sum") when they are imported (``import
-#: matcompress`` does, before any file can be read).
+#: :mod:`matcompress.quant` adds ScaledCodebook ("scaled_codebook"),
+#: :mod:`matcompress.additive` AdditiveCodebook ("additive") and
+#: :mod:`matcompress.composite` Sum ("sum") when they are imported (``import matcompress``
+#: does, before any file can be read).
 _KINDS = {cls.kind: cls for cls in (LowRank, SparseCodes, Codebook, SignBits, Pruned)}
 
 
