@@ -1,6 +1,7 @@
 """The TensorFlow face of the scaled codebook and the sum of factorizations: products, rows and
 gradients against the numpy forms, and the compressed / stripped layers through training,
-stripping and a .keras round trip."""
+stripping and a .keras round trip (the additive codebook too; its ops and layers in detail:
+tests/test_tf_additive.py)."""
 
 from __future__ import annotations
 
@@ -107,6 +108,7 @@ def test_nested_sum_product_rows_and_gradients(dtype):
     ("scaled_kmeans", dict(n_codes=8, group_size=8)),
     ("low_rank_residual", dict(compression_ratio=3)),
     ("outliers", dict(compression_ratio=4)),
+    ("additive", dict(n_codebooks=2, n_codes=16, block_size=4)),
 ])
 def test_layers_train_strip_and_reload(method, params, tmp_path):
     rng = np.random.default_rng(0)

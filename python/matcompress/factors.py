@@ -6,30 +6,7 @@ indices, codebooks and scales included), ``compression_ratio`` (dense bytes / st
 the factors, never building the dense matrix of the large forms) and ``save(path)`` /
 :func:`load` (``.npz`` with a format version).
 
-================  ======================================================  ===========================
-class             fields                                                  W ~
-================  ======================================================  ===========================
-LowRank           left (m, r), right (r, n)                               left @ right
-SparseCodes       indices (m, s), values (m, s), dictionary (k, n)        row i = sum_t values[i, t]
-                                                                          * dictionary[indices[i, t]]
-Codebook          codes (m, n / b) (4-bit packed: (m, ceil(n / 2b))),     W[i, jb:(j+1)b] =
-                  codebook (n_codes, b)                                   codebook[codes[i, j]]
-SignBits          bits (k, ceil(n / 8)) packed signs, scale (n), seed, m  (R @ S) * scale, R (m, k)
-                                                                          regenerated from seed
-Pruned            CSR indptr (m + 1), indices (nnz), values (nnz) or      the kept entries
-                  codes (nnz) + codebook (n_codes,)
-ScaledCodebook    codes (m, ceil(n * bits / 8)), bits = ceil(log2         W[i, j] = scales[g(i, j)]
-                  n_codes), codebook (n_books, n_codes), float16          * codebook[book(i, j),
-                  scales per group of rows of a column (channel_axis      code[i, j]]
-                  1) or of columns of a row (0); matcompress.quant
-AdditiveCodebook  codes (m, ceil(n / b * M * bits / 8)), codebooks        W[i, jb:(j+1)b] = scale *
-                  (M, K, b), float16 scales per column (channel_axis 1)   sum_t codebooks[t,
-                  or row (0); matcompress.additive                        code[i, j, t]]
-Sum               parts: 2+ factorizations of one shape and dtype, stored  parts[0] + parts[1] + ...
-                  as fields "p<i>/__kind__", "p<i>/<field>"
-                  (:mod:`matcompress.composite`)
-================  ======================================================  ===========================
-"""
+================  ======================================================  ===================="""
 
 from __future__ import annotations
 
@@ -767,9 +744,10 @@ class Pruned(Factorization):
 
 
 #: Factorization classes by kind, for :func:`load` and :func:`decode_fields`.
-#: :mod:`matcompress.quant` adds ScaledCodebook ("scaled_codebook") and
-#: :mod:`matcompress.composite` adds Sum ("sum") when they are imported (``import
-#: matcompress`` does, before any file can be read).
+#: :mod:`matcompress.quant` adds ScaledCodebook ("scaled_codebook"),
+#: :mod:`matcompress.additive` AdditiveCodebook ("additive") and
+#: :mod:`matcompress.composite` Sum ("sum") when they are imported (``import matcompress``
+#: does, before any file can be read).
 _KINDS = {cls.kind: cls for cls in (LowRank, SparseCodes, Codebook, SignBits, Pruned)}
 
 

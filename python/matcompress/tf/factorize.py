@@ -22,8 +22,9 @@ The built-in compressors run in the graph:
   least-squares dictionary) from ``n_atoms`` rows of A picked by ``random_state``; the numpy
   compressor's K-SVD is not available as an op.
 
-Any other compressor — a user-defined one, or a built-in with an option the graph cannot run —
-is planned by compressing the matrix's initial value once with its numpy ``compress`` (for the
+Any other compressor — a user-defined one, a built-in with an option the graph cannot run, or
+a built-in with no in-graph route (``scaled_kmeans``, ``additive``, the composites) — is
+planned by compressing the matrix's initial value once with its numpy ``compress`` (for the
 shapes), and factorizes at the snapshot through ``tf.numpy_function``: it then runs on the host
 in each replica, and the compressor must return parts of the same shapes every time. So does a
 compressor that takes calibration inputs (``uses_inputs``) when the plan is made with
@@ -351,24 +352,31 @@ def _numpy_plan(c, m, n, dtype, initial, calibrate=False):
 
 
 def _scale_gains(f, prefix=""):
-    """Variable gains for the scaled codebooks in ``f`` (a sum's parts too): W = s * c is kept
-    with the codebook at the weights' magnitude and the scales near 1 (c * G and s / G, G the
-    power of two nearest the scales' RMS). The compressor stores scales near 2^12 for float16's
-    range, which leaves the codebook near 1e-5: an optimizer's steps (Adam's ~ its learning
-    rate, whatever the variable's size) then wreck the codebook. Fixed when the layer is
-    planned (the gains must not change once the variables hold them)."""
+    """Variable gains for the scaled and additive codebooks in ``f`` (a sum's parts too):
+    W = s * c is kept with the codebook at the weights' magnitude and the scales near 1 (c * G
+    and s / G, G the power of two nearest the scales' RMS, so the round trip is exact). The
+    scaled-codebook compressor stores scales near 2^12 for float16's range, which leaves the
+    codebook near 1e-5: an optimizer's steps (Adam's ~ its learning rate, whatever the
+    variable's size) then wreck the codebook. The additive compressor already stores scales
+    near 1 (relative to their geometric mean) and codebooks at the weights' magnitude: G is 1
+    there and no gain is applied (a hand-made AdditiveCodebook with large scales gets one).
+    Fixed when the layer is planned (the gains must not change once the variables hold
+    them)."""
     if f.kind == "sum":
         out = {}
         for i, part in enumerate(f.parts):
             out.update(_scale_gains(part, f"{prefix}parts.{i}."))
         return out
-    if f.kind != "scaled_codebook":
+    books = {"scaled_codebook": "codebook", "additive": "codebooks"}.get(f.kind)
+    if books is None:
         return {}
     rms = float(np.sqrt(np.mean(np.square(f.scales.astype(np.float64)))))
     if not rms > 0 or not math.isfinite(rms):
         return {}
     G = 2.0 ** round(math.log2(rms))
-    return {prefix + "scales": 1.0 / G, prefix + "codebook": G}
+    if G == 1.0:
+        return {}
+    return {prefix + "scales": 1.0 / G, prefix + books: G}
 
 
 def _checked(c, a, m, n, name, x=None):

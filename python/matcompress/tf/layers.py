@@ -563,6 +563,12 @@ def to_factorization(kind, static, arrays):
         return ScaledCodebook(a["codes"].astype(np.uint8), a["codebook"],
                               a["scales"].astype(np.float16), int(static["n_cols"]),
                               int(static["group_size"]), int(static["channel_axis"]))
+    if kind == "additive":
+        from ..additive import AdditiveCodebook
+
+        return AdditiveCodebook(a["codes"].astype(np.uint8), a["codebooks"],
+                                a["scales"].astype(np.float16), int(static["n_cols"]),
+                                int(static["channel_axis"]))
     if kind == "sum":
         from ..composite import Sum
 

@@ -224,6 +224,7 @@ _FIELDS = {
     "sign_bits": ("bits", "scale", "seed", "n_rows"),
     "pruned": ("indptr", "indices", "n_cols", "values", "codes", "codebook"),
     "scaled_codebook": ("codes", "codebook", "scales", "n_cols", "group_size", "channel_axis"),
+    "additive": ("codes", "codebooks", "scales", "n_cols", "channel_axis"),
     # A sum's parts are flattened: part i's fields as "parts.<i>.<field>", its kind as
     # "parts.<i>.kind" (nested sums nest the prefix).
     "sum": (),
@@ -292,6 +293,28 @@ def _scaled_codebook_rows(get, ids, dtype):
     return w * s
 
 
+def _additive_rows(get, ids, dtype):
+    """Rows ``ids`` (int64 vector; None: all) of an additive codebook's W, decoded in ``dtype``:
+    each block the sum of its M codewords (one gather per codebook), times its channel's scale
+    (gradients reach the codebooks and the scales through the gathers)."""
+    codebooks = tf.cast(get("codebooks"), dtype)
+    scales = tf.cast(get("scales"), dtype)
+    codes = get("codes")
+    n, axis = int(get("n_cols")), int(get("channel_axis"))
+    n_books, n_codes, b = (int(d) for d in codebooks.shape)
+    if ids is not None:
+        codes = tf.gather(codes, ids)
+    bits = 16 if n_codes > 256 else max(1, (n_codes - 1).bit_length())
+    idx = tf.reshape(_unpack_codes(codes, bits, n // b * n_books), [-1, n // b, n_books])
+    w = tf.gather(codebooks[0], idx[..., 0])
+    for t in range(1, n_books):
+        w = w + tf.gather(codebooks[t], idx[..., t])
+    w = tf.reshape(w, [-1, n])
+    if axis == 1:
+        return w * scales[None, :]
+    return w * (scales if ids is None else tf.gather(scales, ids))[:, None]
+
+
 def factor_tensors(factorization, dtype=None):
     """The parts of a :class:`matcompress.factors.Factorization` as the ops take them: a dict
     with ``"kind"``, the arrays converted to the ops' index types (int32 atom indices, uint8 /
@@ -350,6 +373,10 @@ def _factor_arrays(factorization, dtype):
         # The scales in the compute dtype (trained so); stored as float16 again on the way out.
         out.update(codes=f.codes, codebook=f.codebook.astype(dt), scales=f.scales.astype(dt),
                    n_cols=f.n_cols, group_size=f.group_size, channel_axis=f.channel_axis)
+    elif f.kind == "additive":
+        # As for the scaled codebook: the scales in the compute dtype, float16 on the way out.
+        out.update(codes=f.codes, codebooks=f.codebooks.astype(dt), scales=f.scales.astype(dt),
+                   n_cols=f.n_cols, channel_axis=f.channel_axis)
     elif f.kind == "sum":
         for i, part in enumerate(f.parts):
             out.update({f"parts.{i}.{k}": v for k, v in _factor_arrays(part, dt).items()})
@@ -366,8 +393,9 @@ def _signed_seed(seed):
 def factored_rows(ids, factors, name=None):
     """Rows ``W[ids]`` of the factorized matrix (an embedding lookup), shape ``ids.shape + (n,)``,
     from the parts without building W: gathers of the low-rank left rows, of the codes and values
-    (sparse codes, codebook codes — unpacked from 4 bits — and pruned CSR rows); sign bits go
-    through the product with one-hot rows (the projection is regenerated, never stored).
+    (sparse codes, codebook codes — unpacked from 4 bits — and pruned CSR rows); scaled and
+    additive codebooks decode only the rows looked up; sign bits go through the product with
+    one-hot rows (the projection is regenerated, never stored); a sum adds its parts' rows.
     Gradients reach every float part as in :func:`factored_matmul`. ``factors`` as there."""
     with tf.name_scope(name or "factored_rows"):
         ids = tf.convert_to_tensor(ids)
@@ -419,6 +447,8 @@ def factored_rows(ids, factors, name=None):
                                            tf.constant(int(get("n_cols")), tf.int64)]))
         elif kind == "scaled_codebook":
             rows = _scaled_codebook_rows(get, flat, get("codebook").dtype)
+        elif kind == "additive":
+            rows = _additive_rows(get, flat, get("codebooks").dtype)
         elif kind == "sum":
             parts = split_sum(factors)
             rows = factored_rows(flat, parts[0])
@@ -433,7 +463,12 @@ def factored_rows(ids, factors, name=None):
 def factored_matmul(x, factors, name=None):
     """``x @ W`` for x of shape (..., m), from the factors, as TensorFlow ops with gradients for
     ``x`` and every float part (low-rank sides; sparse-code values and dictionary; codebook
-    entries, as a segment sum; sign-bit scales; pruned values or their codebook).
+    entries, as a segment sum; sign-bit scales; pruned values or their codebook; the entries
+    and scales of scaled codebooks and the codebooks and scales of additive ones, which are
+    decoded into W by TensorFlow ops for one GEMM; a sum's parts).
+
+    Kinds: ``low_rank``, ``sparse_codes``, ``codebook``, ``sign_bits``, ``pruned``,
+    ``scaled_codebook``, ``additive`` and ``sum``.
 
     ``factors`` is a :class:`matcompress.factors.Factorization` (its arrays become constant
     tensors in the dtype of x, made once and kept with it) or a mapping as
@@ -458,12 +493,16 @@ def factored_matmul(x, factors, name=None):
         known = x.shape.rank is not None and x.shape[-1] is not None
         m = x.shape[-1] if known else tf.shape(x)[-1]
         x2 = x if flat else tf.reshape(x, [-1, m])
-        lib = load_library() if kind not in ("low_rank", "scaled_codebook", "sum") else None
+        lib = (load_library() if kind not in ("low_rank", "scaled_codebook", "additive", "sum")
+               else None)
         if kind == "low_rank":
             y = tf.matmul(tf.matmul(x2, get("left")), get("right"))
         elif kind == "scaled_codebook":
             # W decoded (codes unpacked, codebook gathered, scaled), then one GEMM.
             y = tf.matmul(x2, _scaled_codebook_rows(get, None, x2.dtype))
+        elif kind == "additive":
+            # W decoded (codes unpacked, one gather per codebook, summed, scaled), one GEMM.
+            y = tf.matmul(x2, _additive_rows(get, None, x2.dtype))
         elif kind == "sum":
             parts = split_sum(factors)
             y = factored_matmul(x2, parts[0])
