@@ -89,8 +89,19 @@ def additive_encode(X, codebooks, *, init=None, beam_size=8, ordered=False, n_th
         if init.size and (int(init.min()) < 0 or int(init.max()) >= codebooks.shape[1]):
             raise ValueError(f"init codes must lie in [0, {codebooks.shape[1]})")
         init = np.ascontiguousarray(init, np.int32)
+    # The native scores ||r||^2 - 2 <r, c> + ||c||^2 are formed in the dtype of X: squares
+    # overflow beyond ~1e19 in float32 (no finite score: codes of -1) and underflow below
+    # ~1e-19 (every score equal). A power-of-two rescaling is exact and keeps every comparison.
+    top = max(float(np.abs(X).max(initial=0.0)), float(np.abs(codebooks).max(initial=0.0)))
+    shift = 0
+    if top > 0 and not 2.0 ** -16 <= top <= 2.0 ** 16:
+        shift = -math.frexp(top)[1]
+        X, codebooks = np.ldexp(X, shift), np.ldexp(codebooks, shift)
     fn = _core.additive_encode_f64 if X.dtype == np.float64 else _core.additive_encode_f32
     codes, err, _ = fn(X, codebooks, init, beam, n_threads, bool(ordered))
+    if shift:
+        with np.errstate(over="ignore"):  # an error beyond the dtype's range is inf
+            err = np.ldexp(err, -2 * shift)
     return codes, err
 
 
@@ -575,7 +586,7 @@ class _Fit:
                                  method="lloyd", max_iter=self.max_iter, random_state=seed,
                                  sample_weight=w.astype(self.dtype).reshape(1, -1),
                                  n_threads=self.n_threads)[:2]
-            books[t] = cb
+            books[t] = np.reshape(cb, (K, b))  # (K,) for b = 1
             codes[:, t] = np.ravel(c)
         return books, codes
 
