@@ -1042,3 +1042,28 @@ def test_compressor_degenerate_matrices(dtype, axis):
     else:
         np.testing.assert_array_equal(f.to_dense()[7], 0)
     assert rel_err(A, f) < 0.6
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ordered", [False, True])
+def test_encode_returns_the_beam_residuals(dtype, ordered):
+    """return_beam: slot 0 is the chosen codes' residual; every other slot is x minus some
+    other full hypothesis, so no slot beats the best error."""
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((300, 4)).astype(dtype)
+    books = (rng.standard_normal((3, 8, 4)) * [[[1.0]], [[0.5]], [[0.25]]]).astype(dtype)
+    codes, err, res = additive.additive_encode(X, books, beam_size=5, ordered=ordered,
+                                               return_beam=True)
+    assert res.shape == (300, 5, 4) and res.dtype == dtype
+    decoded = sum(books[t][codes[:, t]].astype(np.float64) for t in range(3))
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(res[:, 0], X - decoded, atol=tol)
+    norms = np.einsum("ijk,ijk->ij", res.astype(np.float64), res.astype(np.float64))
+    assert np.all(norms >= err[:, None] * (1 - 1e-5) - tol)
+    # each residual is x minus a sum of one codeword per codebook: check by brute force
+    sums = (books[0][:, None, None] + books[1][None, :, None] + books[2][None, None, :])
+    sums = sums.reshape(-1, 4).astype(np.float64)
+    for i in range(0, 300, 37):
+        for q in range(5):
+            gap = np.abs((X[i] - res[i, q])[None, :] - sums).max(axis=1).min()
+            assert gap < 1e-4 if dtype == np.float32 else gap < 1e-10

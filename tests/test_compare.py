@@ -23,6 +23,7 @@ TINY_ROWS = {
     "dictionary": 9,  # 3 methods x (scikit-learn alpha=1, SPAMS mode 3, SPAMS mode 2)
     "kmeans_1d": 6,  # 2 cases x (scikit-learn, faiss random init, faiss k-means++)
     "blocks": 4,  # 2 cases x (random init, k-means++): n <= 256 k, so no sub-sampled pair
+    "additive": 1,  # one configuration against faiss ResidualQuantizer
     "gemv": 1,
     "factored": 6,  # every form at 4x, batch 32
     "train_step": 5,  # every compressor
@@ -94,13 +95,14 @@ def test_every_case_is_in_the_table(tiny):
             expected = 1  # one skipped row
         if g in ("omp", "dictionary") and not peers["spams"]:
             expected = {"omp": 9, "dictionary": 4}[g]  # skipped SPAMS rows stand in
-        if g in ("kmeans_1d", "blocks") and not peers["faiss"]:
-            expected = {"kmeans_1d": 4, "blocks": 4}[g]
+        if g in ("kmeans_1d", "blocks", "additive") and not peers["faiss"]:
+            expected = {"kmeans_1d": 4, "blocks": 4, "additive": 1}[g]
         assert len(rows) == expected, (g, [(r.case, r.peer) for r in rows])
     cases = {r.case for r in tiny.records}
     for label in ("OMP a", "OMP b", "OMP c", "dictionary learning, 8x8 patches",
                   "1-D k-means, k=8", "1-D k-means, k=16", "block k-means 500k x 4, k=256",
-                  "block k-means 100k x 16, k=1024", "factored GEMV 4096², 4-bit codebook",
+                  "block k-means 100k x 16, k=1024", "additive quantization 64²",
+                  "factored GEMV 4096², 4-bit codebook",
                   "factored product, batch 32", "CompressedDense train step"):
         assert any(c.startswith(label) for c in cases), (label, cases)
     rows = _table_rows(tiny)

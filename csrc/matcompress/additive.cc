@@ -43,7 +43,7 @@ template <typename T>
 double additive_encode(const Gemm<T>& gemm, const T* x, index_t n, index_t dim,
                        const T* codebooks, index_t n_books, index_t n_codes,
                        const int32_t* init, const AdditiveEncodeOptions& options,
-                       int32_t* codes, T* err) {
+                       int32_t* codes, T* err, T* beam_residuals) {
   const index_t M = n_books, K = n_codes, L = options.beam;
   MC_CHECK(n >= 0 && dim >= 1, "additive_encode: need dim >= 1");
   MC_CHECK(M >= 1 && M <= kMaxBooks, "additive_encode: need 1 <= n_books <= " << kMaxBooks);
@@ -229,6 +229,15 @@ double additive_encode(const Gemm<T>& gemm, const T* x, index_t n, index_t dim,
           e = e0;
         }
       }
+      if (beam_residuals) {
+        T* out_r = beam_residuals + (p0 + p) * L * dim;
+        const T* rb = s.res.data() + (p * L + best) * dim;
+        std::copy_n(rb, dim, out_r);
+        index_t q = 1;
+        for (index_t h = 0; h < s.n_hyp[p]; ++h)
+          if (h != best) std::copy_n(s.res.data() + (p * L + h) * dim, dim, out_r + q++ * dim);
+        for (; q < L; ++q) std::copy_n(rb, dim, out_r + q * dim);
+      }
       if (err) err[p0 + p] = T(e);
       total += e;
     }
@@ -241,9 +250,10 @@ double additive_encode(const Gemm<T>& gemm, const T* x, index_t n, index_t dim,
 
 template double additive_encode<float>(const Gemm<float>&, const float*, index_t, index_t,
                                        const float*, index_t, index_t, const int32_t*,
-                                       const AdditiveEncodeOptions&, int32_t*, float*);
+                                       const AdditiveEncodeOptions&, int32_t*, float*, float*);
 template double additive_encode<double>(const Gemm<double>&, const double*, index_t, index_t,
                                         const double*, index_t, index_t, const int32_t*,
-                                        const AdditiveEncodeOptions&, int32_t*, double*);
+                                        const AdditiveEncodeOptions&, int32_t*, double*,
+                                        double*);
 
 }  // namespace matcompress

@@ -29,11 +29,14 @@ struct AdditiveEncodeOptions {
 ///
 /// @param codes  out: n x M, codes[i * M + t] in [0, K) is the codeword of codebook t
 /// @param err    out (or null): each point's squared error
+/// @param beam_residuals  out (or null): n x beam x dim, the residuals of each point's final
+///               hypotheses, best first (slots beyond the hypotheses found repeat the best);
+///               residual training fits the next codebook to them
 /// @return       the sum of the squared errors
 template <typename T>
 double additive_encode(const Gemm<T>& gemm, const T* x, index_t n, index_t dim,
                        const T* codebooks, index_t n_books, index_t n_codes,
                        const int32_t* init, const AdditiveEncodeOptions& options,
-                       int32_t* codes, T* err);
+                       int32_t* codes, T* err, T* beam_residuals = nullptr);
 
 }  // namespace matcompress

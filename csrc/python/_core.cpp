@@ -432,7 +432,8 @@ template <typename T>
 py::tuple additive_encode(const carray<T>& x, const carray<T>& codebooks,
                           const std::optional<py::array_t<int32_t, py::array::c_style |
                                                                      py::array::forcecast>>& init,
-                          mc::index_t beam, int n_threads, bool ordered) {
+                          mc::index_t beam, int n_threads, bool ordered,
+                          bool return_beam) {
   require(x.ndim() == 2 && codebooks.ndim() == 3 && x.shape(1) == codebooks.shape(2),
           "X must be (n, dim) and codebooks (n_books, n_codes, dim)");
   const mc::index_t n = x.shape(0), dim = x.shape(1), M = codebooks.shape(0),
@@ -451,6 +452,8 @@ py::tuple additive_encode(const carray<T>& x, const carray<T>& codebooks,
   o.ordered = ordered;
   py::array_t<int32_t> codes({n, M});
   py::array_t<T> err(n);
+  py::array_t<T> residuals(return_beam ? std::vector<mc::index_t>{n, beam, dim}
+                                       : std::vector<mc::index_t>{0, beam, dim});
   double total = 0;
   {
     py::gil_scoped_release nogil;
@@ -458,8 +461,10 @@ py::tuple additive_encode(const carray<T>& x, const carray<T>& codebooks,
     const mc::FortranGemm<T> gemm(scipy_gemm_fn<T>(), INT_MAX, one_blas_thread.active());
     total = mc::additive_encode<T>(gemm, x.data(), n, dim, codebooks.data(), M, K,
                                    init ? init->data() : nullptr, o, codes.mutable_data(),
-                                   err.mutable_data());
+                                   err.mutable_data(),
+                                   return_beam ? residuals.mutable_data() : nullptr);
   }
+  if (return_beam) return py::make_tuple(codes, err, total, residuals);
   return py::make_tuple(codes, err, total);
 }
 
@@ -1080,9 +1085,11 @@ PYBIND11_MODULE(_core, m) {
         py::arg("init"), py::arg("max_iter"), py::arg("tol"), py::arg("seed"), py::arg("n_init"),
         py::arg("random_init"), py::arg("max_points_per_centroid"), py::arg("n_threads"));
   m.def("additive_encode_f32", &additive_encode<float>, py::arg("X"), py::arg("codebooks"),
-        py::arg("init"), py::arg("beam"), py::arg("n_threads"), py::arg("ordered") = false);
+        py::arg("init"), py::arg("beam"), py::arg("n_threads"), py::arg("ordered") = false,
+        py::arg("return_beam") = false);
   m.def("additive_encode_f64", &additive_encode<double>, py::arg("X"), py::arg("codebooks"),
-        py::arg("init"), py::arg("beam"), py::arg("n_threads"), py::arg("ordered") = false);
+        py::arg("init"), py::arg("beam"), py::arg("n_threads"), py::arg("ordered") = false,
+        py::arg("return_beam") = false);
   m.def("kmeans_assign_f32", &kmeans_assign<float>, py::arg("X"), py::arg("centers"),
         py::arg("weight"), py::arg("n_threads"));
   m.def("kmeans_assign_f64", &kmeans_assign<double>, py::arg("X"), py::arg("centers"),

@@ -12,11 +12,11 @@ compression", CVPR 2014; the form AQLM uses for large language models: V. Egiaza
 "Extreme compression of large language models via additive quantization", ICML 2024).
 
 - :class:`AdditiveCodebook`: the factorization (kind ``"additive"``).
-- :class:`AdditiveCompressor`: the compressor (name ``"additive"``): residual-vector-quantization
-  start (block k-means of each residual in turn), then alternating codebook refits (weighted
-  least squares with the codes fixed) and beam-search encoding (native, parallel over blocks,
-  GEMM tiles of residuals against codewords); least-squares float16 scales; with calibration
-  inputs ``X``, weights from ``diag(X^T X)`` and a final codebook refit against the full
+- :class:`AdditiveCompressor`: the compressor (name ``"additive"``): residual training (each
+  codebook a block k-means of the beam's residuals with the codebooks before it), then
+  alternating codebook refits (weighted least squares with the codes fixed) and beam-search
+  encoding (native, parallel over blocks); least-squares float16 scales; with calibration
+  inputs ``X``, weights from ``diag(X^T X)``, GPTQ codes and a codebook refit against the full
   ``X^T X`` (conjugate gradients).
 """
 
@@ -39,8 +39,9 @@ from .quant import _F16_MAX, _packed_width, pack_bits, unpack_bits
 __all__ = ["AdditiveCodebook", "AdditiveCompressor", "additive_encode"]
 
 _TILE_VALUES = 1 << 20  # decoded weights per tile of the products
-_DENSE_REFIT = 4096     # M * K up to which the codebook refit solves the normal equations
+_DENSE_REFIT = 1024     # M * K up to which the codebook refit solves the normal equations
 _F16_TINY = 2.0 ** -24
+_POINTS_PER_CODE = 256  # residual training fits each codebook to at most 256 K points
 
 
 def _bits(n_codes):
@@ -48,7 +49,8 @@ def _bits(n_codes):
     return max(1, (n_codes - 1).bit_length()) if n_codes <= 256 else 16
 
 
-def additive_encode(X, codebooks, *, init=None, beam_size=8, ordered=False, n_threads=None):
+def additive_encode(X, codebooks, *, init=None, beam_size=8, ordered=False, return_beam=False,
+                    n_threads=None):
     """Codes of the rows of ``X`` (n, b) as sums of one codeword from each codebook.
 
     Parameters
@@ -64,6 +66,8 @@ def additive_encode(X, codebooks, *, init=None, beam_size=8, ordered=False, n_th
         Step t of the search picks from codebook t only (residual quantization's order);
         by default from any codebook the partial set has not used yet (additive
         quantization's search).
+    return_beam : bool, default=False
+        Also return the residuals of every row's final beam.
     n_threads : int, optional
 
     Returns
@@ -71,6 +75,10 @@ def additive_encode(X, codebooks, *, init=None, beam_size=8, ordered=False, n_th
     codes : ndarray of shape (n, M), int32
     errors : ndarray of shape (n,)
         Each row's squared error ``||x - sum_t codebooks[t, codes[t]]||^2``.
+    beam_residuals : ndarray of shape (n, beam_size, b)
+        With ``return_beam``: ``x`` minus each final hypothesis's sum, the best first (slots
+        beyond the hypotheses found repeat the best). Residual training fits the next codebook
+        to them (as faiss's ``ResidualQuantizer`` trains on its beam).
     """
     X = check_array(X, "X", allow_empty=True)
     codebooks = check_array(codebooks, "codebooks", dtype=X.dtype, ndim=3)
@@ -98,11 +106,15 @@ def additive_encode(X, codebooks, *, init=None, beam_size=8, ordered=False, n_th
         shift = -math.frexp(top)[1]
         X, codebooks = np.ldexp(X, shift), np.ldexp(codebooks, shift)
     fn = _core.additive_encode_f64 if X.dtype == np.float64 else _core.additive_encode_f32
-    codes, err, _ = fn(X, codebooks, init, beam, n_threads, bool(ordered))
+    out = fn(X, codebooks, init, beam, n_threads, bool(ordered), bool(return_beam))
+    codes, err = out[0], out[1]
     if shift:
         with np.errstate(over="ignore"):  # an error beyond the dtype's range is inf
             err = np.ldexp(err, -2 * shift)
-    return codes, err
+    if not return_beam:
+        return codes, err
+    res = out[3] if not shift else np.ldexp(out[3], -shift)
+    return codes, err, res
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -310,14 +322,14 @@ class AdditiveCompressor(MatrixCompressor):
         fewer, larger codebooks.
     beam_size : int, default=8
         Partial code sets the encoder keeps per block (:func:`additive_encode`).
-    n_iter : int, default=4
-        Alternations of codebook refit and beam-search encoding after the residual start
+    n_iter : int, default=2
+        Alternations of codebook refit and beam-search encoding after the residual training
         (stops early when the error falls by less than 0.01 %).
     channel_axis : {1, 0}, default=1
         1: one float16 scale per column (Keras kernels, ``x @ W``); 0: one per row (embedding
         tables).
     max_iter : int, default=25
-        Lloyd iterations of each residual stage's block k-means.
+        Lloyd iterations of each codebook's block k-means in the residual training.
     data_aware : {"gptq", "hessian", "diagonal"}, default="gptq"
         With calibration inputs ``X``: the fit is weighted by ``diag(X^T X)`` in every case.
         ``"hessian"`` then refits the codebooks (codes and scales fixed) to minimize the output
@@ -339,9 +351,13 @@ class AdditiveCompressor(MatrixCompressor):
     -----
     Scales first: the RMS of each channel (weighted by ``diag(H)`` with X), relative to their
     geometric mean so they sit near 1 and the codebooks hold the weights' magnitude. The
-    normalized blocks are coded by residual vector quantization (M block k-means, each on what
-    the previous left), then ``n_iter`` times: the codebooks refitted by weighted least squares
-    with the codes fixed (the normal equations when ``M * K <= 4096``, else three block
+    normalized blocks go through residual training: codebook t is a block k-means (at most 256 K
+    points, sampled) of the residuals of all ``beam_size`` hypotheses the beam search keeps with
+    codebooks 0 to t-1, as faiss's ``ResidualQuantizer`` trains (fitting the runners-up too
+    lets later codebooks correct earlier choices: at M=4, K=16, b=4 on a Gaussian matrix the
+    error is 0.097 against 0.128 for codebooks fitted to the best residual only); every block
+    is then beam-searched against all M. Then ``n_iter`` times: the codebooks refitted by weighted least squares
+    with the codes fixed (the normal equations when ``M * K <= 1024``, else three block
     Gauss-Seidel sweeps, each exact in one codebook), and every block re-encoded by beam search
     from its current codes (never worse). Finally each scale is refitted by least squares and
     rounded to float16. The error is non-increasing through every step.
@@ -351,7 +367,7 @@ class AdditiveCompressor(MatrixCompressor):
     uses_inputs = True
 
     def __init__(self, n_codebooks=None, n_codes=None, block_size=None, *,
-                 compression_ratio=None, beam_size=8, n_iter=4, channel_axis=1, max_iter=25,
+                 compression_ratio=None, beam_size=8, n_iter=2, channel_axis=1, max_iter=25,
                  data_aware="gptq", damp=0.01, max_fit_points=2**18, random_state=None,
                  n_threads=None):
         self.n_codebooks = n_codebooks
@@ -568,26 +584,32 @@ class _Fit:
         return self._refit_scales(f)
 
     def _rvq(self, x, w, K):
-        """Residual vector quantization: codebook t is a block k-means of what the first t
-        codebooks leave, the blocks coded by beam search against those first."""
+        """Residual training: codebook t is a block k-means of the residuals of every
+        hypothesis of the beam search with the first t codebooks (as faiss's
+        ``ResidualQuantizer`` trains), so later codebooks also serve the runners-up and the
+        beam search can combine them; then every block is coded against all M."""
         from .kmeans import fit_codebook
 
         M, b = self.M, self.b
         books = np.zeros((M, K, b))
-        codes = np.zeros((x.shape[0], M), np.int32)
+        n = x.shape[0]
         for t in range(M):
-            if t > 1:  # with one codebook the k-means labels are the best codes already
-                codes[:, :t] = self._encode(x, books[:t], codes[:, :t])
-            residual = x.astype(np.float64)
-            if t:
-                residual = residual - _decode(books[:t], codes[:, :t])
+            if t == 0:
+                points, pw = x, w
+            else:
+                _, _, res = additive_encode(x, books[:t].astype(self.dtype),
+                                            beam_size=self.beam, ordered=True,
+                                            return_beam=True, n_threads=self.n_threads)
+                points = res.reshape(-1, b)
+                pw = np.repeat(w, self.beam)
             seed = int(self.rng.integers(2**31))
-            cb, c = fit_codebook(residual.astype(self.dtype).reshape(1, -1), K, block_size=b,
+            cb, _ = fit_codebook(points.astype(self.dtype).reshape(1, -1), K, block_size=b,
                                  method="lloyd", max_iter=self.max_iter, random_state=seed,
-                                 sample_weight=w.astype(self.dtype).reshape(1, -1),
+                                 sample_weight=pw.astype(self.dtype).reshape(1, -1),
+                                 max_points_per_centroid=_POINTS_PER_CODE,
                                  n_threads=self.n_threads)[:2]
             books[t] = np.reshape(cb, (K, b))  # (K,) for b = 1
-            codes[:, t] = np.ravel(c)
+        codes = np.zeros((n, M), np.int32) if M == 0 else self._encode(x, books)
         return books, codes
 
     def _encode(self, x, books, init=None):
@@ -757,7 +779,8 @@ def _hessian_refit(A, H, f, n_steps=25):
         new = float((r * r).sum())
         p = r + (new / rr) * p
         rr = new
-    theta_new = theta + d
-    if output_error(theta_new) < start:
-        return dataclasses.replace(f, codebooks=theta_new.astype(f.dtype))
+    # Judged as stored (rounded to the dtype), so the result never has a higher error.
+    theta_new = (theta + d).astype(f.dtype)
+    if output_error(theta_new.astype(np.float64)) < start:
+        return dataclasses.replace(f, codebooks=theta_new)
     return f
