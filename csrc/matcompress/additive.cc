@@ -35,6 +35,7 @@ struct Scratch {
   std::vector<Candidate> top;           // points x beam
   std::vector<int32_t> n_top;
   std::vector<double> worst;            // the largest kept score per point (inf until full)
+  std::vector<int32_t> worst_at;        // its place in the point's list
 };
 
 }  // namespace
@@ -86,6 +87,7 @@ double additive_encode(const Gemm<T>& gemm, const T* x, index_t n, index_t dim,
     s.top.resize(hyp);
     s.n_top.resize(static_cast<size_t>(P));
     s.worst.resize(static_cast<size_t>(P));
+    s.worst_at.resize(static_cast<size_t>(P));
     if (!direct) s.g.resize(hyp * static_cast<size_t>(chunk));
     s.score.resize(static_cast<size_t>(chunk));
     // Step 0: one hypothesis per point, the point itself.
@@ -144,9 +146,10 @@ double additive_encode(const Gemm<T>& gemm, const T* x, index_t n, index_t dim,
               const index_t t = j / K;
               if (hc[t] >= 0) continue;  // this hypothesis has used codebook t
               const int32_t code = static_cast<int32_t>(j - t * K);
-              // The same set reached in another order: keep the lower score.
+              // The same set reached in another order: keep the lower score. (In ordered
+              // search distinct hypotheses extended by distinct codewords are distinct sets.)
               index_t dup = -1;
-              for (index_t q = 0; q < nt && dup < 0; ++q) {
+              for (index_t q = 0; q < nt && dup < 0 && !options.ordered; ++q) {
                 const int32_t* oc = s.code.data() + (p * L + top[q].h) * M;
                 const index_t ot = top[q].j / K;
                 const int32_t ocode = static_cast<int32_t>(top[q].j - ot * K);
@@ -159,19 +162,19 @@ double additive_encode(const Gemm<T>& gemm, const T* x, index_t n, index_t dim,
                 if (same) dup = q;
               }
               if (dup >= 0) {
-                if (score < top[dup].score) top[dup] = {score, int32_t(h), int32_t(j)};
+                if (!(score < top[dup].score)) continue;
+                top[dup] = {score, int32_t(h), int32_t(j)};
               } else if (nt < L) {
                 top[nt++] = {score, int32_t(h), int32_t(j)};
               } else {
+                top[s.worst_at[p]] = {score, int32_t(h), int32_t(j)};
+              }
+              if (nt == L) {  // the new worst entry and its place
                 index_t w = 0;
                 for (index_t q = 1; q < nt; ++q)
                   if (top[q].score > top[w].score) w = q;
-                top[w] = {score, int32_t(h), int32_t(j)};
-              }
-              if (nt == L) {
-                double mx = top[0].score;
-                for (index_t q = 1; q < nt; ++q) mx = std::max(mx, top[q].score);
-                worst = mx;
+                s.worst_at[p] = static_cast<int32_t>(w);
+                worst = top[w].score;
               }
             }
           }
@@ -179,8 +182,12 @@ double additive_encode(const Gemm<T>& gemm, const T* x, index_t n, index_t dim,
       }
       // The kept candidates become the hypotheses; residual norms recomputed exactly.
       for (index_t p = 0; p < P; ++p) {
-        const Candidate* top = s.top.data() + p * L;
+        Candidate* top = s.top.data() + p * L;
         const index_t nt = s.n_top[p];
+        // Best first: the next step meets low scores early, so its threshold tightens sooner.
+        std::sort(top, top + nt, [](const Candidate& a, const Candidate& b) {
+          return a.score < b.score || (a.score == b.score && a.j < b.j);
+        });
         MC_CHECK(nt > 0, "additive_encode: no finite distance for point "
                              << p0 + p << " (values too large for the dtype?)");
         for (index_t q = 0; q < nt; ++q) {

@@ -559,8 +559,8 @@ def _run_additive(ctx):
         case = f"additive quantization {size}², M={M}, K={K}, b={b}"
         what = f"{size} x {size} float32 ({M * bits / b:g} code bits a weight), beam {beam}"
         ctx.say(f"{case} ...")
-        ours = (f"AdditiveCompressor(M={M}, K={K}, b={b}): RVQ start, 4 refit/beam rounds, "
-                "scales")
+        ours = (f"AdditiveCompressor(M={M}, K={K}, b={b}): residual training, 2 refit/beam "
+                "rounds, scales")
         peer = "faiss ResidualQuantizer (train + compute_codes), max_beam_size 8"
         if faiss is None:
             ctx.add(Record(group="additive", case=case, size=what, ours=ours, peer=peer,
