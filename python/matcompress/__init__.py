@@ -20,18 +20,27 @@ from .omp import sparse_encode
 from .pruning import prune, prune_mask, taylor_scores
 from . import quant
 from .quant import ScaledCodebook, ScaledKMeansCompressor, pack_bits, unpack_bits
+from . import structural
+from .structural import (BlockDiagonal, BlockDiagonalCompressor, InputOutput,
+                         InputOutputCompressor, MixedBlock, MixedBlockCompressor)
 
 __all__ = [
     "__version__",
     "AdditiveCodebook",
     "AdditiveCompressor",
     "AutoCompressor",
+    "BlockDiagonal",
+    "BlockDiagonalCompressor",
     "CompositeCompressor",
     "DictionaryLearning",
     "additive",
     "additive_encode",
     "dict_learning",
+    "InputOutput",
+    "InputOutputCompressor",
     "KMeansQuantizer",
+    "MixedBlock",
+    "MixedBlockCompressor",
     "ScaledCodebook",
     "ScaledKMeansCompressor",
     "LowRankResidualCompressor",
@@ -54,6 +63,7 @@ __all__ = [
     "show_config",
     "simhash",
     "sparse_encode",
+    "structural",
     "taylor_scores",
     "unpack_4bit",
     "unpack_bits",

@@ -16,7 +16,8 @@ Commands
     dictionary's, and write a PNG of both sets of learned atoms (default
     ``matcompress-atoms.png``; see :mod:`matcompress.demo`).
 ``matcompress compress INPUT --method {lowrank,dictionary,kmeans,simhash,prune,scaled-kmeans,
-additive,auto,outliers,lowrank-residual,prune-kmeans} (--ratio R | method parameters) -o OUT.npz
+additive,block,mixed-block,input-output,auto,outliers,lowrank-residual,prune-kmeans}
+(--ratio R | method parameters) -o OUT.npz
 [--threads T] [--seed SEED]``
     Compress every 2-D float array of a ``.npy``, ``.npz`` or ``.safetensors`` file (float16
     and bfloat16 ones in float32) and write all the factorizations to one ``.npz``
@@ -24,7 +25,9 @@ additive,auto,outliers,lowrank-residual,prune-kmeans} (--ratio R | method parame
     Other arrays are skipped with a note. The method parameters: lowrank ``--rank``,
     dictionary ``--atoms`` and ``--nonzeros``, kmeans ``--codes`` (and ``--block-size``), simhash
     ``--bits``, prune ``--sparsity``, scaled-kmeans ``--codes`` (and ``--group-size``),
-    additive ``--codes`` (and ``--codebooks``, ``--block-size``); auto, outliers,
+    additive ``--codes`` (and ``--codebooks``, ``--block-size``), block ``--blocks``,
+    mixed-block ``--bases`` (and ``--block-size``), input-output ``--input-factor`` and/or
+    ``--output-factor`` (and ``--input-block-size``, ``--output-block-size``); auto, outliers,
     lowrank-residual and prune-kmeans take ``--ratio`` only. Prints a line per matrix on stderr
     and a table (bytes, ratio, relative error) on stdout.
 ``matcompress inspect ARCHIVE [--original INPUT]``
@@ -144,6 +147,7 @@ class _Method(NamedTuple):
     params: dict  # command-line flag -> the compressor's parameter
     required: tuple  # the flags needed when --ratio is not given
     with_ratio: tuple = ()  # the flags that may go with --ratio
+    any_of: tuple = ()  # without --ratio, at least one of these flags is needed
 
 
 _METHODS = {
@@ -160,6 +164,16 @@ _METHODS = {
     "additive": _Method("additive", {"--codes": "n_codes", "--codebooks": "n_codebooks",
                                      "--block-size": "block_size"},
                         ("--codes",), ("--codebooks", "--block-size")),
+    "block": _Method("block", {"--blocks": "n_blocks"}, ("--blocks",)),
+    "mixed-block": _Method("mixed_block", {"--bases": "num_bases",
+                                           "--block-size": "block_size"},
+                           ("--bases",), ("--block-size",)),
+    "input-output": _Method("input_output", {"--input-factor": "input_factor",
+                                             "--output-factor": "output_factor",
+                                             "--input-block-size": "input_block_size",
+                                             "--output-block-size": "output_block_size"},
+                            (), ("--input-block-size", "--output-block-size"),
+                            ("--input-factor", "--output-factor")),
     # Searches and composites: their parameters are solved from --ratio.
     "auto": _Method("auto", {}, ()),
     "outliers": _Method("outliers", {"--outlier-fraction": "outlier_fraction"}, (),
@@ -276,9 +290,12 @@ def _build_parser():
             "method's parameters: lowrank --rank; dictionary --atoms and --nonzeros; kmeans "
             "--codes (and --block-size, also allowed with --ratio); simhash --bits; prune "
             "--sparsity; scaled-kmeans --codes (and --group-size); additive --codes (and "
-            "--codebooks, --block-size); auto, outliers, lowrank-residual and prune-kmeans "
-            "take --ratio. A line per matrix goes to stderr; a table of bytes, ratios and "
-            "relative errors ||W - W~||_F / ||W||_F to stdout."
+            "--codebooks, --block-size); block --blocks; mixed-block --bases (and "
+            "--block-size, also allowed with --ratio); input-output --input-factor and/or "
+            "--output-factor (and --input-block-size, --output-block-size, also allowed with "
+            "--ratio); auto, outliers, lowrank-residual and prune-kmeans take --ratio. A "
+            "line per matrix goes to stderr; a table of bytes, ratios and relative errors "
+            "||W - W~||_F / ||W||_F to stdout."
         ),
     )
     compress.add_argument("input", metavar="INPUT",
@@ -291,7 +308,10 @@ def _build_parser():
                                "projection), prune (the largest weights kept), scaled-kmeans "
                                "(per-channel float16 scales times a shared codebook), additive "
                                "(blocks of weights as sums of codewords from a few codebooks, "
-                               "times per-channel scales); with "
+                               "times per-channel scales), block (k blocks on the diagonal), "
+                               "mixed-block (a grid of blocks over a few shared basis blocks), "
+                               "input-output (input blocks projected by a shared P, a smaller C, "
+                               "output blocks expanded by a shared Q); with "
                                "--ratio only: auto (per matrix, the method and parameters with "
                                "the lowest error at that ratio), outliers (1%% of the weights "
                                "kept exactly, the rest quantized), lowrank-residual (a low rank "
@@ -318,7 +338,9 @@ def _build_parser():
     params.add_argument("--block-size", type=_int_at_least(1), metavar="B",
                         help="kmeans, additive: weights per code along each row, a divisor of "
                              "the columns (kmeans: default 1; with --ratio, the best of 1, 2, 4, "
-                             "8 and 16; additive: default 8; with --ratio, the best of 8, 4, 2)")
+                             "8 and 16; additive: default 8; with --ratio, the best of 8, 4, 2); "
+                             "mixed-block: the side of the square blocks, a divisor of rows and "
+                             "columns")
     params.add_argument("--bits", type=_int_at_least(1), metavar="K",
                         help="simhash: sign bits per column")
     params.add_argument("--sparsity", type=_float_in(0, 1), metavar="S",
@@ -326,6 +348,26 @@ def _build_parser():
     params.add_argument("--group-size", type=_int_at_least(1), metavar="G",
                         help="scaled-kmeans: rows sharing one scale per column (default, and "
                              "with --ratio: solved, the finest groups that fit)")
+    params.add_argument("--blocks", type=_int_at_least(1), metavar="K",
+                        help="block: diagonal blocks, at most min(rows, columns) (the first "
+                             "rows %% K blocks get one row more, the same for columns)")
+    params.add_argument("--bases", type=_int_at_least(1), metavar="S",
+                        help="mixed-block: shared basis blocks, at most --block-size squared "
+                             "(--block-size: divides both sides; default the smallest of 4, "
+                             "8, 16, 32 that does and holds S; with --ratio, the best of them)")
+    params.add_argument("--input-factor", type=_int_at_least(1), metavar="F",
+                        help="input-output: each block of --input-block-size inputs is "
+                             "projected to block / F values (F divides the block; default 1)")
+    params.add_argument("--output-factor", type=_int_at_least(1), metavar="F",
+                        help="input-output: each block of --output-block-size outputs is "
+                             "expanded from block / F values (default 1)")
+    params.add_argument("--input-block-size", type=_int_at_least(1), metavar="B",
+                        help="input-output: inputs per block, a divisor of the rows (default: "
+                             "the largest of 32, 16, ..., 1 dividing them that F divides; with "
+                             "--ratio, searched)")
+    params.add_argument("--output-block-size", type=_int_at_least(1), metavar="B",
+                        help="input-output: outputs per block, a divisor of the columns (as "
+                             "--input-block-size)")
     params.add_argument("--outlier-fraction", type=_float_in(0, 1), metavar="F",
                         help="outliers: the fraction of the weights kept exactly (default 0.01)")
     compress.add_argument("-o", "--output", required=True, metavar="OUT.npz",
@@ -502,14 +544,15 @@ def _compressor_params(args):
         if flag not in method.params:
             owner = next(name for name, m in _METHODS.items() if flag in m.params)
             error(f"argument {flag}: applies to --method {owner}, not {args.method}")
-    needed = " and ".join(method.required)
-    if not method.required and args.ratio is None:
+    needed = " and ".join(method.required) or " or ".join(method.any_of)
+    if not method.required and not method.any_of and args.ratio is None:
         error(f"--method {args.method} needs --ratio (its parameters are solved from it)")
     if args.ratio is not None:
         clash = [flag for flag in given if flag not in method.with_ratio]
         if clash:
             error(f"argument {clash[0]}: give either --ratio or {needed}, not both")
-    elif not set(method.required) <= set(given):
+    elif not set(method.required) <= set(given) or (method.any_of
+                                                     and not set(method.any_of) & set(given)):
         error(f"--method {args.method} needs --ratio or {needed}")
     params = {method.params[flag]: getattr(args, _dest(flag)) for flag in given}
     params["random_state"] = args.seed

@@ -745,9 +745,10 @@ class Pruned(Factorization):
 
 #: Factorization classes by kind, for :func:`load` and :func:`decode_fields`.
 #: :mod:`matcompress.quant` adds ScaledCodebook ("scaled_codebook"),
-#: :mod:`matcompress.additive` AdditiveCodebook ("additive") and
-#: :mod:`matcompress.composite` Sum ("sum") when they are imported (``import matcompress``
-#: does, before any file can be read).
+#: :mod:`matcompress.additive` AdditiveCodebook ("additive"),
+#: :mod:`matcompress.composite` Sum ("sum") and :mod:`matcompress.structural` BlockDiagonal,
+#: MixedBlock and InputOutput ("block_diagonal", "mixed_block", "input_output") when they are
+#: imported (``import matcompress`` does, before any file can be read).
 _KINDS = {cls.kind: cls for cls in (LowRank, SparseCodes, Codebook, SignBits, Pruned)}
 
 

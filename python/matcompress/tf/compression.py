@@ -167,10 +167,12 @@ def apply_compression(target, compressor, *, schedule, filter_fn=None):
     compressor : MatrixCompressor
         Built-in or user-defined. ``low_rank``, ``kmeans``, ``simhash``, ``pruning`` and
         ``dictionary`` factorize inside the graph (see :mod:`matcompress.tf.factorize`); any
-        other (``scaled_kmeans``, ``additive``, the composites, a user's) runs its numpy
-        ``compress`` once at the snapshot through ``tf.numpy_function``. Every factorization
-        kind trains and strips: low rank, sparse codes, codebook, sign bits, pruned, scaled
-        codebook, additive codebook and sums of them.
+        other (``scaled_kmeans``, ``additive``, the composites, the structural forms
+        ``block``, ``mixed_block`` and ``input_output``, a user's) runs its numpy ``compress``
+        once at the snapshot through ``tf.numpy_function``. Every factorization kind trains
+        and strips: low rank, sparse codes, codebook, sign bits, pruned, scaled codebook,
+        additive codebook, sums of them, diagonal blocks (dense or each compressed), shared
+        basis blocks and input/output projections.
     schedule : CompressionSchedule (or its get_config() dict)
     filter_fn : callable(layer) -> bool or str, optional
         Which layers to compress; default: every Dense and Embedding layer. Keras' own Dense

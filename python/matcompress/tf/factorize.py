@@ -23,7 +23,8 @@ The built-in compressors run in the graph:
   compressor's K-SVD is not available as an op.
 
 Any other compressor — a user-defined one, a built-in with an option the graph cannot run, or
-a built-in with no in-graph route (``scaled_kmeans``, ``additive``, the composites) — is
+a built-in with no in-graph route (``scaled_kmeans``, ``additive``, the composites, the
+structural forms ``block``, ``mixed_block`` and ``input_output``) — is
 planned by compressing the matrix's initial value once with its numpy ``compress`` (for the
 shapes), and factorizes at the snapshot through ``tf.numpy_function``: it then runs on the host
 in each replica, and the compressor must return parts of the same shapes every time. So does a
@@ -352,7 +353,8 @@ def _numpy_plan(c, m, n, dtype, initial, calibrate=False):
 
 
 def _scale_gains(f, prefix=""):
-    """Variable gains for the scaled and additive codebooks in ``f`` (a sum's parts too):
+    """Variable gains for the scaled and additive codebooks in ``f`` (a sum's parts and
+    compressed diagonal blocks too):
     W = s * c is kept with the codebook at the weights' magnitude and the scales near 1 (c * G
     and s / G, G the power of two nearest the scales' RMS, so the round trip is exact). The
     scaled-codebook compressor stores scales near 2^12 for float16's range, which leaves the
@@ -362,9 +364,9 @@ def _scale_gains(f, prefix=""):
     there and no gain is applied (a hand-made AdditiveCodebook with large scales gets one).
     Fixed when the layer is planned (the gains must not change once the variables hold
     them)."""
-    if f.kind == "sum":
+    if f.kind in ("sum", "block_diagonal"):
         out = {}
-        for i, part in enumerate(f.parts):
+        for i, part in enumerate(getattr(f, "parts", None) or ()):
             out.update(_scale_gains(part, f"{prefix}parts.{i}."))
         return out
     books = {"scaled_codebook": "codebook", "additive": "codebooks"}.get(f.kind)

@@ -574,6 +574,23 @@ def to_factorization(kind, static, arrays):
 
         return Sum(tuple(to_factorization(part.pop("kind"), *_split_static(part))
                          for part in _ops.split_sum({**static, **a})))
+    if kind == "block_diagonal":
+        from ..structural import BlockDiagonal
+
+        ints = {k: int(static[k]) for k in ("n_rows", "n_cols", "n_blocks")}
+        if _ops.has_parts({**static, **a}):
+            return BlockDiagonal(parts=tuple(
+                to_factorization(part.pop("kind"), *_split_static(part))
+                for part in _ops.split_sum({**static, **a})), **ints)
+        return BlockDiagonal(a["values"], **ints)
+    if kind == "mixed_block":
+        from ..structural import MixedBlock
+
+        return MixedBlock(a["bases"], a["coeffs"])
+    if kind == "input_output":
+        from ..structural import InputOutput
+
+        return InputOutput(a["C"], a.get("P"), a.get("Q"))
     raise ValueError(f"unknown factorization kind {kind!r}")
 
 
@@ -586,7 +603,7 @@ def _split_static(fields):
 def _op_parts(kind, static, parts):
     """The parts as the ops take them: index arrays cast to the ops' dtypes."""
     out = {"kind": kind, **static}
-    if kind == "sum":
+    if kind in _ops._PARTED and _ops.has_parts({**static, **parts}):
         for i, part in enumerate(_ops.split_sum({**static, **parts})):
             sub_static = {k: v for k, v in part.items() if k != "kind" and k not in parts_of(part)}
             sub = _op_parts(part["kind"], sub_static, parts_of(part))
@@ -616,18 +633,19 @@ def parts_of(fields):
 def _stored_fields(f, prefix=""):
     """(arrays, static) of a factorization as its stored dtypes: the fields the ops read,
     a sum's parts flattened under "parts.<i>." with their kinds as "parts.<i>.kind"."""
-    if f.kind == "sum":
-        arrays, static = {}, {}
+    arrays, static = {}, {}
+    if f.kind in _ops._PARTED and getattr(f, "parts", None) is not None:
+        # A sum's parts, or compressed diagonal blocks.
         for i, part in enumerate(f.parts):
             a, s = _stored_fields(part, f"{prefix}parts.{i}.")
             arrays.update(a)
             static.update(s, **{f"{prefix}parts.{i}.kind": part.kind})
-        return arrays, static
-    arrays = {prefix + name: getattr(f, name) for name in _ops._FIELDS[f.kind]
-              if isinstance(getattr(f, name, None), np.ndarray)}
-    static = {prefix + name: (int(v) if not isinstance(v, bool) else v)
-              for name in _ops._FIELDS[f.kind]
-              if not isinstance(v := getattr(f, name, None), np.ndarray) and v is not None}
+    arrays.update({prefix + name: getattr(f, name) for name in _ops._FIELDS[f.kind]
+                   if isinstance(getattr(f, name, None), np.ndarray)})
+    static.update({prefix + name: (int(v) if not isinstance(v, bool) else v)
+                   for name in _ops._FIELDS[f.kind]
+                   if not isinstance(v := getattr(f, name, None), np.ndarray)
+                   and v is not None})
     if f.kind == "pruned":
         static[prefix + "indptr_dtype"] = np.dtype(f.indptr.dtype).name
     return arrays, static

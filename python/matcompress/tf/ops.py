@@ -228,7 +228,28 @@ _FIELDS = {
     # A sum's parts are flattened: part i's fields as "parts.<i>.<field>", its kind as
     # "parts.<i>.kind" (nested sums nest the prefix).
     "sum": (),
+    # Dense blocks: the flat values; compressed blocks: the parts flattened as a sum's.
+    "block_diagonal": ("values", "n_rows", "n_cols", "n_blocks"),
+    "mixed_block": ("bases", "coeffs"),
+    "input_output": ("P", "C", "Q"),
 }
+
+#: Kinds whose factorizations may hold parts (flattened as "parts.<i>.<field>").
+_PARTED = ("sum", "block_diagonal")
+
+
+def has_parts(factors):
+    """Whether a mapping of factors holds parts (a sum, or compressed diagonal blocks)."""
+    return any(isinstance(k, str) and k.startswith("parts.") for k in factors)
+
+
+def _float_dtype(factors):
+    """The float dtype of a factors mapping (its first float tensor, parts included)."""
+    for v in factors.values():
+        dt = getattr(v, "dtype", None)
+        if dt is not None and tf.as_dtype(dt).is_floating:
+            return tf.as_dtype(dt)
+    return tf.float32
 
 
 def split_sum(factors):
@@ -315,6 +336,158 @@ def _additive_rows(get, ids, dtype):
     return w * (scales if ids is None else tf.gather(scales, ids))[:, None]
 
 
+def _block_splits(get):
+    from ..structural import block_splits
+
+    m, n, k = int(get("n_rows")), int(get("n_cols")), int(get("n_blocks"))
+    return [int(v) for v in block_splits(m, k)], [int(v) for v in block_splits(n, k)]
+
+
+def _block_diagonal_matmul(x2, factors):
+    """x2 (batch, m) @ W for diagonal blocks: per run of equal blocks one batched GEMM
+    (``tf.einsum`` over the (count, rows, cols) stack); compressed blocks block by block."""
+    from ..structural import _groups
+
+    get = factors.get
+    if has_parts(factors):
+        rs, cs = _block_splits(get)
+        outs = [factored_matmul(x2[:, rs[i]:rs[i + 1]], part)
+                for i, part in enumerate(split_sum(factors))]
+    else:
+        values = get("values")
+        outs = []
+        for _, cnt, r, c, row0, _, v0 in _groups(int(get("n_rows")), int(get("n_cols")),
+                                                int(get("n_blocks"))):
+            xs = tf.reshape(x2[:, row0:row0 + cnt * r], [-1, cnt, r])
+            stack = tf.reshape(values[v0:v0 + cnt * r * c], [cnt, r, c])
+            outs.append(tf.reshape(tf.einsum("bkr,krc->bkc", xs, stack), [-1, cnt * c]))
+    return outs[0] if len(outs) == 1 else tf.concat(outs, axis=1)
+
+
+def _block_diagonal_rows(factors, ids, dtype):
+    """Rows ``ids`` (int64 vector) of a block-diagonal W: each id's row of its block (a gather),
+    placed in its block's columns (a one-hot over the blocks of its run), zeros elsewhere."""
+    from ..structural import _groups
+
+    get = factors.get
+    outs = []
+    if has_parts(factors):
+        rs, cs = _block_splits(get)
+        for i, part in enumerate(split_sum(factors)):
+            local = ids - rs[i]
+            inside = (local >= 0) & (local < rs[i + 1] - rs[i])
+            rows = factored_rows(tf.clip_by_value(local, 0, rs[i + 1] - rs[i] - 1), part)
+            outs.append(rows * tf.cast(inside, rows.dtype)[:, None])
+    else:
+        values = tf.cast(get("values"), dtype)
+        for _, cnt, r, c, row0, _, v0 in _groups(int(get("n_rows")), int(get("n_cols")),
+                                                int(get("n_blocks"))):
+            local = ids - row0
+            inside = (local >= 0) & (local < cnt * r)
+            local = tf.clip_by_value(local, 0, cnt * r - 1)
+            rows = tf.gather(tf.reshape(values[v0:v0 + cnt * r * c], [cnt * r, c]), local)
+            which = tf.one_hot(local // r, cnt, dtype=dtype) * tf.cast(inside, dtype)[:, None]
+            outs.append(tf.reshape(which[:, :, None] * rows[:, None, :], [-1, cnt * c]))
+    return outs[0] if len(outs) == 1 else tf.concat(outs, axis=1)
+
+
+def _mixed_block_dense(get, dtype=None):
+    """The mixed-block W (m, n): the coefficients times the flattened bases, one GEMM."""
+    bases, coeffs = get("bases"), get("coeffs")
+    if dtype is not None:
+        bases, coeffs = tf.cast(bases, dtype), tf.cast(coeffs, dtype)
+    S, b = int(bases.shape[0]), int(bases.shape[1])
+    gm, gn = int(coeffs.shape[0]), int(coeffs.shape[1])
+    blocks = tf.matmul(tf.reshape(coeffs, [gm * gn, S]), tf.reshape(bases, [S, b * b]))
+    return tf.reshape(tf.transpose(tf.reshape(blocks, [gm, gn, b, b]), [0, 2, 1, 3]),
+                      [gm * b, gn * b])
+
+
+def _mixed_block_matmul(x2, get):
+    """x2 @ W through the shared bases (Z = x's blocks by the bases, one GEMM, then the
+    contraction with the coefficients over (row-block, basis), one GEMM), or, when that costs
+    more (many bases, a large batch: the rule of ``MixedBlock._decodes``), through W decoded by
+    one GEMM (as the codebook forms decode theirs) and one GEMM with it."""
+    bases, coeffs = get("bases"), get("coeffs")
+    S, b = int(bases.shape[0]), int(bases.shape[1])
+    gm, gn = int(coeffs.shape[0]), int(coeffs.shape[1])
+    m, n = gm * b, gn * b
+
+    def basis():
+        z = tf.einsum("Bia,sac->Bisc", tf.reshape(x2, [-1, gm, b]), bases)
+        return tf.reshape(tf.einsum("Bisc,ijs->Bjc", z, coeffs), [-1, n])
+
+    def decode():
+        return tf.matmul(x2, _mixed_block_dense(get))
+
+    per_row = 3.0 * S * (m * b + m * n / b)  # as MixedBlock._decodes
+    if per_row <= m * n:
+        return basis()
+    rows = x2.shape[0]
+    if rows is not None:
+        return decode() if S * m * n + rows * m * n < rows * per_row else basis()
+    return tf.cond(tf.cast(tf.shape(x2)[0], tf.float64) * (per_row - m * n) > S * m * n,
+                   decode, basis)
+
+
+def _mixed_block_rows(get, ids, dtype):
+    """Rows ``ids`` of a mixed-block W: row a of row-block i is
+    ``sum_s coeffs[i, j, s] bases[s, a, :]`` for each column-block j."""
+    bases, coeffs = tf.cast(get("bases"), dtype), tf.cast(get("coeffs"), dtype)
+    b = int(bases.shape[1])
+    gn = int(coeffs.shape[1])
+    c = tf.gather(coeffs, ids // b)  # (B, gn, S)
+    sel = tf.gather(tf.transpose(bases, [1, 0, 2]), ids % b)  # (B, S, b)
+    return tf.reshape(tf.einsum("Bjs,Bsc->Bjc", c, sel), [-1, gn * b])
+
+
+def _expand_outputs(v, Q):
+    """v (rows, n') @ blockdiag(Q, ..., Q)."""
+    if Q is None:
+        return v
+    qo, bo = int(Q.shape[0]), int(Q.shape[1])
+    n = int(v.shape[-1]) // qo * bo
+    return tf.reshape(tf.matmul(tf.reshape(v, [-1, qo]), Q), [-1, n])
+
+
+def _input_output_matmul(x2, get):
+    """x2 @ blockdiag(P) @ C @ blockdiag(Q): three GEMMs."""
+    P, C, Q = get("P"), get("C"), get("Q")
+    u = x2
+    if P is not None:
+        u = tf.reshape(tf.matmul(tf.reshape(x2, [-1, int(P.shape[0])]), P),
+                       [-1, int(C.shape[0])])
+    return _expand_outputs(tf.matmul(u, C), Q)
+
+
+def _input_output_rows(get, ids, dtype):
+    """Rows ``ids`` of blockdiag(P) @ C @ blockdiag(Q): for few ids, each row of P times its
+    block's rows of C (gathers); for many (more than m / pi, as a kernel's every row), the
+    product blockdiag(P) @ C for all rows, then the gather."""
+    P, C, Q = get("P"), tf.cast(get("C"), dtype), get("Q")
+    Q = None if Q is None else tf.cast(Q, dtype)
+    if P is None:
+        return _expand_outputs(tf.gather(C, ids), Q)
+    P = tf.cast(P, dtype)
+    bi, pi = int(P.shape[0]), int(P.shape[1])
+    gi, n1 = int(C.shape[0]) // pi, int(C.shape[1])
+    Cr = tf.reshape(C, [gi, pi, n1])
+
+    def few():
+        return tf.einsum("Bp,Bpn->Bn", tf.gather(P, ids % bi), tf.gather(Cr, ids // bi))
+
+    def many():
+        full = tf.reshape(tf.einsum("ap,gpn->gan", P, Cr), [gi * bi, n1])
+        return tf.gather(full, ids)
+
+    count = ids.shape[0]
+    if count is not None:
+        v = few() if count * pi <= gi * bi else many()
+    else:
+        v = tf.cond(tf.size(ids) * pi <= gi * bi, few, many)
+    return _expand_outputs(v, Q)
+
+
 def factor_tensors(factorization, dtype=None):
     """The parts of a :class:`matcompress.factors.Factorization` as the ops take them: a dict
     with ``"kind"``, the arrays converted to the ops' index types (int32 atom indices, uint8 /
@@ -380,6 +553,21 @@ def _factor_arrays(factorization, dtype):
     elif f.kind == "sum":
         for i, part in enumerate(f.parts):
             out.update({f"parts.{i}.{k}": v for k, v in _factor_arrays(part, dt).items()})
+    elif f.kind == "block_diagonal":
+        out.update(n_rows=f.n_rows, n_cols=f.n_cols, n_blocks=f.n_blocks)
+        if f.parts is None:
+            out.update(values=f.values.astype(dt))
+        else:
+            for i, part in enumerate(f.parts):
+                out.update({f"parts.{i}.{k}": v for k, v in _factor_arrays(part, dt).items()})
+    elif f.kind == "mixed_block":
+        out.update(bases=f.bases.astype(dt), coeffs=f.coeffs.astype(dt))
+    elif f.kind == "input_output":
+        out.update(C=f.C.astype(dt))
+        if f.P is not None:
+            out.update(P=f.P.astype(dt))
+        if f.Q is not None:
+            out.update(Q=f.Q.astype(dt))
     else:  # a user-defined Factorization: no native product
         raise TypeError(f"no TensorFlow op for factorizations of kind {f.kind!r}")
     return out
@@ -395,7 +583,11 @@ def factored_rows(ids, factors, name=None):
     from the parts without building W: gathers of the low-rank left rows, of the codes and values
     (sparse codes, codebook codes — unpacked from 4 bits — and pruned CSR rows); scaled and
     additive codebooks decode only the rows looked up; sign bits go through the product with
-    one-hot rows (the projection is regenerated, never stored); a sum adds its parts' rows.
+    one-hot rows (the projection is regenerated, never stored); a sum adds its parts' rows;
+    diagonal blocks gather each id's row of its block (or its part's rows) and place it in the
+    block's columns; mixed blocks combine the gathered coefficients with the bases' rows;
+    input/output forms gather rows of P and of C's blocks (or, for more ids than m / pi, gather
+    from blockdiag(P) @ C) and expand them by Q.
     Gradients reach every float part as in :func:`factored_matmul`. ``factors`` as there."""
     with tf.name_scope(name or "factored_rows"):
         ids = tf.convert_to_tensor(ids)
@@ -454,6 +646,12 @@ def factored_rows(ids, factors, name=None):
             rows = factored_rows(flat, parts[0])
             for part in parts[1:]:
                 rows = rows + factored_rows(flat, part)
+        elif kind == "block_diagonal":
+            rows = _block_diagonal_rows(factors, flat, _float_dtype(factors))
+        elif kind == "mixed_block":
+            rows = _mixed_block_rows(get, flat, get("bases").dtype)
+        elif kind == "input_output":
+            rows = _input_output_rows(get, flat, get("C").dtype)
         else:
             raise ValueError(f"unknown factorization kind {kind!r}; known: {sorted(_FIELDS)}")
         n = rows.shape[-1] if rows.shape[-1] is not None else tf.shape(rows)[-1]
@@ -465,10 +663,15 @@ def factored_matmul(x, factors, name=None):
     ``x`` and every float part (low-rank sides; sparse-code values and dictionary; codebook
     entries, as a segment sum; sign-bit scales; pruned values or their codebook; the entries
     and scales of scaled codebooks and the codebooks and scales of additive ones, which are
-    decoded into W by TensorFlow ops for one GEMM; a sum's parts).
+    decoded into W by TensorFlow ops for one GEMM; a sum's parts; the structural forms' parts:
+    diagonal blocks, by one batched matmul per run of equal blocks, or each block's own
+    factors; shared basis blocks and their coefficients, through two contractions (or W
+    decoded when that costs less: many bases and a large batch); the input/output projections
+    P, Q and the matrix C, three GEMMs).
 
     Kinds: ``low_rank``, ``sparse_codes``, ``codebook``, ``sign_bits``, ``pruned``,
-    ``scaled_codebook``, ``additive`` and ``sum``.
+    ``scaled_codebook``, ``additive``, ``sum``, ``block_diagonal``, ``mixed_block`` and
+    ``input_output``.
 
     ``factors`` is a :class:`matcompress.factors.Factorization` (its arrays become constant
     tensors in the dtype of x, made once and kept with it) or a mapping as
@@ -493,7 +696,8 @@ def factored_matmul(x, factors, name=None):
         known = x.shape.rank is not None and x.shape[-1] is not None
         m = x.shape[-1] if known else tf.shape(x)[-1]
         x2 = x if flat else tf.reshape(x, [-1, m])
-        lib = (load_library() if kind not in ("low_rank", "scaled_codebook", "additive", "sum")
+        lib = (load_library() if kind not in ("low_rank", "scaled_codebook", "additive", "sum",
+                                              "block_diagonal", "mixed_block", "input_output")
                else None)
         if kind == "low_rank":
             y = tf.matmul(tf.matmul(x2, get("left")), get("right"))
@@ -508,6 +712,12 @@ def factored_matmul(x, factors, name=None):
             y = factored_matmul(x2, parts[0])
             for part in parts[1:]:
                 y = y + factored_matmul(x2, part)
+        elif kind == "block_diagonal":
+            y = _block_diagonal_matmul(x2, factors)
+        elif kind == "mixed_block":
+            y = _mixed_block_matmul(x2, get)
+        elif kind == "input_output":
+            y = _input_output_matmul(x2, get)
         elif kind == "sparse_codes":
             y = lib.matcompress_sparse_codes_mat_mul(x2, get("indices"), get("values"),
                                                      get("dictionary"))
