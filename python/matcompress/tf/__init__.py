@@ -23,6 +23,7 @@ from .ops import (  # noqa: E402
     sparse_encode,
 )
 from .schedule import CompressionSchedule  # noqa: E402
+from .pruning import PruningKernel, PruningMatrix, PruningSchedule  # noqa: E402
 from .layers import (  # noqa: E402
     CompressedDense,
     CompressedEmbedding,
@@ -43,7 +44,8 @@ __all__ = ["factored_matmul", "factored_rows", "factor_tensors", "fit_codebook",
            "load_library", "simhash", "sparse_encode", "CompressionSchedule",
            "CompressedDense", "CompressedEmbedding", "CompressedKernel", "CompressedMatrix",
            "FactoredDense", "FactoredEmbedding", "FactoredKernel", "CompressionCallback",
-           "apply_compression", "compressed_nbytes", "strip_compression"]
+           "apply_compression", "compressed_nbytes", "strip_compression", "PruningSchedule",
+           "PruningKernel", "PruningMatrix"]
 
 try:
     load_library()

@@ -21,6 +21,12 @@ from .layers import (
     _check_schedule,
     _kernel_slot,
 )
+from .pruning import (
+    PruningKernel,
+    PruningMatrix,
+    check_pruning_schedule,
+    is_pruning_schedule,
+)
 
 _COMPRESSED = (CompressedDense, CompressedEmbedding, CompressedKernel)
 _FACTORED = (FactoredDense, FactoredEmbedding, FactoredKernel)
@@ -73,6 +79,24 @@ def _compressed_twin(layer, compressor, schedule, selected=True):
     return new
 
 
+def _pruning_twin(layer, schedule, selected=True):
+    """A :class:`PruningKernel` around a copy of ``layer`` (weights copied when it is built),
+    with the final sparsity the schedule gives its name."""
+    path = selected if isinstance(selected, str) else None
+    if path is None:
+        path = "embeddings" if isinstance(layer, keras.layers.Embedding) else "kernel"
+    if isinstance(layer, (keras.layers.Dense, keras.layers.Embedding)) and getattr(
+            layer, "lora_rank", None):
+        raise ValueError(f"layer {layer.name!r} uses LoRA: prune the merged layer")
+    inner, input_shape = _copy_layer(layer, path)
+    new = PruningKernel(inner, schedule, kernel_attr=path,
+                        target_sparsity=schedule.target_for(layer.name), name=layer.name,
+                        dtype=layer.dtype_policy)
+    if inner.built:
+        new.build(input_shape)
+    return new
+
+
 def _copy_layer(layer, path):
     """A copy of ``layer`` from its config, built and weighted as ``layer`` when that is built
     (whose kernel at ``path`` is checked to be a 2-D variable); and its input shape."""
@@ -89,14 +113,15 @@ def _copy_layer(layer, path):
 
 def _check_model_not_compressed(layers):
     for layer in layers:
-        if isinstance(layer, _COMPRESSED):
+        if isinstance(layer, _COMPRESSED + (PruningKernel,)):
             raise ValueError(f"layer {layer.name!r} is compressed already: apply_compression "
                              "cannot be applied twice (strip_compression first)")
 
 
-def _clone(model, replace):
+def _clone(model, replace, plain_replacements=False):
     """clone_model with ``replace(layer)`` (a new layer, or None to clone as is), then every
-    unreplaced layer's weights copied from the original."""
+    unreplaced layer's weights copied from the original. ``plain_replacements``: a replacement
+    may be a layer whose ``call`` takes no ``mask`` (see _call_without_foreign_mask)."""
     pairs = []
 
     def clone_fn(layer):
@@ -106,11 +131,25 @@ def _clone(model, replace):
             pairs.append((layer, new))
         return new
 
-    clone = keras.models.clone_model(model, clone_function=clone_fn)
+    kwargs = {}
+    if plain_replacements and _is_graph_model(model) and not isinstance(model,
+                                                                        keras.Sequential):
+        kwargs["call_function"] = _call_without_foreign_mask
+    clone = keras.models.clone_model(model, clone_function=clone_fn, **kwargs)
     for old, new in pairs:
         if old.weights:
             new.set_weights(old.get_weights())
     return clone
+
+
+def _call_without_foreign_mask(layer, *args, **kwargs):
+    """A functional node's call on its replacement: Keras records ``mask=`` for a layer whose
+    ``call`` takes one (the wrappers do), which a replacement that takes none (a stripped
+    PruningKernel's plain layer) must not receive; the wrapper passed it on only to a layer
+    that takes it."""
+    if "mask" in kwargs and not getattr(layer, "_call_has_mask_arg", True):
+        kwargs.pop("mask")
+    return layer(*args, **kwargs)
 
 
 def _is_graph_model(model):
@@ -148,6 +187,12 @@ def _replace_in_place(model, replace):
     return model
 
 
+def _warn_unmatched(schedule, names):
+    for key in getattr(schedule, "unmatched", lambda names: [])(names):
+        warnings.warn(f"apply_compression: sparsity_map key {key!r} matches no pruned layer "
+                      f"(pruned: {', '.join(names) or 'none'})", stacklevel=3)
+
+
 def apply_compression(target, compressor, *, schedule, filter_fn=None):
     """Compress the weight matrices of ``target`` during training.
 
@@ -163,8 +208,9 @@ def apply_compression(target, compressor, *, schedule, filter_fn=None):
           take a ``training`` argument (as for Dropout): Keras then passes ``training=True``
           to the compressed layers in ``fit``, and each such call is a step of the schedule.
         - A layer: its compressed twin (see ``filter_fn``).
-        - A 2-D ``tf.Variable``: a :class:`CompressedMatrix` for custom training loops.
-    compressor : MatrixCompressor
+        - A 2-D ``tf.Variable``: a :class:`CompressedMatrix` (a :class:`PruningMatrix` with a
+          PruningSchedule) for custom training loops.
+    compressor : MatrixCompressor, or None with a PruningSchedule
         Built-in or user-defined. ``low_rank``, ``kmeans``, ``simhash``, ``pruning`` and
         ``dictionary`` factorize inside the graph (see :mod:`matcompress.tf.factorize`); any
         other (``scaled_kmeans``, ``additive``, the composites, the structural forms
@@ -173,7 +219,14 @@ def apply_compression(target, compressor, *, schedule, filter_fn=None):
         and strips: low rank, sparse codes, codebook, sign bits, pruned, scaled codebook,
         additive codebook, sums of them, diagonal blocks (dense or each compressed), shared
         basis blocks and input/output projections.
-    schedule : CompressionSchedule (or its get_config() dict)
+    schedule : CompressionSchedule or PruningSchedule (or its get_config() dict)
+        A :class:`PruningSchedule` prunes the selected layers gradually instead of
+        factorizing them: each becomes a :class:`PruningKernel` wrapping a copy of the layer
+        (Dense and Embedding too), with the final sparsity that the schedule's
+        ``sparsity_map`` gives its name (a map key matching no selected layer warns). The
+        schedule holds the score, pattern and sparsities, so ``compressor`` must be None. No
+        callback is needed (the masks are updated inside the training step);
+        :func:`strip_compression` gives back the plain layers with the pruned kernels.
     filter_fn : callable(layer) -> bool or str, optional
         Which layers to compress; default: every Dense and Embedding layer. Keras' own Dense
         and Embedding become :class:`CompressedDense` / :class:`CompressedEmbedding`; any other
@@ -183,12 +236,27 @@ def apply_compression(target, compressor, *, schedule, filter_fn=None):
         attribute path that ``filter_fn`` returns as a string (say "cell.kernel" for an LSTM's
         input kernel). A selected layer without such a 2-D kernel raises TypeError.
     """
-    compressor = _check_compressor(compressor)
     if schedule is None:
         raise TypeError("schedule must be a CompressionSchedule; got NoneType")
-    schedule = _check_schedule(schedule)
+    if is_pruning_schedule(schedule):
+        schedule = check_pruning_schedule(schedule)
+        if compressor is not None:
+            raise TypeError("with a PruningSchedule the schedule holds the score, pattern and "
+                            "sparsities: pass compressor=None; got "
+                            f"{type(compressor).__name__}")
+
+        def twin(layer, selected):
+            return _pruning_twin(layer, schedule, selected)
+    else:
+        compressor = _check_compressor(compressor)
+        schedule = _check_schedule(schedule)
+
+        def twin(layer, selected):
+            return _compressed_twin(layer, compressor, schedule, selected)
     if isinstance(target, (tf.Variable, keras.Variable)):
         variable = target.value if isinstance(target, keras.Variable) else target
+        if compressor is None:
+            return PruningMatrix(variable, schedule)
         return CompressedMatrix(variable, compressor, schedule)
     if isinstance(target, keras.Model):
         _check_model_not_compressed(target._flatten_layers(include_self=False))
@@ -199,7 +267,7 @@ def apply_compression(target, compressor, *, schedule, filter_fn=None):
             selected = select(layer)
             if selected:
                 chosen.append(layer.name)
-                return _compressed_twin(layer, compressor, schedule, selected)
+                return twin(layer, selected)
             return None
 
         if _is_graph_model(target):
@@ -209,6 +277,7 @@ def apply_compression(target, compressor, *, schedule, filter_fn=None):
         if not chosen:
             warnings.warn("apply_compression: filter_fn selected no layer; nothing is "
                           "compressed", stacklevel=2)
+        _warn_unmatched(schedule, chosen)
         return model
     if isinstance(target, keras.layers.Layer):
         _check_model_not_compressed([target])
@@ -217,7 +286,8 @@ def apply_compression(target, compressor, *, schedule, filter_fn=None):
             warnings.warn("apply_compression: filter_fn rejects the layer; it is returned "
                           "unchanged", stacklevel=2)
             return target
-        return _compressed_twin(target, compressor, schedule, selected)
+        _warn_unmatched(schedule, [target.name])
+        return twin(target, selected)
     raise TypeError("target must be a Keras model, a Keras layer or a tf.Variable; got "
                     f"{type(target).__name__}")
 
@@ -278,35 +348,76 @@ def _layer_factorization(layer):
     return to_factorization(plan.kind, plan.static, layer._core.arrays())
 
 
-def strip_compression(target):
+def _pruned_twin(layer, sparse):
+    """The stripped PruningKernel: a copy of the wrapped layer with the kernel ``W * mask``, or
+    with ``sparse`` the factored layer holding the kept entries in CSR form."""
+    inner, input_shape = _copy_layer(layer.layer, layer.kernel_attr)
+    if sparse:
+        f = layer.factorization()
+        if type(inner) is keras.layers.Dense and layer.kernel_attr == "kernel":
+            bias = None if inner.bias is None else tf.convert_to_tensor(inner.bias).numpy()
+            return FactoredDense.from_factorization(
+                f, bias=bias, activation=keras.activations.serialize(inner.activation),
+                name=layer.name, dtype=layer.dtype_policy)
+        if type(inner) is keras.layers.Embedding and layer.kernel_attr == "embeddings":
+            return FactoredEmbedding.from_factorization(f, mask_zero=inner.mask_zero,
+                                                        name=layer.name,
+                                                        dtype=layer.dtype_policy)
+        return FactoredKernel.from_factorization(inner, f, kernel_attr=layer.kernel_attr,
+                                                 input_shape=input_shape, name=layer.name,
+                                                 dtype=layer.dtype_policy)
+    _kernel_slot(inner, layer.kernel_attr)[2].assign(layer.pruned_kernel())
+    return inner
+
+
+def strip_compression(target, *, sparse=False):
     """An inference copy of ``target`` holding only the factors: each compressed layer becomes
     a :class:`FactoredDense` / :class:`FactoredEmbedding` whose parts are stored as the numpy
     compressor stores them (4-bit packed codes, narrow indices), so that their bytes are what
     the compressor's ``compression_ratio`` counts. ``target``: a model from
-    :func:`apply_compression`, a compressed layer, or a :class:`CompressedMatrix` (gives its
-    numpy :class:`matcompress.factors.Factorization`)."""
-    if isinstance(target, CompressedMatrix):
+    :func:`apply_compression`, a compressed or pruned layer, a :class:`CompressedMatrix` (gives
+    its numpy :class:`matcompress.factors.Factorization`) or a :class:`PruningMatrix` (its
+    :class:`matcompress.factors.Pruned`).
+
+    A :class:`PruningKernel` (gradual pruning) becomes the layer it wraps, a plain Keras layer
+    whose kernel is ``W * mask``; with ``sparse=True`` it becomes a factored layer holding the
+    kept entries in CSR form (:class:`matcompress.factors.Pruned`, counted by
+    :func:`compressed_nbytes`) instead."""
+    if not isinstance(sparse, (bool, np.bool_)):
+        raise TypeError(f"sparse must be True or False; got {sparse!r}")
+    if isinstance(target, (CompressedMatrix, PruningMatrix)):
         return target.factorization()
     if isinstance(target, _COMPRESSED):
         return _factored_twin(target)
+    if isinstance(target, PruningKernel):
+        return _pruned_twin(target, sparse)
     if isinstance(target, keras.Model):
-        if not any(isinstance(layer, _COMPRESSED)
-                   for layer in target._flatten_layers(include_self=False)):
+        layers = target._flatten_layers(include_self=False)
+        if not any(isinstance(layer, _COMPRESSED + (PruningKernel,)) for layer in layers):
             raise ValueError("the model has no compressed layer")
-        return _clone(target, lambda layer: _factored_twin(layer)
-                      if isinstance(layer, _COMPRESSED) else None)
-    raise TypeError("target must be a model from apply_compression, a compressed layer or a "
-                    f"CompressedMatrix; got {type(target).__name__}")
+        pruned = any(isinstance(layer, PruningKernel) for layer in layers)
+
+        def replace(layer):
+            if isinstance(layer, _COMPRESSED):
+                return _factored_twin(layer)
+            if isinstance(layer, PruningKernel):
+                return _pruned_twin(layer, sparse)
+            return None
+
+        return _clone(target, replace, plain_replacements=pruned and not sparse)
+    raise TypeError("target must be a model from apply_compression, a compressed or pruned "
+                    f"layer, a CompressedMatrix or a PruningMatrix; got {type(target).__name__}")
 
 
 def compressed_nbytes(model):
     """(bytes of the factors, bytes of the dense matrices they replace) over the factored layers
-    of a stripped model."""
+    of a stripped model, and the pruned layers (:class:`PruningKernel`, counted as the CSR form
+    of their kept weights) of a model under a :class:`PruningSchedule`."""
     factored = dense = 0
     for layer in model._flatten_layers(include_self=False):
-        if isinstance(layer, _FACTORED):
-            factored += layer.factor_nbytes
+        if isinstance(layer, _FACTORED + (PruningKernel,)):
             f = layer.factorization()
+            factored += f.nbytes
             dense += int(np.prod(f.shape)) * np.dtype(f.dtype).itemsize
     return factored, dense
 
