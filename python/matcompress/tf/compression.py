@@ -19,23 +19,38 @@ from .layers import (
     FactoredKernel,
     _check_compressor,
     _check_schedule,
+    _is_conv,
     _kernel_slot,
 )
+from .conv import CompressedConv, FactoredConv, _check_conv, _check_form, plain_convs
 
 _COMPRESSED = (CompressedDense, CompressedEmbedding, CompressedKernel)
 _FACTORED = (FactoredDense, FactoredEmbedding, FactoredKernel)
 
+#: The layers compressed by default: Keras' own (not subclasses, whose ``call`` may use the
+#: kernel otherwise) dense layers, embeddings and convolutions.
+DEFAULT_LAYERS = (keras.layers.Dense, keras.layers.Embedding, keras.layers.Conv1D,
+                  keras.layers.Conv2D, keras.layers.Conv3D)
+
 
 def _default_filter(layer):
-    return type(layer) in (keras.layers.Dense, keras.layers.Embedding)
+    return type(layer) in DEFAULT_LAYERS
 
 
-def _compressed_twin(layer, compressor, schedule, selected=True):
+def _compressed_twin(layer, compressor, schedule, selected=True, conv_form="reconstructed"):
     """A compressed layer configured (and, when ``layer`` is built, weighted) as ``layer``:
-    CompressedDense / CompressedEmbedding for Keras' own Dense and Embedding, else a
-    CompressedKernel around a copy of ``layer`` (``selected``, when a string, names the kernel
-    attribute)."""
+    CompressedDense / CompressedEmbedding for Keras' own Dense and Embedding, a CompressedConv
+    around a copy of a convolution (``conv_form``), else a CompressedKernel around a copy of
+    ``layer`` (``selected``, when a string, names the kernel attribute)."""
     path = selected if isinstance(selected, str) else None
+    if _is_conv(layer) and path in (None, "kernel"):
+        _check_conv(layer, conv_form, compressor)
+        inner, input_shape = _copy_layer(layer, "kernel")
+        new = CompressedConv(inner, compressor, schedule, form=conv_form, name=layer.name,
+                             dtype=layer.dtype_policy)
+        if inner.built:
+            new.build(input_shape)
+        return new
     if type(layer) is keras.layers.Dense and path in (None, "kernel"):
         cfg = layer.get_config()
         if cfg.get("lora_rank"):
@@ -148,7 +163,8 @@ def _replace_in_place(model, replace):
     return model
 
 
-def apply_compression(target, compressor, *, schedule, filter_fn=None):
+def apply_compression(target, compressor, *, schedule, filter_fn=None,
+                      conv_form="reconstructed"):
     """Compress the weight matrices of ``target`` during training.
 
     Parameters
@@ -173,15 +189,28 @@ def apply_compression(target, compressor, *, schedule, filter_fn=None):
         codebook, additive codebook and sums of them.
     schedule : CompressionSchedule (or its get_config() dict)
     filter_fn : callable(layer) -> bool or str, optional
-        Which layers to compress; default: every Dense and Embedding layer. Keras' own Dense
-        and Embedding become :class:`CompressedDense` / :class:`CompressedEmbedding`; any other
-        selected layer (a Dense subclass, EinsumDense, a custom layer) is wrapped in a
-        :class:`CompressedKernel`, which runs the layer's own ``call`` with its 2-D kernel
-        replaced: the attribute ``kernel`` (``embeddings`` for an Embedding subclass), or the
-        attribute path that ``filter_fn`` returns as a string (say "cell.kernel" for an LSTM's
-        input kernel). A selected layer without such a 2-D kernel raises TypeError.
+        Which layers to compress; default: every Dense, Embedding, Conv1D, Conv2D and Conv3D
+        layer (Keras' own classes). Keras' own Dense and Embedding become
+        :class:`CompressedDense` / :class:`CompressedEmbedding`; a convolution (Conv1D, Conv2D,
+        Conv3D or a subclass) becomes a :class:`~matcompress.tf.conv.CompressedConv`, its
+        kernel (*kernel_size, c_in, c_out) compressed through its 2-D view
+        (prod(kernel_size) * c_in, c_out); any other selected layer (a Dense subclass,
+        EinsumDense, a custom layer) is wrapped in a :class:`CompressedKernel`, which runs the
+        layer's own ``call`` with its 2-D kernel replaced: the attribute ``kernel``
+        (``embeddings`` for an Embedding subclass), or the attribute path that ``filter_fn``
+        returns as a string (say "cell.kernel" for an LSTM's input kernel). A selected layer
+        without such a kernel raises TypeError.
+    conv_form : {"reconstructed", "rank_reduced"}, default="reconstructed"
+        How a compressed convolution computes (see :mod:`matcompress.tf.conv`).
+        "reconstructed": the layer's own convolution on the kernel rebuilt from the factors.
+        "rank_reduced" (``compressor`` a LowRankCompressor; convolutions with ``groups=1``):
+        a convolution to ``rank`` filters, initialized at the snapshot to ``U_r S_r`` of the
+        kernel view's truncated SVD, then a 1x1 convolution (projection) ``V_r^T`` back to
+        c_out; it strips to two plain Keras convolutions. Other layers are compressed as
+        usual.
     """
     compressor = _check_compressor(compressor)
+    conv_form = _check_form(conv_form)
     if schedule is None:
         raise TypeError("schedule must be a CompressionSchedule; got NoneType")
     schedule = _check_schedule(schedule)
@@ -197,7 +226,7 @@ def apply_compression(target, compressor, *, schedule, filter_fn=None):
             selected = select(layer)
             if selected:
                 chosen.append(layer.name)
-                return _compressed_twin(layer, compressor, schedule, selected)
+                return _compressed_twin(layer, compressor, schedule, selected, conv_form)
             return None
 
         if _is_graph_model(target):
@@ -215,7 +244,7 @@ def apply_compression(target, compressor, *, schedule, filter_fn=None):
             warnings.warn("apply_compression: filter_fn rejects the layer; it is returned "
                           "unchanged", stacklevel=2)
             return target
-        return _compressed_twin(target, compressor, schedule, selected)
+        return _compressed_twin(target, compressor, schedule, selected, conv_form)
     raise TypeError("target must be a Keras model, a Keras layer or a tf.Variable; got "
                     f"{type(target).__name__}")
 
@@ -244,8 +273,15 @@ class CompressionCallback(keras.callbacks.Callback):
             self.model.make_train_function(force=True)
 
 
-def _factored_twin(layer):
+def _factored_twin(layer, convs="plain"):
     f = _layer_factorization(layer)
+    if isinstance(layer, CompressedConv):
+        inner, input_shape = _copy_layer(layer.layer, "kernel")
+        if convs == "plain":
+            return plain_convs(layer, f, inner, input_shape)
+        return FactoredConv.from_factorization(inner, f, input_shape=input_shape,
+                                               form=layer.form, name=layer.name,
+                                               dtype=layer.dtype_policy)
     if isinstance(layer, CompressedKernel):
         inner, input_shape = _copy_layer(layer.layer, layer.kernel_attr)
         return FactoredKernel.from_factorization(inner, f, kernel_attr=layer.kernel_attr,
@@ -276,36 +312,66 @@ def _layer_factorization(layer):
     return to_factorization(plan.kind, plan.static, layer._core.arrays())
 
 
-def strip_compression(target):
+def strip_compression(target, *, convs="plain"):
     """An inference copy of ``target`` holding only the factors: each compressed layer becomes
-    a :class:`FactoredDense` / :class:`FactoredEmbedding` whose parts are stored as the numpy
-    compressor stores them (4-bit packed codes, narrow indices), so that their bytes are what
-    the compressor's ``compression_ratio`` counts. ``target``: a model from
-    :func:`apply_compression`, a compressed layer, or a :class:`CompressedMatrix` (gives its
-    numpy :class:`matcompress.factors.Factorization`)."""
+    a :class:`FactoredDense` / :class:`FactoredEmbedding` / :class:`FactoredKernel` whose parts
+    are stored as the numpy compressor stores them (4-bit packed codes, narrow indices), so
+    that their bytes are what the compressor's ``compression_ratio`` counts. ``target``: a
+    model from :func:`apply_compression`, a compressed layer, or a :class:`CompressedMatrix`
+    (gives its numpy :class:`matcompress.factors.Factorization`).
+
+    ``convs`` says what a compressed convolution becomes:
+
+    - "plain" (default): plain Keras layers, no matcompress op needed to run them. The
+      convolution's own class with the kernel rebuilt from the factors (bias, activation and
+      every other setting kept): it stores the dense kernel, so it computes at the dense
+      layer's speed but keeps none of the bytes saved. A rank-reduced convolution becomes a
+      ``keras.Sequential`` (named as the layer) of its two convolutions, the one to ``rank``
+      filters and the 1x1 projection with the bias and activation: they store the factors'
+      bytes.
+    - "factored": a :class:`~matcompress.tf.conv.FactoredConv` holding the factors (counted by
+      :func:`compressed_nbytes`), the kernel rebuilt from them at each call (or, rank-reduced,
+      the two convolutions computed from them).
+    """
+    if convs not in ("plain", "factored"):
+        raise ValueError(f"convs must be 'plain' or 'factored'; got {convs!r}")
     if isinstance(target, CompressedMatrix):
         return target.factorization()
     if isinstance(target, _COMPRESSED):
-        return _factored_twin(target)
+        return _factored_twin(target, convs)
     if isinstance(target, keras.Model):
         if not any(isinstance(layer, _COMPRESSED)
                    for layer in target._flatten_layers(include_self=False)):
             raise ValueError("the model has no compressed layer")
-        return _clone(target, lambda layer: _factored_twin(layer)
+        return _clone(target, lambda layer: _factored_twin(layer, convs)
                       if isinstance(layer, _COMPRESSED) else None)
     raise TypeError("target must be a model from apply_compression, a compressed layer or a "
                     f"CompressedMatrix; got {type(target).__name__}")
 
 
 def compressed_nbytes(model):
-    """(bytes of the factors, bytes of the dense matrices they replace) over the factored layers
-    of a stripped model."""
+    """(bytes of the factors, bytes of the dense matrices they replace) over the layers that
+    hold factors: the factored layers of a stripped model, and the compressed layers of a model
+    from :func:`apply_compression` (their current parts; ValueError before a layer's
+    snapshot). A convolution stripped to a plain Keras layer holds its dense kernel, not
+    factors, and is not counted (strip with ``convs="factored"``, or count the compressed
+    model); a rank-reduced one stripped to two plain convolutions is not counted either."""
+    from .layers import to_factorization
+
     factored = dense = 0
     for layer in model._flatten_layers(include_self=False):
         if isinstance(layer, _FACTORED):
-            factored += layer.factor_nbytes
             f = layer.factorization()
-            dense += int(np.prod(f.shape)) * np.dtype(f.dtype).itemsize
+        elif isinstance(layer, _COMPRESSED):
+            t = int(tf.convert_to_tensor(layer.step).numpy()) if layer.built else 0
+            if t <= layer.schedule.begin_step:
+                raise ValueError(f"layer {layer.name!r} has not been factorized yet (step {t}, "
+                                 f"begin_step {layer.schedule.begin_step})")
+            f = to_factorization(layer.plan.kind, layer.plan.static, layer._core.arrays())
+        else:
+            continue
+        factored += int(f.nbytes)
+        dense += int(np.prod(f.shape)) * np.dtype(f.dtype).itemsize
     return factored, dense
 
 
