@@ -254,10 +254,11 @@ def test_subclassed_model_in_place():
 def test_layers_without_a_2d_kernel_are_refused():
     c = LowRankCompressor(rank=1)
     s = mctf.CompressionSchedule()
-    conv = keras.layers.Conv1D(2, 3, name="conv")
+    # (convolutions' N-D kernels are compressed through their 2-D view: tests/test_tf_conv.py)
+    conv = keras.layers.Conv1DTranspose(2, 3, name="conv")
     conv.build((None, 6, 4))
-    with pytest.raises(TypeError, match=r"'conv' of type Conv1D: its kernel of shape "
-                                        r"\(3, 4, 2\) is not 2-D"):
+    with pytest.raises(TypeError, match=r"'conv' of type Conv1DTranspose: its kernel of shape "
+                                        r"\(3, 2, 4\) is not 2-D"):
         mctf.apply_compression(conv, c, schedule=s)
     dense = keras.layers.Dense(3, name="d")
     dense.build((None, 4))

@@ -1187,8 +1187,9 @@ def test_apply_bad_inputs():
     with pytest.raises(TypeError, match="compressor must be a matcompress MatrixCompressor; "
                                         "got str"):
         mctf.apply_compression(model, "low_rank", schedule=SCHEDULE)
-    conv = keras.Sequential([keras.Input((6, 4)), keras.layers.Conv1D(2, 3, name="conv")])
-    with pytest.raises(TypeError, match="'conv' of type Conv1D"):
+    conv = keras.Sequential([keras.Input((6, 4)),
+                             keras.layers.Conv1DTranspose(2, 3, name="conv")])
+    with pytest.raises(TypeError, match="'conv' of type Conv1DTranspose"):
         mctf.apply_compression(conv, c, schedule=SCHEDULE, filter_fn=lambda layer: True)
     lora = keras.layers.Dense(5, lora_rank=2)
     lora.build((None, 7))

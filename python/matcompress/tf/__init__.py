@@ -33,6 +33,7 @@ from .layers import (  # noqa: E402
     FactoredEmbedding,
     FactoredKernel,
 )
+from .conv import CompressedConv, FactoredConv  # noqa: E402
 from .compression import (  # noqa: E402
     CompressionCallback,
     apply_compression,
@@ -43,9 +44,9 @@ from .compression import (  # noqa: E402
 __all__ = ["factored_matmul", "factored_rows", "factor_tensors", "fit_codebook",
            "load_library", "simhash", "sparse_encode", "CompressionSchedule",
            "CompressedDense", "CompressedEmbedding", "CompressedKernel", "CompressedMatrix",
-           "FactoredDense", "FactoredEmbedding", "FactoredKernel", "CompressionCallback",
-           "apply_compression", "compressed_nbytes", "strip_compression", "PruningSchedule",
-           "PruningKernel", "PruningMatrix"]
+           "FactoredDense", "FactoredEmbedding", "FactoredKernel", "CompressedConv",
+           "FactoredConv", "CompressionCallback", "apply_compression", "compressed_nbytes",
+           "strip_compression", "PruningSchedule", "PruningKernel", "PruningMatrix"]
 
 try:
     load_library()

@@ -19,6 +19,7 @@ from .layers import (
     FactoredKernel,
     _check_compressor,
     _check_schedule,
+    _is_conv,
     _kernel_slot,
 )
 from .pruning import (
@@ -27,21 +28,41 @@ from .pruning import (
     check_pruning_schedule,
     is_pruning_schedule,
 )
+from .conv import CompressedConv, FactoredConv, _check_conv, _check_form, plain_convs
 
 _COMPRESSED = (CompressedDense, CompressedEmbedding, CompressedKernel)
 _FACTORED = (FactoredDense, FactoredEmbedding, FactoredKernel)
 
+#: The layers compressed by default: Keras' own (not subclasses, whose ``call`` may use the
+#: kernel otherwise) dense layers, embeddings and convolutions.
+DEFAULT_LAYERS = (keras.layers.Dense, keras.layers.Embedding, keras.layers.Conv1D,
+                  keras.layers.Conv2D, keras.layers.Conv3D)
+
 
 def _default_filter(layer):
+    return type(layer) in DEFAULT_LAYERS
+
+
+def _default_pruning_filter(layer):
+    """Gradual pruning's default: Keras' own Dense and Embedding layers (a PruningKernel masks a
+    2-D kernel; convolutions are compressed, not pruned, by default)."""
     return type(layer) in (keras.layers.Dense, keras.layers.Embedding)
 
 
-def _compressed_twin(layer, compressor, schedule, selected=True):
+def _compressed_twin(layer, compressor, schedule, selected=True, conv_form="reconstructed"):
     """A compressed layer configured (and, when ``layer`` is built, weighted) as ``layer``:
-    CompressedDense / CompressedEmbedding for Keras' own Dense and Embedding, else a
-    CompressedKernel around a copy of ``layer`` (``selected``, when a string, names the kernel
-    attribute)."""
+    CompressedDense / CompressedEmbedding for Keras' own Dense and Embedding, a CompressedConv
+    around a copy of a convolution (``conv_form``), else a CompressedKernel around a copy of
+    ``layer`` (``selected``, when a string, names the kernel attribute)."""
     path = selected if isinstance(selected, str) else None
+    if _is_conv(layer) and path in (None, "kernel"):
+        _check_conv(layer, conv_form, compressor)
+        inner, input_shape = _copy_layer(layer, "kernel")
+        new = CompressedConv(inner, compressor, schedule, form=conv_form, name=layer.name,
+                             dtype=layer.dtype_policy)
+        if inner.built:
+            new.build(input_shape)
+        return new
     if type(layer) is keras.layers.Dense and path in (None, "kernel"):
         cfg = layer.get_config()
         if cfg.get("lora_rank"):
@@ -193,7 +214,8 @@ def _warn_unmatched(schedule, names):
                       f"(pruned: {', '.join(names) or 'none'})", stacklevel=3)
 
 
-def apply_compression(target, compressor, *, schedule, filter_fn=None):
+def apply_compression(target, compressor, *, schedule, filter_fn=None,
+                      conv_form="reconstructed"):
     """Compress the weight matrices of ``target`` during training.
 
     Parameters
@@ -228,14 +250,27 @@ def apply_compression(target, compressor, *, schedule, filter_fn=None):
         callback is needed (the masks are updated inside the training step);
         :func:`strip_compression` gives back the plain layers with the pruned kernels.
     filter_fn : callable(layer) -> bool or str, optional
-        Which layers to compress; default: every Dense and Embedding layer. Keras' own Dense
-        and Embedding become :class:`CompressedDense` / :class:`CompressedEmbedding`; any other
-        selected layer (a Dense subclass, EinsumDense, a custom layer) is wrapped in a
-        :class:`CompressedKernel`, which runs the layer's own ``call`` with its 2-D kernel
-        replaced: the attribute ``kernel`` (``embeddings`` for an Embedding subclass), or the
-        attribute path that ``filter_fn`` returns as a string (say "cell.kernel" for an LSTM's
-        input kernel). A selected layer without such a 2-D kernel raises TypeError.
+        Which layers to compress; default: every Dense, Embedding, Conv1D, Conv2D and Conv3D
+        layer (Keras' own classes). Keras' own Dense and Embedding become
+        :class:`CompressedDense` / :class:`CompressedEmbedding`; a convolution (Conv1D, Conv2D,
+        Conv3D or a subclass) becomes a :class:`~matcompress.tf.conv.CompressedConv`, its
+        kernel (*kernel_size, c_in, c_out) compressed through its 2-D view
+        (prod(kernel_size) * c_in, c_out); any other selected layer (a Dense subclass,
+        EinsumDense, a custom layer) is wrapped in a :class:`CompressedKernel`, which runs the
+        layer's own ``call`` with its 2-D kernel replaced: the attribute ``kernel``
+        (``embeddings`` for an Embedding subclass), or the attribute path that ``filter_fn``
+        returns as a string (say "cell.kernel" for an LSTM's input kernel). A selected layer
+        without such a kernel raises TypeError.
+    conv_form : {"reconstructed", "rank_reduced"}, default="reconstructed"
+        How a compressed convolution computes (see :mod:`matcompress.tf.conv`).
+        "reconstructed": the layer's own convolution on the kernel rebuilt from the factors.
+        "rank_reduced" (``compressor`` a LowRankCompressor; convolutions with ``groups=1``):
+        a convolution to ``rank`` filters, initialized at the snapshot to ``U_r S_r`` of the
+        kernel view's truncated SVD, then a 1x1 convolution (projection) ``V_r^T`` back to
+        c_out; it strips to two plain Keras convolutions. Other layers are compressed as
+        usual.
     """
+    conv_form = _check_form(conv_form)
     if schedule is None:
         raise TypeError("schedule must be a CompressionSchedule; got NoneType")
     if is_pruning_schedule(schedule):
@@ -247,12 +282,16 @@ def apply_compression(target, compressor, *, schedule, filter_fn=None):
 
         def twin(layer, selected):
             return _pruning_twin(layer, schedule, selected)
+
+        default_filter = _default_pruning_filter
     else:
         compressor = _check_compressor(compressor)
         schedule = _check_schedule(schedule)
 
         def twin(layer, selected):
-            return _compressed_twin(layer, compressor, schedule, selected)
+            return _compressed_twin(layer, compressor, schedule, selected, conv_form)
+
+        default_filter = _default_filter
     if isinstance(target, (tf.Variable, keras.Variable)):
         variable = target.value if isinstance(target, keras.Variable) else target
         if compressor is None:
@@ -260,7 +299,7 @@ def apply_compression(target, compressor, *, schedule, filter_fn=None):
         return CompressedMatrix(variable, compressor, schedule)
     if isinstance(target, keras.Model):
         _check_model_not_compressed(target._flatten_layers(include_self=False))
-        select = filter_fn or _default_filter
+        select = filter_fn or default_filter
         chosen = []
 
         def replace(layer):
@@ -316,8 +355,15 @@ class CompressionCallback(keras.callbacks.Callback):
             self.model.make_train_function(force=True)
 
 
-def _factored_twin(layer):
+def _factored_twin(layer, convs="plain"):
     f = _layer_factorization(layer)
+    if isinstance(layer, CompressedConv):
+        inner, input_shape = _copy_layer(layer.layer, "kernel")
+        if convs == "plain":
+            return plain_convs(layer, f, inner, input_shape)
+        return FactoredConv.from_factorization(inner, f, input_shape=input_shape,
+                                               form=layer.form, name=layer.name,
+                                               dtype=layer.dtype_policy)
     if isinstance(layer, CompressedKernel):
         inner, input_shape = _copy_layer(layer.layer, layer.kernel_attr)
         return FactoredKernel.from_factorization(inner, f, kernel_attr=layer.kernel_attr,
@@ -370,25 +416,41 @@ def _pruned_twin(layer, sparse):
     return inner
 
 
-def strip_compression(target, *, sparse=False):
+def strip_compression(target, *, sparse=False, convs="plain"):
     """An inference copy of ``target`` holding only the factors: each compressed layer becomes
-    a :class:`FactoredDense` / :class:`FactoredEmbedding` whose parts are stored as the numpy
-    compressor stores them (4-bit packed codes, narrow indices), so that their bytes are what
-    the compressor's ``compression_ratio`` counts. ``target``: a model from
-    :func:`apply_compression`, a compressed or pruned layer, a :class:`CompressedMatrix` (gives
-    its numpy :class:`matcompress.factors.Factorization`) or a :class:`PruningMatrix` (its
-    :class:`matcompress.factors.Pruned`).
+    a :class:`FactoredDense` / :class:`FactoredEmbedding` / :class:`FactoredKernel` whose parts
+    are stored as the numpy compressor stores them (4-bit packed codes, narrow indices), so
+    that their bytes are what the compressor's ``compression_ratio`` counts. ``target``: a
+    model from :func:`apply_compression`, a compressed or pruned layer, a
+    :class:`CompressedMatrix` (gives its numpy :class:`matcompress.factors.Factorization`) or a
+    :class:`PruningMatrix` (its :class:`matcompress.factors.Pruned`).
 
     A :class:`PruningKernel` (gradual pruning) becomes the layer it wraps, a plain Keras layer
     whose kernel is ``W * mask``; with ``sparse=True`` it becomes a factored layer holding the
     kept entries in CSR form (:class:`matcompress.factors.Pruned`, counted by
-    :func:`compressed_nbytes`) instead."""
+    :func:`compressed_nbytes`) instead.
+
+    ``convs`` says what a compressed convolution becomes:
+
+    - "plain" (default): plain Keras layers, no matcompress op needed to run them. The
+      convolution's own class with the kernel rebuilt from the factors (bias, activation and
+      every other setting kept): it stores the dense kernel, so it computes at the dense
+      layer's speed but keeps none of the bytes saved. A rank-reduced convolution becomes a
+      ``keras.Sequential`` (named as the layer) of its two convolutions, the one to ``rank``
+      filters and the 1x1 projection with the bias and activation: they store the factors'
+      bytes.
+    - "factored": a :class:`~matcompress.tf.conv.FactoredConv` holding the factors (counted by
+      :func:`compressed_nbytes`), the kernel rebuilt from them at each call (or, rank-reduced,
+      the two convolutions computed from them).
+    """
     if not isinstance(sparse, (bool, np.bool_)):
         raise TypeError(f"sparse must be True or False; got {sparse!r}")
+    if convs not in ("plain", "factored"):
+        raise ValueError(f"convs must be 'plain' or 'factored'; got {convs!r}")
     if isinstance(target, (CompressedMatrix, PruningMatrix)):
         return target.factorization()
     if isinstance(target, _COMPRESSED):
-        return _factored_twin(target)
+        return _factored_twin(target, convs)
     if isinstance(target, PruningKernel):
         return _pruned_twin(target, sparse)
     if isinstance(target, keras.Model):
@@ -399,7 +461,7 @@ def strip_compression(target, *, sparse=False):
 
         def replace(layer):
             if isinstance(layer, _COMPRESSED):
-                return _factored_twin(layer)
+                return _factored_twin(layer, convs)
             if isinstance(layer, PruningKernel):
                 return _pruned_twin(layer, sparse)
             return None
@@ -410,15 +472,29 @@ def strip_compression(target, *, sparse=False):
 
 
 def compressed_nbytes(model):
-    """(bytes of the factors, bytes of the dense matrices they replace) over the factored layers
-    of a stripped model, and the pruned layers (:class:`PruningKernel`, counted as the CSR form
-    of their kept weights) of a model under a :class:`PruningSchedule`."""
+    """(bytes of the factors, bytes of the dense matrices they replace) over the layers that
+    hold factors: the factored layers of a stripped model, the compressed layers of a model
+    from :func:`apply_compression` (their current parts; ValueError before a layer's
+    snapshot), and its pruned layers (:class:`PruningKernel`, counted as the CSR form of their
+    kept weights). A convolution stripped to a plain Keras layer holds its dense kernel, not
+    factors, and is not counted (strip with ``convs="factored"``, or count the compressed
+    model); a rank-reduced one stripped to two plain convolutions is not counted either."""
+    from .layers import to_factorization
+
     factored = dense = 0
     for layer in model._flatten_layers(include_self=False):
         if isinstance(layer, _FACTORED + (PruningKernel,)):
             f = layer.factorization()
-            factored += f.nbytes
-            dense += int(np.prod(f.shape)) * np.dtype(f.dtype).itemsize
+        elif isinstance(layer, _COMPRESSED):
+            t = int(tf.convert_to_tensor(layer.step).numpy()) if layer.built else 0
+            if t <= layer.schedule.begin_step:
+                raise ValueError(f"layer {layer.name!r} has not been factorized yet (step {t}, "
+                                 f"begin_step {layer.schedule.begin_step})")
+            f = to_factorization(layer.plan.kind, layer.plan.static, layer._core.arrays())
+        else:
+            continue
+        factored += int(f.nbytes)
+        dense += int(np.prod(f.shape)) * np.dtype(f.dtype).itemsize
     return factored, dense
 
 

@@ -14,12 +14,15 @@ download):
   become ``<unk>``), the text is cut into sequences of 20 words, the last 10 % held out.
 
 Each model is trained dense first; each compressor then starts from those weights, factorizes
-the large matrices (Dense kernels and Embedding tables of at least 16,384 weights) at the first
-step, blends for half an epoch and trains the factors alone for the remaining epochs
-(:class:`~matcompress.tf.CompressionSchedule`, :class:`~matcompress.tf.CompressionCallback`); the
-stripped model (factors only) is evaluated. The dense model is also trained for the same extra
-epochs ("dense+N"); the reference for the targets is the better of its two scores, so that a
-compressed model is credited neither with its extra training nor with a bad restart.
+the large matrices (Dense kernels and Embedding tables of at least 16,384 weights, convolution
+kernels of at least 4,096 through their 2-D view) at the first step, blends for half an epoch
+and trains the factors alone for the remaining epochs
+(:class:`~matcompress.tf.CompressionSchedule`, :class:`~matcompress.tf.CompressionCallback`);
+the stripped model (factors only; convolutions as :class:`~matcompress.tf.conv.FactoredConv`) is
+evaluated. The CNN also gets "rank_reduced" rows: low rank, its convolutions computed as a
+convolution to ``rank`` filters and a 1x1 projection. The dense model is also trained for the
+same extra epochs ("dense+N"); the reference for the targets is the better of its two scores, so
+that a compressed model is credited neither with its extra training nor with a bad restart.
 """
 
 from __future__ import annotations
@@ -38,6 +41,12 @@ METHODS = ("kmeans", "low_rank", "dictionary", "pruning", "simhash")
 SEARCHES = {"auto": (8, 16), "auto+X": (8, 16)}
 QUICK_SEARCHES = {"auto": (8,), "auto+X": (8,)}
 MIN_WEIGHTS = 16384  # matrices smaller than this stay dense
+#: Convolution kernels are compressed from this many weights: the CNN's second convolution
+#: (3 x 3 x 16 x 32 = 4,608, a 144 x 32 view) is; its first (144 weights, a 9 x 16 view that
+#: most methods cannot bring to 8x, 0.1 % of the model's bytes) is not.
+MIN_CONV_WEIGHTS = 4096
+#: Rows that only some models get: low rank with the convolutions rank-reduced.
+CONV_METHODS = ("rank_reduced",)
 
 
 # ---- data -------------------------------------------------------------------------------------
@@ -110,10 +119,10 @@ def _compressor(method, ratio, seed):
 
     if method in ("auto", "auto+X"):
         return C.get("auto", compression_ratio=ratio, random_state=seed)
+    if method in ("low_rank", "rank_reduced"):
+        return C.LowRankCompressor(compression_ratio=ratio)
     if method == "kmeans":
         return C.KMeansCompressor(compression_ratio=ratio, random_state=seed)
-    if method == "low_rank":
-        return C.LowRankCompressor(compression_ratio=ratio)
     if method == "dictionary":
         return C.DictionaryCompressor(compression_ratio=ratio, max_iter=5, random_state=seed)
     if method == "pruning":
@@ -128,16 +137,20 @@ def _large(layer):
         return int(np.prod(layer.kernel.shape)) >= MIN_WEIGHTS
     if type(layer) is keras.layers.Embedding:
         return int(np.prod(layer.embeddings.shape)) >= MIN_WEIGHTS
+    if type(layer) in (keras.layers.Conv1D, keras.layers.Conv2D):
+        return int(np.prod(layer.kernel.shape)) >= MIN_CONV_WEIGHTS
     return False
 
 
 class Task:
     """One model on its data: how to build, train and score it."""
 
-    def __init__(self, name, build, data, loss, metric, epochs, finetune, batch_size):
+    def __init__(self, name, build, data, loss, metric, epochs, finetune, batch_size,
+                 has_convs=False):
         self.name, self.build, self.data = name, build, data
         self.loss, self.metric = loss, metric  # metric: "accuracy" or "perplexity"
         self.epochs, self.finetune, self.batch_size = epochs, finetune, batch_size
+        self.has_convs = has_convs  # the CONV_METHODS rows apply
 
     def compile(self, model, lr=1e-3):
         import keras
@@ -164,7 +177,7 @@ def tasks(quick=False, seed=0):
         return out
     img = (Xtr.reshape(-1, 8, 8, 1), ytr, Xte.reshape(-1, 8, 8, 1), yte)
     out.append(Task("digits CNN", _cnn, img, sparse, "accuracy", epochs=10, finetune=4,
-                    batch_size=32))
+                    batch_size=32, has_convs=True))
     Xc, Yc, Xct, Yct, vocab = corpus_data()
     out.append(Task("LSTM language model", lambda: _lstm(vocab, Xc.shape[1]),
                     (Xc, Yc, Xct, Yct), sparse, "perplexity", epochs=5, finetune=1,
@@ -185,9 +198,9 @@ def _bytes(model):
 
 
 def _has_factored(model):
-    from .layers import FactoredDense, FactoredEmbedding
+    from .layers import FactoredDense, FactoredEmbedding, FactoredKernel
 
-    return any(isinstance(layer, (FactoredDense, FactoredEmbedding))
+    return any(isinstance(layer, (FactoredDense, FactoredEmbedding, FactoredKernel))
                for layer in model._flatten_layers(include_self=False))
 
 
@@ -232,6 +245,8 @@ def run_task(task, methods=METHODS, ratios=RATIOS, seed=0, progress=None, search
     calibrated = CompressionSchedule(begin_step=0, update_every=max(1, steps // 8),
                                      alpha_decrement=0.25, calibrate=True)
     runs = [(m, r) for m in methods for r in ratios]
+    if task.has_convs:
+        runs += [(m, r) for m in CONV_METHODS for r in ratios]
     runs += [(m, r) for m, rs in (searches or {}).items() for r in rs]
     for method, ratio in runs:
         row = {"task": task.name, "method": method, "ratio": ratio}
@@ -240,7 +255,8 @@ def run_task(task, methods=METHODS, ratios=RATIOS, seed=0, progress=None, search
             model = apply_compression(
                 dense, _compressor(method, ratio, seed),
                 schedule=calibrated if method.endswith("+X") else schedule,
-                filter_fn=_large)
+                filter_fn=_large,
+                conv_form="rank_reduced" if method == "rank_reduced" else "reconstructed")
         except ValueError as exc:  # a ratio this method cannot reach on these shapes
             row.update(score=None, note=str(exc).split(";")[0])
             rows.append(row)
@@ -252,7 +268,8 @@ def run_task(task, methods=METHODS, ratios=RATIOS, seed=0, progress=None, search
         model.fit(Xtr, ytr, epochs=task.finetune, batch_size=task.batch_size, verbose=0,
                   callbacks=[CompressionCallback()])
         elapsed = time.perf_counter() - t0
-        small = strip_compression(model)
+        # Convolutions keep their factors (FactoredConv), so that the bytes count them.
+        small = strip_compression(model, convs="factored")
         task.compile(small)
         total, factored, dense_bytes = _bytes(small)
         row.update(score=task.score(small), bytes=total, matrix_bytes=factored,
@@ -274,7 +291,7 @@ def reference_score(rows, task):
 
 def format_table(rows):
     lines = []
-    head = (f"{'model':<20} {'method':<11} {'asked':>5} {'matrices':>9} {'all weights':>12} "
+    head = (f"{'model':<20} {'method':<12} {'asked':>5} {'matrices':>9} {'all weights':>12} "
             f"{'score':>9} {'vs dense':>9} {'train s':>8}")
     dense_score = {r["task"]: reference_score(rows, r["task"]) for r in rows}
     task = None
@@ -285,7 +302,7 @@ def format_table(rows):
         asked = "-" if r["method"].startswith("dense") else f"{r['ratio']}x"
         if r.get("score") is None:
             note = r.get("note", "")
-            lines.append(f"{r['task']:<20} {r['method']:<11} {asked:>5}  "
+            lines.append(f"{r['task']:<20} {r['method']:<12} {asked:>5}  "
                          f"unreachable: {note[:60]}")
             continue
         base = dense_score[r["task"]]
@@ -293,7 +310,7 @@ def format_table(rows):
         score = f"{r['score']:.1f}" + ("" if perplexity else " %")
         delta = (f"{100 * (r['score'] / base - 1):+.1f} %" if perplexity
                  else f"{r['score'] - base:+.1f} pt")
-        lines.append(f"{r['task']:<20} {r['method']:<11} {asked:>5} {r['achieved']:>8.1f}x "
+        lines.append(f"{r['task']:<20} {r['method']:<12} {asked:>5} {r['achieved']:>8.1f}x "
                      f"{r['bytes'] / 1024:>9.1f} KiB {score:>9} {delta:>9} {r['time']:>8.1f}")
     return "\n".join(lines)
 
@@ -328,7 +345,7 @@ def plot(rows, path):
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
     for ax, name in zip(axes[0], names):
         base = reference_score(rows, name)
-        for method in METHODS + tuple(SEARCHES):
+        for method in METHODS + CONV_METHODS + tuple(SEARCHES):
             pts = [(r["achieved"], r["score"]) for r in rows if r["task"] == name
                    and r["method"] == method and r.get("score") is not None]
             if pts:
@@ -356,6 +373,7 @@ def run(quick=False, png="matcompress-models.png", seed=0, say=print):
     searches = QUICK_SEARCHES if quick else SEARCHES
     n_search = sum(len(r) for r in searches.values())
     total = len(jobs) * (2 + len(methods) * len(ratios) + n_search)
+    total += sum(len(CONV_METHODS) * len(ratios) for task in jobs if task.has_convs)
     bar = keras.utils.Progbar(total, unit_name="model")
     done = [0]
 

@@ -52,6 +52,20 @@ def _from_words(t, shape, dtype):
     return t if t.shape[-1] == shape[-1] else t[..., :shape[-1]]
 
 
+def _stored_value(var):
+    """The value of ``var`` in its own dtype: a Keras variable read inside a layer's call under
+    a mixed-precision policy is cast to the compute dtype (float16), which the factorizations
+    neither take nor should see."""
+    if not isinstance(var, keras.Variable):
+        return tf.convert_to_tensor(var)
+    try:
+        from keras.src.backend.common.variables import AutocastScope
+    except ImportError:  # pragma: no cover - another Keras layout
+        return tf.convert_to_tensor(var)
+    with AutocastScope(None):
+        return tf.convert_to_tensor(var)
+
+
 def _assign_local(var, value):
     """var.assign(value), and in a replica of a tf.distribute strategy: the replica's own copy.
     Every replica computes the same parts from the same (mirrored) A with deterministic ops, so
@@ -67,11 +81,14 @@ def _assign_local(var, value):
 
 class _Core:
     """The schedule's arithmetic over a matrix variable A, the parts' variables and a step
-    counter, shared by the layers and CompressedMatrix (which own the variables)."""
+    counter, shared by the layers and CompressedMatrix (which own the variables). ``shape``:
+    the (m, n) matrix the parts factorize, when the variable holds it in another shape (a
+    convolution's kernel (*kernel_size, c_in, c_out) through its (prod(...), c_out) view)."""
 
-    def __init__(self, plan, schedule, kernel, parts, step, signs=None):
+    def __init__(self, plan, schedule, kernel, parts, step, signs=None, shape=None):
         self.plan, self.schedule = plan, schedule
         self.kernel, self.parts, self.step = kernel, parts, step
+        self.shape = tuple(int(d) for d in (kernel.shape if shape is None else shape))
         # Sign bits: R @ S (m, n), fixed from the snapshot on (only the scales train), kept so
         # that no pass regenerates the projection R (m, k, k = 32 m / ratio: 16x A at 2x).
         self.signs = signs
@@ -80,7 +97,7 @@ class _Core:
         # their variable holds scale * k / sqrt(m), the magnitude of A's entries.
         self.gain = dict(plan.gains)
         if plan.kind == "sign_bits":
-            k, m = plan.parts["bits"][0][0], int(kernel.shape[0])
+            k, m = plan.parts["bits"][0][0], self.shape[0]
             self.gain["scale"] = k / np.sqrt(m)
         # Set by sync_trainable once the step counter is past the drop step (end_step): no
         # later step reads A (or trains the parts), so a graph traced from then on leaves out
@@ -88,6 +105,13 @@ class _Core:
         self.dropped = self.frozen = False
         # Set by sync once the snapshot has been taken: no calibration batch from then on.
         self.calibrated = False
+
+    def matrix(self, stored=False):
+        """A as the (m, n) matrix the parts factorize (a tensor); ``stored``: in the variable's
+        own dtype even inside a mixed-precision layer call (which reads it in the compute
+        dtype)."""
+        a = _stored_value(self.kernel) if stored else tf.convert_to_tensor(self.kernel)
+        return a if tuple(a.shape) == self.shape else tf.reshape(a, self.shape)
 
     def sync(self, t):
         """Records the phase of the step t to come; returns (A trainable, parts trainable)."""
@@ -128,7 +152,7 @@ class _Core:
         """The inputs as the (rows, m) calibration batch of the snapshot, or None."""
         if not self.plan.uses_inputs or inputs is None or self.calibrated:
             return None
-        m = int(self.kernel.shape[0])
+        m = self.shape[0]
         X = tf.reshape(tf.convert_to_tensor(inputs), [-1, m])
         # Every replica must factorize the same matrix from the same batch (each assigns its
         # own copy of the parts): the whole batch, gathered. A collective cannot run inside
@@ -140,7 +164,7 @@ class _Core:
         return X
 
     def _snapshot(self, X=None):
-        parts = self.plan.factorize(tf.convert_to_tensor(self.kernel), X)
+        parts = self.plan.factorize(self.matrix(stored=True), X)
         for name, var in self.parts.items():
             shape, dtype, _ = self.plan.parts[name]
             value = parts[name]
@@ -148,7 +172,7 @@ class _Core:
                 value = value * tf.constant(self.gain[name], value.dtype)
             _assign_local(var, _to_words(value, shape, dtype))
         if self.signs is not None:
-            m = int(self.kernel.shape[0])
+            m = self.shape[0]
             unit = {"kind": "sign_bits", **self.plan.static, "bits": parts["bits"],
                     "scale": tf.ones_like(parts["scale"])}
             _assign_local(self.signs, _ops.factored_rows(tf.range(m), unit))
@@ -187,10 +211,9 @@ class _Core:
         alpha = s.alpha(t, dtype)
         phase = tf.where(t < s.begin_step, 0, tf.where(alpha > 0, 1, 2))
         frozen = (t >= s.end_step) if s.end_step >= 0 else None
-        kernel = self.kernel
         return tf.switch_case(phase, [
-            lambda: dense_fn(tf.convert_to_tensor(kernel)),
-            lambda: alpha * dense_fn(tf.convert_to_tensor(kernel))
+            lambda: dense_fn(self.matrix()),
+            lambda: alpha * dense_fn(self.matrix())
             + (1 - alpha) * factored_fn(self.factors(frozen)),
             lambda: factored_fn(self.factors(frozen)),
         ])
@@ -245,8 +268,8 @@ class _CompressedLayer(keras.layers.Layer):
         # initial value.
         initial = getattr(self, "_source_kernel", None)
         if initial is None or tuple(initial.shape) != (m, n):
-            initial = tf.convert_to_tensor(self.kernel).numpy()
-        plan = _factorize.plan(self.compressor, (m, n), dtype, initial=initial,
+            initial = np.reshape(tf.convert_to_tensor(self.kernel).numpy(), (m, n))
+        plan = self._make_plan((m, n), dtype, initial,
                                calibrate=self.schedule.calibrate and takes_batch)
         self._parts = {}
         for name, (shape_, dt, trainable) in plan.parts.items():
@@ -261,7 +284,13 @@ class _CompressedLayer(keras.layers.Layer):
                                  initializer="zeros", trainable=False, autocast=False,
                                  aggregation="only_first_replica")
                  if plan.kind == "sign_bits" else None)
-        self._core = _Core(plan, self.schedule, self.kernel, self._parts, self.step, signs)
+        self._core = _Core(plan, self.schedule, self.kernel, self._parts, self.step, signs,
+                           shape=(m, n))
+
+    def _make_plan(self, shape, dtype, initial, calibrate):
+        """The :class:`matcompress.tf.factorize.Plan` of the layer's compressor."""
+        return _factorize.plan(self.compressor, shape, dtype, initial=initial,
+                               calibrate=calibrate)
 
     @property
     def plan(self):
@@ -404,11 +433,17 @@ class CompressedEmbedding(_Lookup, _CompressedLayer):
 
 # ---- any layer with a 2-D kernel -------------------------------------------------------------
 
+def _is_conv(layer):
+    """A Keras Conv1D, Conv2D or Conv3D (or a subclass): its kernel (*kernel_size, c_in /
+    groups, filters) is compressed through its 2-D view (see :mod:`matcompress.tf.conv`)."""
+    return isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D))
+
+
 def _kernel_slot(layer, path):
     """(owner, attribute name, variable) of the 2-D kernel that ``layer`` reaches through the
     dotted attribute ``path`` (say "kernel" or "cell.kernel"): the attribute of the owner that
     holds the variable itself (Keras' Dense reads ``self.kernel`` through a property over
-    ``_kernel``)."""
+    ``_kernel``). A convolution's ``kernel`` may have any rank (its 2-D view is compressed)."""
     owner = layer
     *outer, last = path.split(".")
     for name in outer:
@@ -420,9 +455,11 @@ def _kernel_slot(layer, path):
     if not isinstance(var, (keras.Variable, tf.Variable)):
         raise TypeError(f"layer {layer.name!r} of type {type(layer).__name__} has no weight "
                         f"variable {path!r} (after build)")
-    if len(var.shape) != 2:
+    if len(var.shape) != 2 and not (path == "kernel" and _is_conv(layer)):
         raise TypeError(f"layer {layer.name!r} of type {type(layer).__name__}: its {path} of "
-                        f"shape {tuple(var.shape)} is not 2-D")
+                        f"shape {tuple(var.shape)} is not 2-D (of the N-D kernels, only "
+                        "those of Conv1D, Conv2D and Conv3D are compressed, through their "
+                        "2-D view)")
     for name, value in vars(owner).items():
         if value is var:
             return owner, name, var
@@ -511,7 +548,7 @@ class CompressedKernel(_CompressedLayer, _KernelWrapper):
         return getattr(owner, slot)
 
     def call(self, inputs, training=None, mask=None):
-        m = int(self._core.kernel.shape[0])
+        m = self._core.shape[0]
         batch = inputs if self._core.plan.uses_inputs else None
         w = self._core.apply(bool(training), lambda A: A,
                              lambda f: _ops.factored_rows(tf.range(m), f),
@@ -805,10 +842,12 @@ class FactoredKernel(_FactoredLayer, _KernelWrapper):
     def build(self, input_shape=None):
         keras.layers.Wrapper.build(self, input_shape)
         var = self._locate()
-        if tuple(int(d) for d in var.shape) != self.shape:
+        if self._matrix_shape(var.shape) != self.shape:
             raise ValueError(f"layer {self.layer.name!r}: its {self.kernel_attr} of shape "
                              f"{tuple(var.shape)} does not match the factorization's "
                              f"{self.shape}")
+        # Held below Keras' tracking (a plain tuple of ints).
+        object.__setattr__(self, "_kernel_shape", tuple(int(d) for d in var.shape))
         owner, slot = self._slot
         owner._tracker.untrack(var)
         object.__setattr__(owner, slot, None)
@@ -818,6 +857,11 @@ class FactoredKernel(_FactoredLayer, _KernelWrapper):
             object.__setattr__(owner, method,
                                types.MethodType(getattr(keras.layers.Layer, method), owner))
         self._build_parts()
+
+    @staticmethod
+    def _matrix_shape(kernel_shape):
+        """The factorized matrix's shape for a kernel of ``kernel_shape``."""
+        return tuple(int(d) for d in kernel_shape)
 
     def call(self, inputs, training=None, mask=None):
         w = _ops.factored_rows(tf.range(self.shape[0]), self.factors())
