@@ -244,6 +244,9 @@ BUILTIN_PARAMS = {
     "composite": dict(compressors=["low_rank", "kmeans"], compression_ratio=2.5,
                       random_state=0),
     "auto": dict(compression_ratio=4, random_state=0),
+    "block": dict(compression_ratio=2),
+    "mixed_block": dict(compression_ratio=2),
+    "input_output": dict(compression_ratio=2),
 }
 
 

@@ -321,8 +321,10 @@ def test_select_mask_against_the_greedy_reference(pattern, mb, nb, seed, frac_de
     sch = mctf.PruningSchedule(0, 2, 1, 0.0, 0.75 if pattern == "n:m" else 0.5,
                                pattern=pattern, **kw)
     scores = rng.random(shape)
-    if ties:  # few distinct values: the tie rule decides
-        scores = np.round(scores * 3) / 3
+    if ties:  # few distinct values: the tie rule decides (integers, so that block sums are
+        # exact whatever the order of summation: thirds summed in another order can differ in
+        # the last bit and turn a tie into an order)
+        scores = np.round(scores * 3)
     # a valid earlier mask (at most M - N pruned per N:M group) whose pruned units get the
     # HIGHEST scores: only the monotone rule keeps them pruned
     total, most = _units(shape, pattern, block)

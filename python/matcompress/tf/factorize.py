@@ -346,6 +346,8 @@ def _numpy_plan(c, m, n, dtype, initial, calibrate=False):
         args = [A] if X is None else [A, tf.cast(tf.reshape(X, [-1, m]), A.dtype)]
         outs = tf.numpy_function(run, args, [tf.as_dtype(parts[k][1]) for k in names],
                                  stateful=False)
+        if not isinstance(outs, (list, tuple)):  # one part (dense diagonal blocks): a tensor
+            outs = [outs]
         return dict(zip(names, outs))
 
     return Plan(c, kind, parts, static, fn, in_graph=False, uses_inputs=calibrate,
