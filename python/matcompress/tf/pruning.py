@@ -86,9 +86,12 @@ class PruningSchedule:
         What ranks the weights at an update (blocks: the sum over the block).
 
         - ``"magnitude"``: ``|w|``.
-        - ``"taylor"``: ``|w * mean(g)|``, first-order Taylor (Molchanov et al. 2017), ``g``
-          the loss gradient of the weight (of ``W * mask``) in each backward pass through the
-          layer since the last update, averaged.
+        - ``"taylor"``: ``|w| * mean(|g|)``, first-order Taylor (Molchanov et al. 2017): the
+          loss change ``|w g|`` of removing the weight, averaged over each backward pass
+          through the layer since the last update (``g`` the gradient of ``W * mask``; ``w`` at
+          its current value). The absolute value is taken per pass: the mean gradient of a
+          converged weight is near zero and noisy (``|w * mean(g)|`` kept 74.7 % accuracy at 97 %
+          sparsity where this keeps 89.0 %, docs/decisions.md).
         - ``"fisher"``: ``w**2 * mean(g**2)``, the diagonal empirical Fisher estimate of the
           loss increase (second-order, OBD with the Fisher for the Hessian), the mean over the
           same gradients.
@@ -416,7 +419,7 @@ class _Core:
         count = tf.convert_to_tensor(self.grad_count)
         denom = tf.cast(tf.maximum(count, 1), w.dtype)
         if self.schedule.score == "taylor":
-            score = tf.abs(w * (tf.convert_to_tensor(self.grad_sum) / denom))
+            score = tf.abs(w) * (tf.convert_to_tensor(self.grad_sum) / denom)
         else:
             score = tf.square(w) * (tf.convert_to_tensor(self.grad_sq_sum) / denom)
         return tf.where(count > 0, score, magnitude)
@@ -467,8 +470,8 @@ class _Core:
         return w * mask
 
     def _record(self, g):
-        if self.grad_sum is not None:
-            self.grad_sum.assign_add(tf.cast(g, self.grad_sum.dtype))
+        if self.grad_sum is not None:  # Taylor: the sum of |g|
+            self.grad_sum.assign_add(tf.cast(tf.abs(g), self.grad_sum.dtype))
         if self.grad_sq_sum is not None:
             self.grad_sq_sum.assign_add(tf.cast(tf.square(g), self.grad_sq_sum.dtype))
         self.grad_count.assign_add(1)
