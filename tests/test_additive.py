@@ -386,14 +386,14 @@ def test_codebook_bytes_and_decoding(rng, dtype, axis, m, nb, b, M, K):
 def tiles(request, monkeypatch):
     """The decode tiles as built (2^20 weights) or forced down to 2 rows each."""
     if request.param is not None:
-        monkeypatch.setattr(additive, "_TILE_VALUES", 2 * 12)  # n = 12 in the tests below
+        monkeypatch.setattr(mc.quant, "_TILE_VALUES", 2 * 12)  # n = 12 in the tests below
     return request.param
 
 
 def test_codebook_tiles_decode_alike(rng, dtype, axis, monkeypatch):
     f, _ = make_codebook(rng, 7, 4, 3, 2, 16, axis, dtype)
     whole, y_whole = f.to_dense(), f.matmul(np.eye(7, dtype=dtype))
-    monkeypatch.setattr(additive, "_TILE_VALUES", 12)  # one row per tile
+    monkeypatch.setattr(mc.quant, "_TILE_VALUES", 12)  # one row per tile (quant._row_blocks)
     np.testing.assert_array_equal(f.to_dense(), whole)
     np.testing.assert_array_equal(f.dense_rows(2, 5), whole[2:5])
     np.testing.assert_allclose(f.matmul(np.eye(7, dtype=dtype)), y_whole,

@@ -34,11 +34,10 @@ from ._validation import (check_array, check_float, check_inputs, check_int, che
                           check_random_state)
 from .compressors import MatrixCompressor, _check_ratio, _unreachable, input_moments
 from .factors import Factorization, _float_array, _freeze
-from .quant import _F16_MAX, _packed_width, pack_bits, unpack_bits
+from .quant import _F16_MAX, _DecodedTiles, _packed_width, _row_blocks, pack_bits, unpack_bits
 
 __all__ = ["AdditiveCodebook", "AdditiveCompressor", "additive_encode"]
 
-_TILE_VALUES = 1 << 20  # decoded weights per tile of the products
 _DENSE_REFIT = 1024     # M * K up to which the codebook refit solves the normal equations
 _F16_TINY = 2.0 ** -24
 _POINTS_PER_CODE = 256  # residual training fits each codebook to at most 256 K points
@@ -118,7 +117,7 @@ def additive_encode(X, codebooks, *, init=None, beam_size=8, ordered=False, retu
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
-class AdditiveCodebook(Factorization):
+class AdditiveCodebook(_DecodedTiles, Factorization):
     """W[i, j*b:(j+1)*b] ~ scale * sum_t codebooks[t, code[i, j, t]].
 
     ``codebooks`` (M, K, b) in the dtype of W. ``codes`` (m, ceil(n / b * M * bits / 8)) uint8:
@@ -228,30 +227,7 @@ class AdditiveCodebook(Factorization):
         s = self._scale_tile(self._as("scales", dtype), start, stop)
         return codes, d, s, d * s
 
-    def _blocks(self):
-        return _row_blocks(self.shape[0], self.n_cols)
-
-    def to_dense(self):
-        return self._dense_rows(0, self.shape[0])
-
-    def _dense_rows(self, start, stop):
-        out = np.empty((stop - start, self.n_cols), self.dtype)
-        for a, z in _row_blocks(stop - start, self.n_cols):
-            out[a:z] = self._tile(start + a, start + z, self.dtype)[3]
-        return out
-
     trainable_fields: ClassVar[tuple[str, ...]] = ("codebooks", "scales")
-
-    def _matmul(self, x):
-        # Tiles of about 2^20 decoded weights; x[:, rows] @ tile by BLAS, accumulated.
-        y = None
-        for a, z in self._blocks():
-            part = x[:, a:z] @ self._tile(a, z, x.dtype)[3]
-            if y is None:
-                y = part
-            else:
-                y += part
-        return y
 
     def _backward(self, x, dy, need_dx, need_grads):
         m, n = self.shape
@@ -280,11 +256,6 @@ class AdditiveCodebook(Factorization):
         if not need_grads:
             return dx, {}
         return dx, {"codebooks": dcb.astype(ct), "scales": dsc.astype(ct)}
-
-
-def _row_blocks(rows, n):
-    step = max(1, _TILE_VALUES // max(1, n))
-    return [(s, min(rows, s + step)) for s in range(0, rows, step)]
 
 
 _factors._KINDS[AdditiveCodebook.kind] = AdditiveCodebook

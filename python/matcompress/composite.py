@@ -36,8 +36,8 @@ import numpy as np
 from ._validation import check_array, check_float, check_int
 from .compressors import (MatrixCompressor, PruningCompressor, _check_matrix, _check_ratio,
                           _unreachable, get)
-from .factors import (_KINDS, Codebook, Factorization, LowRank, Pruned, decode_fields,
-                      index_dtype)
+from .factors import (_KINDS, Codebook, Factorization, LowRank, Pruned, _decode_parts,
+                      _encode_parts, index_dtype)
 
 __all__ = ["Sum", "LowRankResidualCompressor", "OutlierCompressor", "PruneQuantizeCompressor",
            "CompositeCompressor", "DEFAULT_QUANTIZER", "DEFAULT_RANK_SHARE"]
@@ -142,35 +142,11 @@ class Sum(Factorization):
         return dx, grads
 
     def _encode_fields(self):
-        out = {}
-        for i, p in enumerate(self.parts):
-            out[f"p{i}/__kind__"] = np.asarray(p.kind)
-            out.update({f"p{i}/{name}": a for name, a in p._encode_fields().items()})
-        return out
+        return _encode_parts(self.parts)
 
     @classmethod
     def _decode_fields(cls, names, read, where):
-        names = set(names)
-        parts = []
-        while f"p{len(parts)}/__kind__" in names:
-            i = len(parts)
-            prefix = f"p{i}/"
-            try:
-                kind = read(prefix + "__kind__")
-            except ValueError as exc:
-                raise ValueError(f"{where}: field {prefix + '__kind__'!r} cannot be read: "
-                                 f"{exc}") from None
-            if kind.dtype.kind != "U" or kind.ndim != 0:
-                raise ValueError(f"{where}: malformed 'sum': {prefix + '__kind__'!r} is not a "
-                                 "string")
-            sub = {n[len(prefix):] for n in names if n.startswith(prefix)} - {"__kind__"}
-            parts.append(decode_fields(str(kind), sub, lambda f, prefix=prefix: read(prefix + f),
-                                       f"{where}, part {i}"))
-        stray = sorted(n for n in names if re.match(r"p\d+/", n)
-                       and int(n[1:n.index("/")]) >= len(parts))
-        if stray:
-            raise ValueError(f"{where}: fields of 'sum' missing or unknown: {stray} belong to no "
-                             f"part (parts 0 to {len(parts) - 1} have a kind)")
+        parts = _decode_parts(names, read, where, "sum")
         try:
             return cls(tuple(parts))
         except (TypeError, ValueError) as exc:

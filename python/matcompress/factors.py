@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import os
+import re
 from typing import ClassVar
 
 import numpy as np
@@ -790,6 +791,43 @@ def encode_fields(factorization) -> dict:
     seed as 0-d arrays, absent optional fields left out). :func:`decode_fields` inverts it;
     :mod:`matcompress.archive` writes many factorizations' fields into one file with it."""
     return factorization._encode_fields()
+
+
+def _encode_parts(parts):
+    """The fields of several factorizations stored together: part i's kind as ``p<i>/__kind__``
+    and its fields as ``p<i>/<field>`` (:class:`matcompress.composite.Sum`, the compressed
+    blocks of :class:`matcompress.structural.BlockDiagonal`)."""
+    out = {}
+    for i, p in enumerate(parts):
+        out[f"p{i}/__kind__"] = np.asarray(p.kind)
+        out.update({f"p{i}/{name}": a for name, a in p._encode_fields().items()})
+    return out
+
+
+def _decode_parts(names, read, where, what):
+    """The parts stored as ``p<i>/...`` (as :class:`matcompress.composite.Sum` stores them)."""
+    names = set(names)
+    parts = []
+    while f"p{len(parts)}/__kind__" in names:
+        i = len(parts)
+        prefix = f"p{i}/"
+        try:
+            kind = read(prefix + "__kind__")
+        except ValueError as exc:
+            raise ValueError(f"{where}: field {prefix + '__kind__'!r} cannot be read: "
+                             f"{exc}") from None
+        if kind.dtype.kind != "U" or kind.ndim != 0:
+            raise ValueError(f"{where}: malformed {what!r}: {prefix + '__kind__'!r} is not a "
+                             "string")
+        sub = {n[len(prefix):] for n in names if n.startswith(prefix)} - {"__kind__"}
+        parts.append(decode_fields(str(kind), sub, lambda f, prefix=prefix: read(prefix + f),
+                                   f"{where}, part {i}"))
+    stray = sorted(n for n in names if re.match(r"p\d+/", n)
+                   and int(n[1:n.index("/")]) >= len(parts))
+    if stray:
+        raise ValueError(f"{where}: fields of {what!r} missing or unknown: {stray} belong to no "
+                         "part")
+    return parts
 
 
 def decode_fields(kind, names, read, where) -> Factorization:

@@ -209,8 +209,37 @@ def _ceil_div(a, b):
     return -(-a // b)
 
 
+class _DecodedTiles:
+    """Dense rows and ``x @ W`` of a form decoded in tiles of rows of about 2^20 weights (never
+    the whole W): ``_tile(start, stop, dtype)`` returns a tuple whose last item is rows
+    [start, stop) of W in ``dtype``; ``n_cols`` is n."""
+
+    def _blocks(self):
+        return _row_blocks(self.shape[0], self.n_cols)
+
+    def to_dense(self):
+        return self._dense_rows(0, self.shape[0])
+
+    def _dense_rows(self, start, stop):
+        out = np.empty((stop - start, self.n_cols), self.dtype)
+        for a, b in _row_blocks(stop - start, self.n_cols):
+            out[a:b] = self._tile(start + a, start + b, self.dtype)[-1]
+        return out
+
+    def _matmul(self, x):
+        # x[:, rows] @ tile by BLAS, accumulated.
+        y = None
+        for a, b in self._blocks():
+            part = x[:, a:b] @ self._tile(a, b, x.dtype)[-1]
+            if y is None:
+                y = part
+            else:
+                y += part
+        return y
+
+
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
-class ScaledCodebook(Factorization):
+class ScaledCodebook(_DecodedTiles, Factorization):
     """W[i, j] ~ scales[g(i, j)] * codebook[book(i, j), code[i, j]].
 
     ``channel_axis=1`` (Keras kernels, ``x @ W``): a channel is a column; ``scales`` has shape
@@ -348,30 +377,7 @@ class ScaledCodebook(Factorization):
         s = self._scale_tile(self._as("scales", dtype), start, stop)
         return values, flat, s, values * s
 
-    def _blocks(self):
-        return _row_blocks(self.shape[0], self.n_cols)
-
-    def to_dense(self):
-        return self._dense_rows(0, self.shape[0])
-
-    def _dense_rows(self, start, stop):
-        out = np.empty((stop - start, self.n_cols), self.dtype)
-        for a, b in _row_blocks(stop - start, self.n_cols):
-            out[a:b] = self._tile(start + a, start + b, self.dtype)[3]
-        return out
-
     trainable_fields: ClassVar[tuple[str, ...]] = ("codebook", "scales")
-
-    def _matmul(self, x):
-        # Tiles of about 2^20 decoded weights; x[:, rows] @ tile by BLAS, accumulated.
-        y = None
-        for a, b in self._blocks():
-            part = x[:, a:b] @ self._tile(a, b, x.dtype)[3]
-            if y is None:
-                y = part
-            else:
-                y += part
-        return y
 
     def _backward(self, x, dy, need_dx, need_grads):
         m, n = self.shape

@@ -46,7 +46,8 @@ import scipy.linalg
 from ._validation import check_array, check_float, check_inputs, check_int, check_random_state
 from .compressors import (MatrixCompressor, _check_ratio, _row_weights, _unreachable,
                           input_moments)
-from .factors import _KINDS, Factorization, _float_array, _freeze, decode_fields
+from .factors import (_KINDS, Factorization, _decode_parts, _encode_parts, _float_array,
+                      _freeze)
 
 __all__ = ["BlockDiagonal", "MixedBlock", "InputOutput", "BlockDiagonalCompressor",
            "MixedBlockCompressor", "InputOutputCompressor", "block_splits",
@@ -108,40 +109,6 @@ def _parts_field(parts, name, what):
     if head != "parts" or not index.isdigit() or int(index) >= len(parts) or not rest:
         raise KeyError(f"{name!r} names no field of a part of this {what}")
     return parts[int(index)]._field(rest)
-
-
-def _encode_parts(parts):
-    out = {}
-    for i, p in enumerate(parts):
-        out[f"p{i}/__kind__"] = np.asarray(p.kind)
-        out.update({f"p{i}/{name}": a for name, a in p._encode_fields().items()})
-    return out
-
-
-def _decode_parts(names, read, where, what):
-    """The parts stored as ``p<i>/...`` (as :class:`matcompress.composite.Sum` stores them)."""
-    names = set(names)
-    parts = []
-    while f"p{len(parts)}/__kind__" in names:
-        i = len(parts)
-        prefix = f"p{i}/"
-        try:
-            kind = read(prefix + "__kind__")
-        except ValueError as exc:
-            raise ValueError(f"{where}: field {prefix + '__kind__'!r} cannot be read: "
-                             f"{exc}") from None
-        if kind.dtype.kind != "U" or kind.ndim != 0:
-            raise ValueError(f"{where}: malformed {what!r}: {prefix + '__kind__'!r} is not a "
-                             "string")
-        sub = {n[len(prefix):] for n in names if n.startswith(prefix)} - {"__kind__"}
-        parts.append(decode_fields(str(kind), sub, lambda f, prefix=prefix: read(prefix + f),
-                                   f"{where}, part {i}"))
-    stray = sorted(n for n in names if re.match(r"p\d+/", n)
-                   and int(n[1:n.index("/")]) >= len(parts))
-    if stray:
-        raise ValueError(f"{where}: fields of {what!r} missing or unknown: {stray} belong to no "
-                         "part")
-    return parts
 
 
 def _read_int(read, name, where, what):

@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from .._validation import check_float, check_int
 from .layers import _PACKAGE, _assign_local, _KernelWrapper
+from .schedule import _Configured
 
 __all__ = ["PruningSchedule", "PruningKernel", "PruningMatrix"]
 
@@ -44,7 +45,7 @@ def _int_pair(value, name, what):
     return tuple(check_int(v, name, min_value=1) for v in value)
 
 
-class PruningSchedule:
+class PruningSchedule(_Configured):
     """Gradual pruning on the polynomial ramp of Zhu & Gupta (2017), for
     :func:`matcompress.tf.apply_compression` (in place of a :class:`CompressionSchedule`).
 
@@ -274,19 +275,6 @@ class PruningSchedule:
                 "block_shape": None if self.block_shape is None else list(self.block_shape),
                 "n_m": None if self.n_m is None else list(self.n_m),
                 "sparsity_map": dict(self.sparsity_map) or None}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return type(other) is type(self) and other.get_config() == self.get_config()
-
-    __hash__ = None
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"PruningSchedule({args})"
 
 
 def is_pruning_schedule(schedule):
@@ -692,4 +680,3 @@ class PruningMatrix(_PruningFace, tf.Module):
     @property
     def trainable_variables(self):
         return (self.kernel,)
-

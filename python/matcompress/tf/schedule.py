@@ -10,7 +10,24 @@ import tensorflow as tf
 from .._validation import check_float, check_int
 
 
-class CompressionSchedule:
+class _Configured:
+    """``from_config``, equality and ``repr`` from a schedule's ``get_config()``."""
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return type(other) is type(self) and other.get_config() == self.get_config()
+
+    __hash__ = None
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class CompressionSchedule(_Configured):
     """The phases of a compressed matrix, counted in training steps (calls with
     ``training=True``; step t is the t-th such call, from 0).
 
@@ -87,16 +104,3 @@ class CompressionSchedule:
         return {"begin_step": self.begin_step, "end_step": self.end_step,
                 "update_every": self.update_every, "alpha_decrement": self.alpha_decrement,
                 "calibrate": self.calibrate}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return type(other) is type(self) and other.get_config() == self.get_config()
-
-    __hash__ = None
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"CompressionSchedule({args})"
