@@ -186,10 +186,6 @@ class AdditiveCodebook(_DecodedTiles, Factorization):
         object.__setattr__(self, "channel_axis", axis)
         _freeze(self, codes=codes, codebooks=cb, scales=scales)
 
-    @property
-    def shape(self):
-        return (self.codes.shape[0], self.n_cols)
-
     dtype = property(lambda self: self.codebooks.dtype)
     n_codebooks = property(lambda self: self.codebooks.shape[0])
     n_codes = property(lambda self: self.codebooks.shape[1])
@@ -199,12 +195,6 @@ class AdditiveCodebook(_DecodedTiles, Factorization):
     @property
     def nbytes(self):
         return int(self.codes.nbytes + self.codebooks.nbytes + self.scales.nbytes)
-
-    @property
-    def bits_per_weight(self):
-        """Stored bits per weight, codebooks and scales included."""
-        m, n = self.shape
-        return 8 * self.nbytes / (m * n)
 
     def unpacked_codes(self, start=0, stop=None):
         """Codes of rows [start, stop) as an (rows, n / b, M) integer array."""

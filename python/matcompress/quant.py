@@ -212,7 +212,17 @@ def _ceil_div(a, b):
 class _DecodedTiles:
     """Dense rows and ``x @ W`` of a form decoded in tiles of rows of about 2^20 weights (never
     the whole W): ``_tile(start, stop, dtype)`` returns a tuple whose last item is rows
-    [start, stop) of W in ``dtype``; ``n_cols`` is n."""
+    [start, stop) of W in ``dtype``; ``n_cols`` is n and ``codes`` has a row per row of W."""
+
+    @property
+    def shape(self):
+        return (self.codes.shape[0], self.n_cols)
+
+    @property
+    def bits_per_weight(self):
+        """Stored bits per weight, codebooks and scales included."""
+        m, n = self.shape
+        return 8 * self.nbytes / (m * n)
 
     def _blocks(self):
         return _row_blocks(self.shape[0], self.n_cols)
@@ -319,10 +329,6 @@ class ScaledCodebook(_DecodedTiles, Factorization):
         object.__setattr__(self, "channel_axis", axis)
         _freeze(self, codes=codes, codebook=codebook, scales=scales)
 
-    @property
-    def shape(self):
-        return (self.codes.shape[0], self.n_cols)
-
     dtype = property(lambda self: self.codebook.dtype)
     n_books = property(lambda self: self.codebook.shape[0])
     n_codes = property(lambda self: self.codebook.shape[1])
@@ -331,12 +337,6 @@ class ScaledCodebook(_DecodedTiles, Factorization):
     @property
     def nbytes(self):
         return int(self.codes.nbytes + self.codebook.nbytes + self.scales.nbytes)
-
-    @property
-    def bits_per_weight(self):
-        """Stored bits per weight, codebook and scales included."""
-        m, n = self.shape
-        return 8 * self.nbytes / (m * n)
 
     def unpacked_codes(self, start=0, stop=None):
         """Codes of rows [start, stop) as an (rows, n) integer array."""
