@@ -279,6 +279,10 @@ def test_dense_trains_strips_and_reloads(method, params, kind, tmp_path):
     back = keras.models.load_model(tmp_path / "s.keras")
     np.testing.assert_array_equal(back.predict(X, verbose=0), y)
     assert back.layers[0].factorization() == f
+    # SavedModel of the stripped model: the factors' product served without Keras
+    stripped.export(str(tmp_path / "saved"), verbose=False)
+    served = tf.saved_model.load(str(tmp_path / "saved"))
+    assert_close(served.serve(tf.constant(X, tf.float32)).numpy(), y, 1e-6)
 
 
 def test_compressed_model_round_trip(tmp_path):
