@@ -31,36 +31,15 @@ except ImportError:  # run as a script
     import omp as _ob
     from tf_ops import _routes_table, bench_main
 
-from matcompress.benchmark.tf_step import SEED, make_compressor, step_fn
+from matcompress.benchmark.tf_step import CONV_FORMS as FORMS
+from matcompress.benchmark.tf_step import SEED, conv_step_routes
 
 RATIO = 4
-FORMS = (("kmeans", "reconstructed"), ("low_rank", "reconstructed"),
-         ("pruning", "reconstructed"), ("simhash", "reconstructed"),
-         ("dictionary", "reconstructed"), ("low_rank", "rank_reduced"))
 
 
 def conv_routes(hw, c_in, c_out, batch, rng, forms=FORMS, ratio=RATIO):
     """Routes {name: one train step}: keras Conv2D first, then each compressed form."""
-    import keras
-    import tensorflow as tf
-
-    import matcompress.tf as mctf
-
-    schedule = mctf.CompressionSchedule(begin_step=0, alpha_decrement=1.0)
-    x = tf.constant(rng.standard_normal((batch, hw, hw, c_in)).astype(np.float32))
-    y = tf.constant(rng.standard_normal((batch, hw, hw, c_out)).astype(np.float32))
-    dense = keras.Sequential([keras.Input((hw, hw, c_in)),
-                              keras.layers.Conv2D(c_out, 3, padding="same")])
-    routes = {"keras Conv2D": lambda s=step_fn(dense, dense.trainable_variables): s(x, y)}
-    for name, form in forms:
-        model = mctf.apply_compression(dense, make_compressor(name, ratio), schedule=schedule,
-                                       conv_form=form)
-        layer = model.layers[0]
-        step_fn(model, model.trainable_variables)(x, y)  # the snapshot
-        layer.sync_trainable()
-        step = step_fn(model, model.trainable_variables)
-        routes[f"CompressedConv, {name}, {form}"] = lambda s=step: s(x, y)
-    return routes
+    return conv_step_routes(hw, c_in, c_out, batch, rng, forms=forms, ratio=ratio)
 
 
 def run(quick=False, rounds=5, wait_idle=60.0, out=print):

@@ -20,9 +20,13 @@ and trains the factors alone for the remaining epochs
 (:class:`~matcompress.tf.CompressionSchedule`, :class:`~matcompress.tf.CompressionCallback`);
 the stripped model (factors only; convolutions as :class:`~matcompress.tf.conv.FactoredConv`) is
 evaluated. The CNN also gets "rank_reduced" rows: low rank, its convolutions computed as a
-convolution to ``rank`` filters and a 1x1 projection. The dense model is also trained for the
-same extra epochs ("dense+N"); the reference for the targets is the better of its two scores, so
-that a compressed model is credited neither with its extra training nor with a bad restart.
+convolution to ``rank`` filters and a 1x1 projection. The full demo adds, on the digits models,
+the structural forms ("block", "mixed_block", "input_output") and "gradual_pruning" (a
+:class:`~matcompress.tf.PruningSchedule` to ``1 - 1/ratio`` sparsity during the fine-tuning;
+the CNN's convolution stays dense there) at :data:`NEW_FORM_RATIOS`. The dense model is also
+trained for the same extra epochs ("dense+N"); the reference for the targets is the better of its
+two scores, so that a compressed model is credited neither with its extra training nor with a
+bad restart.
 """
 
 from __future__ import annotations
@@ -47,6 +51,14 @@ MIN_WEIGHTS = 16384  # matrices smaller than this stay dense
 MIN_CONV_WEIGHTS = 4096
 #: Rows that only some models get: low rank with the convolutions rank-reduced.
 CONV_METHODS = ("rank_reduced",)
+#: The structural forms (docs/decisions.md, "Structural forms") and gradual pruning: the
+#: layers pruned by a :class:`~matcompress.tf.PruningSchedule` to ``1 - 1/ratio`` sparsity
+#: over the first half of the fine-tuning (magnitude scores), counted as the CSR form of the
+#: kept weights (so about half the asked ratio: a value and a column index per weight).
+STRUCTURAL = ("block", "mixed_block", "input_output")
+NEW_FORMS = STRUCTURAL + ("gradual_pruning",)
+#: The new forms' ratios in the full demo (every model but the LSTM; the quick demo has none).
+NEW_FORM_RATIOS = (4, 8)
 
 
 # ---- data -------------------------------------------------------------------------------------
@@ -116,6 +128,7 @@ def _lstm(vocab, seq_len):
 
 def _compressor(method, ratio, seed):
     from .. import compressors as C
+    from .. import structural as S
 
     if method in ("auto", "auto+X"):
         return C.get("auto", compression_ratio=ratio, random_state=seed)
@@ -127,6 +140,12 @@ def _compressor(method, ratio, seed):
         return C.DictionaryCompressor(compression_ratio=ratio, max_iter=5, random_state=seed)
     if method == "pruning":
         return C.PruningCompressor(compression_ratio=ratio)
+    if method == "block":
+        return S.BlockDiagonalCompressor(compression_ratio=ratio, random_state=seed)
+    if method == "mixed_block":
+        return S.MixedBlockCompressor(compression_ratio=ratio)
+    if method == "input_output":
+        return S.InputOutputCompressor(compression_ratio=ratio)
     return C.SimhashCompressor(compression_ratio=ratio, random_state=seed)
 
 
@@ -142,21 +161,31 @@ def _large(layer):
     return False
 
 
+def _large_matrix(layer):
+    """The large Dense and Embedding matrices: what the "gradual_pruning" rows prune
+    (:class:`~matcompress.tf.pruning.PruningKernel` takes 2-D kernels only, so a CNN's
+    convolution stays dense in those rows)."""
+    return _large(layer) and not hasattr(layer, "kernel_size")
+
+
 class Task:
     """One model on its data: how to build, train and score it."""
 
     def __init__(self, name, build, data, loss, metric, epochs, finetune, batch_size,
-                 has_convs=False):
+                 has_convs=False, run_eagerly=False):
         self.name, self.build, self.data = name, build, data
         self.loss, self.metric = loss, metric  # metric: "accuracy" or "perplexity"
         self.epochs, self.finetune, self.batch_size = epochs, finetune, batch_size
         self.has_convs = has_convs  # the CONV_METHODS rows apply
+        # eager training and scoring: no tracing, for runs of a few steps (tests)
+        self.run_eagerly = run_eagerly
 
     def compile(self, model, lr=1e-3):
         import keras
 
         model.compile(keras.optimizers.Adam(lr), self.loss,
-                      metrics=["accuracy"] if self.metric == "accuracy" else [])
+                      metrics=["accuracy"] if self.metric == "accuracy" else [],
+                      run_eagerly=self.run_eagerly)
 
     def score(self, model):
         Xte, yte = self.data[2], self.data[3]
@@ -204,9 +233,25 @@ def _has_factored(model):
                for layer in model._flatten_layers(include_self=False))
 
 
-def run_task(task, methods=METHODS, ratios=RATIOS, seed=0, progress=None, searches=None):
-    """Rows (dicts) for the dense model, every method x ratio, and every search (``searches``:
-    method -> its ratios; "auto+X" calibrates on the snapshot's batch)."""
+def gradual_schedule(task, ratio):
+    """The "gradual_pruning" rows' schedule: magnitude pruning from 0 to ``1 - 1/ratio``
+    sparsity on Zhu & Gupta's ramp over the first half of the fine-tuning, the mask updated
+    every quarter epoch, held for the second half."""
+    from .pruning import PruningSchedule
+
+    steps = math.ceil(len(task.data[0]) / task.batch_size)
+    end = max(1, task.finetune * steps // 2)
+    return PruningSchedule(0, end, max(1, min(steps // 4, end)), 0.0, 1.0 - 1.0 / ratio)
+
+
+def run_task(task, methods=METHODS, ratios=RATIOS, seed=0, progress=None, searches=None,
+             forms=None):
+    """Rows (dicts) for the dense model, every method x ratio, every search (``searches``:
+    method -> its ratios; "auto+X" calibrates on the snapshot's batch) and every new form
+    (``forms``: method of :data:`NEW_FORMS` -> its ratios; "rank_reduced" rows come with
+    ``task.has_convs``). A row records the score, the stripped model's bytes ("bytes"), the
+    compressed matrices' stored bytes ("matrix_bytes") and dense bytes ("dense_matrix_bytes";
+    "achieved" is their ratio) and the fine-tuning's seconds."""
     import keras
 
     from .compression import CompressionCallback, apply_compression, strip_compression
@@ -223,7 +268,8 @@ def run_task(task, methods=METHODS, ratios=RATIOS, seed=0, progress=None, search
     big = sum(int(np.prod(layer.weights[0].shape)) * 4
               for layer in dense._flatten_layers(include_self=False) if _large(layer))
     rows = [{"task": task.name, "method": "dense", "ratio": 1, "score": task.score(dense),
-             "bytes": total, "matrix_bytes": big, "achieved": 1.0, "time": dense_time}]
+             "bytes": total, "matrix_bytes": big, "dense_matrix_bytes": big, "achieved": 1.0,
+             "time": dense_time}]
     # The reference: the dense model trained for the same extra epochs as each compressed one
     # (which would otherwise be credited with that training).
     keras.utils.set_random_seed(seed)
@@ -234,7 +280,7 @@ def run_task(task, methods=METHODS, ratios=RATIOS, seed=0, progress=None, search
     more.fit(Xtr, ytr, epochs=task.finetune, batch_size=task.batch_size, verbose=0)
     rows.append({"task": task.name, "method": f"dense+{task.finetune}", "ratio": 1,
                  "score": task.score(more), "bytes": total, "matrix_bytes": big,
-                 "achieved": 1.0, "time": time.perf_counter() - t0})
+                 "dense_matrix_bytes": big, "achieved": 1.0, "time": time.perf_counter() - t0})
     if progress:
         progress()
     steps = math.ceil(len(Xtr) / task.batch_size)
@@ -248,15 +294,20 @@ def run_task(task, methods=METHODS, ratios=RATIOS, seed=0, progress=None, search
     if task.has_convs:
         runs += [(m, r) for m in CONV_METHODS for r in ratios]
     runs += [(m, r) for m, rs in (searches or {}).items() for r in rs]
+    runs += [(m, r) for m, rs in (forms or {}).items() for r in rs]
     for method, ratio in runs:
         row = {"task": task.name, "method": method, "ratio": ratio}
         try:
             keras.utils.set_random_seed(seed)
-            model = apply_compression(
-                dense, _compressor(method, ratio, seed),
-                schedule=calibrated if method.endswith("+X") else schedule,
-                filter_fn=_large,
-                conv_form="rank_reduced" if method == "rank_reduced" else "reconstructed")
+            if method == "gradual_pruning":
+                model = apply_compression(dense, None, schedule=gradual_schedule(task, ratio),
+                                          filter_fn=_large_matrix)
+            else:
+                model = apply_compression(
+                    dense, _compressor(method, ratio, seed),
+                    schedule=calibrated if method.endswith("+X") else schedule,
+                    filter_fn=_large,
+                    conv_form="rank_reduced" if method == "rank_reduced" else "reconstructed")
         except ValueError as exc:  # a ratio this method cannot reach on these shapes
             row.update(score=None, note=str(exc).split(";")[0])
             rows.append(row)
@@ -268,12 +319,14 @@ def run_task(task, methods=METHODS, ratios=RATIOS, seed=0, progress=None, search
         model.fit(Xtr, ytr, epochs=task.finetune, batch_size=task.batch_size, verbose=0,
                   callbacks=[CompressionCallback()])
         elapsed = time.perf_counter() - t0
-        # Convolutions keep their factors (FactoredConv), so that the bytes count them.
-        small = strip_compression(model, convs="factored")
+        # Convolutions keep their factors (FactoredConv), pruned layers their CSR form, so
+        # that the bytes count them.
+        small = strip_compression(model, convs="factored", sparse=True)
         task.compile(small)
         total, factored, dense_bytes = _bytes(small)
         row.update(score=task.score(small), bytes=total, matrix_bytes=factored,
-                   achieved=dense_bytes / factored, time=elapsed)
+                   dense_matrix_bytes=dense_bytes, achieved=dense_bytes / factored,
+                   time=elapsed)
         rows.append(row)
         if progress:
             progress()
@@ -291,7 +344,8 @@ def reference_score(rows, task):
 
 def format_table(rows):
     lines = []
-    head = (f"{'model':<20} {'method':<12} {'asked':>5} {'matrices':>9} {'all weights':>12} "
+    w = max([12] + [len(r["method"]) for r in rows])
+    head = (f"{'model':<20} {'method':<{w}} {'asked':>5} {'matrices':>9} {'all weights':>12} "
             f"{'score':>9} {'vs dense':>9} {'train s':>8}")
     dense_score = {r["task"]: reference_score(rows, r["task"]) for r in rows}
     task = None
@@ -302,7 +356,7 @@ def format_table(rows):
         asked = "-" if r["method"].startswith("dense") else f"{r['ratio']}x"
         if r.get("score") is None:
             note = r.get("note", "")
-            lines.append(f"{r['task']:<20} {r['method']:<12} {asked:>5}  "
+            lines.append(f"{r['task']:<20} {r['method']:<{w}} {asked:>5}  "
                          f"unreachable: {note[:60]}")
             continue
         base = dense_score[r["task"]]
@@ -310,7 +364,7 @@ def format_table(rows):
         score = f"{r['score']:.1f}" + ("" if perplexity else " %")
         delta = (f"{100 * (r['score'] / base - 1):+.1f} %" if perplexity
                  else f"{r['score'] - base:+.1f} pt")
-        lines.append(f"{r['task']:<20} {r['method']:<12} {asked:>5} {r['achieved']:>8.1f}x "
+        lines.append(f"{r['task']:<20} {r['method']:<{w}} {asked:>5} {r['achieved']:>8.1f}x "
                      f"{r['bytes'] / 1024:>9.1f} KiB {score:>9} {delta:>9} {r['time']:>8.1f}")
     return "\n".join(lines)
 
@@ -345,11 +399,12 @@ def plot(rows, path):
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
     for ax, name in zip(axes[0], names):
         base = reference_score(rows, name)
-        for method in METHODS + CONV_METHODS + tuple(SEARCHES):
+        for method in METHODS + CONV_METHODS + tuple(SEARCHES) + NEW_FORMS:
             pts = [(r["achieved"], r["score"]) for r in rows if r["task"] == name
                    and r["method"] == method and r.get("score") is not None]
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=method)
+                ax.plot(*zip(*pts), marker="o", label=method,
+                        linestyle="--" if method in NEW_FORMS else "-")
         ax.axhline(base, color="k", linestyle="--", label="dense (better of 2 runs)")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("compression of the large matrices (x fewer bytes)")
@@ -372,8 +427,12 @@ def run(quick=False, png="matcompress-models.png", seed=0, say=print):
     ratios = (4, 8) if quick else RATIOS
     searches = QUICK_SEARCHES if quick else SEARCHES
     n_search = sum(len(r) for r in searches.values())
+    # The new forms on the digits models (not the LSTM, whose kernels' step the bench times).
+    forms = {} if quick else {m: NEW_FORM_RATIOS for m in NEW_FORMS}
     total = len(jobs) * (2 + len(methods) * len(ratios) + n_search)
     total += sum(len(CONV_METHODS) * len(ratios) for task in jobs if task.has_convs)
+    total += sum(len(NEW_FORMS) * len(NEW_FORM_RATIOS) for task in jobs
+                 if forms and task.metric == "accuracy")
     bar = keras.utils.Progbar(total, unit_name="model")
     done = [0]
 
@@ -385,9 +444,13 @@ def run(quick=False, png="matcompress-models.png", seed=0, say=print):
         f"{', '.join(f'{r}x' for r in ratios)} fewer bytes, and method='auto' per matrix "
         f"(auto+X: calibrated on the snapshot's batch) at "
         f"{', '.join(f'{r}x' for r in searches['auto'])} ({total} trainings)")
+    if forms:
+        say(f"... and the structural forms and gradual pruning on the digits models at "
+            f"{', '.join(f'{r}x' for r in NEW_FORM_RATIOS)}")
     rows = []
     for task in jobs:
-        rows += run_task(task, methods, ratios, seed, progress=tick, searches=searches)
+        rows += run_task(task, methods, ratios, seed, progress=tick, searches=searches,
+                         forms=forms if task.metric == "accuracy" else None)
     say(format_table(rows))
     say("")
     for line in check_targets(rows):
