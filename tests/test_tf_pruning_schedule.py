@@ -678,3 +678,12 @@ def test_no_warning_from_the_library():
         mctf.strip_compression(pm, sparse=True)
         mctf.compressed_nbytes(pm)
         pm.layers[0].pruning_scores()
+
+
+def test_a_convolution_is_refused_clearly():
+    """A PruningSchedule masks 2-D kernels: a selected convolution gets a TypeError naming it."""
+    conv = keras.layers.Conv2D(4, 3, name="conv_p")
+    conv.build((None, 8, 8, 2))
+    sch = mctf.PruningSchedule(0, 4, 1, 0.0, 0.5)
+    with pytest.raises(TypeError, match="conv_p.*not pruned by a PruningSchedule"):
+        mctf.apply_compression(conv, None, schedule=sch)

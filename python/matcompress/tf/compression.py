@@ -109,6 +109,11 @@ def _pruning_twin(layer, schedule, selected=True):
     if isinstance(layer, (keras.layers.Dense, keras.layers.Embedding)) and getattr(
             layer, "lora_rank", None):
         raise ValueError(f"layer {layer.name!r} uses LoRA: prune the merged layer")
+    if _is_conv(layer) and path == "kernel":
+        raise TypeError(f"layer {layer.name!r} of type {type(layer).__name__}: gradual pruning "
+                        "masks 2-D kernels (Dense, Embedding, a kernel path of another layer); "
+                        "a convolution's kernel is not pruned by a PruningSchedule (compress it "
+                        "with a PruningCompressor and a CompressionSchedule instead)")
     inner, input_shape = _copy_layer(layer, path)
     new = PruningKernel(inner, schedule, kernel_attr=path,
                         target_sparsity=schedule.target_for(layer.name), name=layer.name,
