@@ -1535,3 +1535,46 @@ def test_factored_native_shape_checks():
     with pytest.raises(ValueError, match=r"values must have one entry per index"):
         _core.pruned_matmul_f32(np.ones((1, 4), f32), indptr, indices, np.ones(4, f32), None,
                                 None, 3, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Additive and structural forms (issues 12 and 13): one clear ValueError naming the argument
+
+_W = np.random.default_rng(0).standard_normal((32, 16)).astype(np.float32)
+_ONES = np.ones((4, 4), np.float32)
+_BOOKS = np.ones((2, 4, 4), np.float32)
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda: mc.additive_encode(np.ones((4, 3), np.float32), _BOOKS),
+     r"codebooks must have shape \(M, K, 3\)"),
+    (lambda: mc.additive_encode(_ONES, _BOOKS, beam_size=0), r"beam_size must be >= 1"),
+    (lambda: mc.additive_encode(_ONES, _BOOKS, init=np.full((4, 2), 9)),
+     r"init codes must lie in \[0, 4\)"),
+    (lambda: mc.additive_encode(np.full((4, 4), np.nan, np.float32), _BOOKS),
+     r"X contains NaN"),
+    (lambda: _core.additive_encode_f32(_ONES, _BOOKS, np.full((4, 2), 9, np.int32), 4, 1),
+     r"init: codes must lie in \[0, n_codes\)"),
+    (lambda: mc.AdditiveCompressor(2, 4, 4).compress(_W, X=np.ones((10, 5), np.float32)),
+     r"X must have one column per row"),
+    (lambda: mc.AdditiveCompressor(2, 4, 3).compress(_W), r"block_size=3 must divide n=16"),
+    (lambda: mc.AdditiveCompressor(2, 1000, 4).compress(_W), r"n_codes must be <= 64"),
+    (lambda: mc.compress(_W, "additive", compression_ratio=200),
+     r"compression_ratio=200 is unreachable.*best reachable ratio is"),
+    (lambda: mc.compress(np.full((8, 8), np.nan), "additive", compression_ratio=2),
+     r"A contains NaN"),
+    (lambda: mc.compress(_W, "block", n_blocks=40), r"n_blocks must be <= 16"),
+    (lambda: mc.compress(_W, "mixed_block", block_size=5, num_bases=2),
+     r"block_size=5 must divide both sides"),
+    (lambda: mc.compress(_W, "mixed_block", block_size=4, num_bases=17),
+     r"num_bases must be <= 16"),
+    (lambda: mc.compress(_W, "input_output", input_block_size=4, input_factor=8,
+                         output_factor=1), r"input_factor=8 is larger than input_block_size=4"),
+    (lambda: mc.compress(_W, "input_output", input_block_size=5, input_factor=1,
+                         output_factor=1), r"input_block_size=5 must divide"),
+], ids=["encode-shapes", "encode-beam", "encode-init", "encode-nan", "core-init", "X-width",
+        "block-size", "n-codes", "ratio", "nan", "n-blocks", "mixed-block-size", "num-bases",
+        "io-factor", "io-block"])
+def test_additive_and_structural_bad_input(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
